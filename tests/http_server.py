@@ -1,0 +1,136 @@
+"""A small Hugging Face Hub on 127.0.0.1, served from a thread, for download tests.
+
+`GET|HEAD /{org}/{name}/resolve/{revision}/{path}` answers like the Hub: for an LFS file a 302 to
+`/blobs/{sha256}` on `blob_server` (this server or another), carrying X-Repo-Commit, X-Linked-Etag and
+X-Linked-Size; for a small git file (`mode="git"`) the bytes themselves with ETag = the git blob sha1;
+as a plain web server (`mode="static"`) the bytes with none of the Hub's headers.
+Bodies honour `Range: bytes=N-` with a 206. Every request is recorded in `requests`.
+"""
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class FakeHub:
+    def __init__(self, blob_server: "FakeHub | None" = None) -> None:
+        self.commit = "0123456789abcdef0123456789abcdef01234567"
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.blob_server = blob_server or self
+        self.requests: list[Seen] = []
+        self.mode = "lfs"
+        self.status: int | None = None  # answer every resolve request with this HTTP error
+        self.cuts: list[int] = []  # the next bodies stop after these many bytes, one per response
+        self.corrupt = False  # flip the first byte of every body
+        self.ignore_range = False  # answer 200 with the whole file even when a Range is asked for
+        self.etag: str | None = None  # announce this X-Linked-Etag instead of the file's sha256
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.hub = self
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+
+    def add(self, repo_id: str, filename: str, data: bytes) -> str:
+        """Publish `data` as `filename` of `repo_id`; returns its sha256 (the LFS etag)."""
+        self.files[repo_id, filename] = data
+        sha256 = hashlib.sha256(data).hexdigest()
+        self.blob_server.blobs[sha256] = data
+        return sha256
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [seen.path for seen in self.requests if method in (None, seen.method)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join()
+
+
+def git_sha1(data: bytes) -> str:
+    """The id git gives a file's content, which the Hub sends as ETag for files not in LFS."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def log_message(self, format, *args) -> None:  # keep pytest output clean
+        pass
+
+    def _answer(self, send_body: bool) -> None:
+        hub: FakeHub = self.server.hub
+        hub.requests.append(Seen(self.command, self.path, dict(self.headers)))
+        parts = [unquote(part) for part in self.path.split("/")]
+        if parts[1] == "blobs" and parts[2] in hub.blobs:
+            self._body(hub, hub.blobs[parts[2]], {}, send_body)
+        elif len(parts) >= 6 and parts[3] == "resolve":
+            self._resolve(hub, f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), send_body)
+        else:
+            self._error(404, "Not found")
+
+    def _resolve(self, hub: FakeHub, repo_id: str, revision: str, filename: str, send_body: bool) -> None:
+        data = hub.files.get((repo_id, filename))
+        if hub.status is not None:
+            self._error(hub.status, "Invalid credentials in Authorization header")
+        elif revision not in ("main", hub.commit):
+            self._error(404, "Invalid rev id: " + revision)
+        elif data is None:
+            self._error(404, "Entry not found")
+        elif hub.mode == "lfs":
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.send_response(302)
+            self.send_header("Location", f"{hub.blob_server.url}/blobs/{sha256}")
+            self.send_header("X-Repo-Commit", hub.commit)
+            self.send_header("X-Linked-Etag", f'"{hub.etag or sha256}"')
+            self.send_header("X-Linked-Size", str(len(data)))
+            self.send_header("ETag", '"not-the-file-etag"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif hub.mode == "git":
+            self._body(hub, data, {"X-Repo-Commit": hub.commit, "ETag": f'"{git_sha1(data)}"'}, send_body)
+        else:
+            self._body(hub, data, {}, send_body)
+
+    def _body(self, hub: FakeHub, data: bytes, headers: dict[str, str], send_body: bool) -> None:
+        start = 0
+        asked = self.headers.get("Range")
+        if asked and not hub.ignore_range:
+            start = int(asked.removeprefix("bytes=").removesuffix("-"))
+            if start >= len(data):
+                return self._error(416, "Range not satisfiable")
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        if not send_body:
+            return
+        body = (bytes([data[0] ^ 0xFF]) + data[1:] if hub.corrupt else data)[start:]
+        if hub.cuts:
+            body = body[: hub.cuts.pop(0)]  # the connection closes after this: a drop mid-body
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self.send_response(status)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
