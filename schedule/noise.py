@@ -75,7 +75,9 @@ class DiscreteSchedule:
         self.log_sigmas = self.sigmas.log()
 
     @classmethod
-    def sd(cls, linear_start: float = 0.00085, linear_end: float = 0.012, steps: int = 1000) -> DiscreteSchedule:
+    def sd(
+        cls, linear_start: float = 0.00085, linear_end: float = 0.012, steps: int = 1000
+    ) -> DiscreteSchedule:
         """SD 1.x / SDXL training table: betas linear in sqrt space ("scaled_linear")."""
         betas = torch.linspace(linear_start**0.5, linear_end**0.5, steps, dtype=torch.float64) ** 2
         return cls(torch.cumprod(1 - betas, dim=0))
@@ -121,7 +123,9 @@ class VPSDE:
 
     def __init__(self, beta_min: float = 0.1, beta_d: float = 19.9, eps_s: float = 1e-3):
         if not (beta_d > 0 and beta_min >= 0 and 0 < eps_s < 1):
-            raise ValueError(f"need beta_d > 0, beta_min >= 0, 0 < eps_s < 1; got {beta_d}, {beta_min}, {eps_s}")
+            raise ValueError(
+                f"need beta_d > 0, beta_min >= 0, 0 < eps_s < 1; got {beta_d}, {beta_min}, {eps_s}"
+            )
         self.beta_min, self.beta_d, self.eps_s = float(beta_min), float(beta_d), float(eps_s)
 
     @classmethod

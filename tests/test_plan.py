@@ -1,0 +1,175 @@
+"""Plans: validation with one-line reasons, exact JSON round trips, presets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from schedule import DiscreteSchedule, append_zero, karras
+from solvers import Plan, PlanError, preset
+from solvers.presets import PAPER_FREEU, PAPER_ROWS, XL_FREEU_V2, paper_rule
+
+SD = DiscreteSchedule.sd()
+FREEU = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
+
+
+def test_scalar_settings_apply_to_every_step():
+    plan = Plan([3.0, 2.0, 1.0], solver="heun", guidance=5.5, freeu=FREEU)
+    assert plan.steps == 2 and plan.solver == ("heun", "heun") and plan.guidance == (5.5, 5.5)
+    assert plan.freeu == (FREEU, FREEU)
+
+
+def test_sigmas_accept_tensors_and_stay_float64_exact():
+    sigmas = karras(7, 0.03, 14.6)
+    plan = Plan(sigmas)
+    assert torch.equal(torch.tensor(plan.sigmas, dtype=torch.float64), sigmas)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sigmas": [1.0]}, "at least 2 sigmas"),
+        ({"sigmas": [1.0, 1.0]}, "strictly decrease"),
+        ({"sigmas": [1.0, 2.0]}, "strictly decrease"),
+        ({"sigmas": [1.0, -0.5]}, "finite and >= 0"),
+        ({"sigmas": [float("nan"), 0.5]}, "finite and >= 0"),
+        ({"sigmas": [float("inf"), 0.5]}, "finite and >= 0"),
+        ({"sigmas": [2.0, 1.0, 0.0], "solver": ["euler"]}, "solver has 1 entries for 2 steps"),
+        ({"sigmas": [2.0, 1.0], "solver": "dpm_fast"}, "unknown solver 'dpm_fast' at step 0; choose from"),
+        ({"sigmas": [2.0, 1.0], "guidance": -1.0}, "guidance of step 0 must be a finite number >= 0"),
+        ({"sigmas": [2.0, 1.0, 0.5], "guidance": [1.0]}, "guidance has 1 entries for 2 steps"),
+        ({"sigmas": [2.0, 1.0], "guidance": float("nan")}, "finite number"),
+        ({"sigmas": [2.0, 1.0], "final": "zero"}, "final must be one of"),
+        ({"sigmas": [2.0, 0.0], "final": "denoise"}, "already ends at sigma = 0"),
+        ({"sigmas": [2.0, 1.0], "freeu": {"b1": 1.1}}, "missing keys \\['b2', 's1', 's2'\\]"),
+        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "b3": 1}}, "unknown keys \\['b3'\\]"),
+        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "s1": -1}}, "s1 must be a finite number >= 0"),
+        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "version": 3}}, "version must be one of"),
+        ({"sigmas": [2.0, 1.0], "freeu": 1.1}, "must be null or an object"),
+    ],
+)
+def test_bad_plans_are_rejected_with_a_one_line_reason(kwargs, message):
+    with pytest.raises(PlanError, match=message) as info:
+        Plan(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_json_round_trip_is_exact_for_every_preset():
+    for name in (
+        "paper-5",
+        "paper-6",
+        "paper-8",
+        "paper-xl-8",
+        "paper-xl-6",
+        "paper-11",
+        "karras-2m-20",
+        "ays-3m-7",
+    ):
+        plan = preset(name, guidance=5.5)
+        again = Plan.from_json(plan.to_json())
+        assert again == plan
+        # bit-exact sigmas, not just close
+        assert np.array_equal(np.array(again.sigmas).view(np.int64), np.array(plan.sigmas).view(np.int64))
+
+
+def test_json_names_every_sigma_solver_guidance_and_freeu_setting():
+    data = json.loads(preset("paper-xl-6").to_json())
+    assert data["format"] == 1 and data["name"] == "paper-xl-6" and data["final"] == "keep"
+    assert (
+        len(data["sigmas"]) == 7 and len(data["solver"]) == len(data["guidance"]) == len(data["freeu"]) == 6
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"format": 2}', "unsupported plan format 2"),
+        ('{"format": 1, "sigmas": [1, 0]}', "plan keys must be"),
+    ],
+)
+def test_bad_plan_json_is_rejected_with_a_reason(text, message):
+    with pytest.raises(PlanError, match=message):
+        Plan.from_json(text)
+
+
+def test_nfe_counts_two_calls_for_heun_and_2s_but_not_into_zero():
+    assert Plan([3.0, 2.0, 1.0, 0.0], "heun").nfe == 5
+    assert Plan([3.0, 2.0, 1.0], "dpmpp_2s", final="denoise").nfe == 5
+    assert Plan([3.0, 2.0, 1.0, 0.0], "dpmpp_2m").nfe == 3
+
+
+def test_with_guidance_changes_only_the_guidance():
+    plan = preset("paper-5")
+    assert plan.with_guidance(5.5) == preset("paper-5", guidance=5.5)
+
+
+# The recipe table's reference sigma lists; the last entry is the table's 4-digit sigma_stop.
+REFERENCE = {
+    "paper-8": [14.615, 6.712, 3.608, 2.172, 1.404, 0.937, 0.617, 0.373, 0.1471],
+    "paper-5": [14.615, 4.519, 1.962, 1.001, 0.502, 0.1320],
+    "paper-6": [14.615, 5.341, 2.523, 1.388, 0.805, 0.437, 0.1320],
+    "paper-xl-8": [14.615, 6.548, 3.467, 2.067, 1.324, 0.871, 0.560, 0.317, 0.0598],
+    "paper-xl-6": [14.615, 5.341, 2.523, 1.388, 0.805, 0.437, 0.1320],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_every_paper_preset_equals_the_recipe_sigmas_within_0_2_percent(name):
+    assert np.allclose(preset(name).sigmas, REFERENCE[name], rtol=2e-3, atol=0)
+
+
+def test_paper_presets_use_the_recipes_solvers_and_freeu():
+    assert preset("paper-5").solver == ("dpmpp_1s",) * 5 and preset("paper-5").freeu == (PAPER_FREEU,) * 5
+    assert preset("paper-6").freeu == (PAPER_FREEU,) * 6
+    assert preset("paper-8").solver == ("dpmpp_2m",) * 8 and preset("paper-8").freeu == (None,) * 8
+    xl6 = preset("paper-xl-6")
+    assert xl6.solver == ("dpmpp_1s",) * 4 + ("euler",) * 2
+    assert xl6.freeu == (None, PAPER_FREEU, PAPER_FREEU, PAPER_FREEU, None, XL_FREEU_V2)
+    assert PAPER_FREEU == {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
+    for name in REFERENCE:
+        plan = preset(name)
+        assert plan.final == "keep" and plan.sigmas[-1] > 0 and plan.nfe == plan.steps
+
+
+def test_paper_with_steps_uses_the_tuned_rows_and_the_rule_elsewhere():
+    assert preset("paper", steps=5) == preset("paper-5")
+    assert preset("paper", steps=6) == preset("paper-6")
+    assert preset("paper", steps=8) == preset("paper-8")
+    # The rule: 7 steps -> stop 3, rho_stop 7, n_grid 11, j_stop 8, DPM++2M, no FreeU.
+    assert paper_rule(7) == (7, 11, 7, 8, "dpmpp_2m", None)
+    assert paper_rule(4) == (4, 7, 5, 5, "dpmpp_1s", PAPER_FREEU)
+    seven = preset("paper", steps=7)
+    stop = karras(10, SD.sigma_min, SD.sigma_max, 7)[8].item()
+    assert seven.name == "paper-7" and seven.sigmas[-1] == pytest.approx(stop, rel=1e-12)
+    # The tuned 6-step row is not the rule's (n_grid 8, j_stop 6 instead of 9, 7).
+    assert paper_rule(6)[1:4] == (9, 5, 7)
+
+
+def test_rule_gives_the_tuned_rows_for_5_and_8_steps():
+    for n in (5, 8):
+        assert paper_rule(n) == PAPER_ROWS[f"paper-{n}"]
+
+
+def test_karras_2m_20_is_kdiffusions_20_step_schedule_ending_at_zero():
+    plan = preset("karras-2m-20")
+    assert plan.steps == 20 and plan.sigmas[-1] == 0 and plan.solver == ("dpmpp_2m",) * 20
+    assert plan.sigmas == tuple(append_zero(karras(19, SD.sigma_min, SD.sigma_max)).tolist())
+
+
+def test_ays_baseline_replaces_the_tables_last_value_by_zero():
+    plan = preset("ays-2m-10")
+    assert plan.steps == 10 and plan.sigmas[-1] == 0 and plan.sigmas[-2] == pytest.approx(0.152)
+
+
+def test_unknown_presets_list_the_valid_names():
+    with pytest.raises(
+        ValueError, match=r"unknown preset 'paper-fast'; valid: paper-5, paper-6, paper-8.*karras"
+    ):
+        preset("paper-fast")
+    with pytest.raises(ValueError, match="steps= only goes with preset 'paper'"):
+        preset("karras-2m-20", steps=5)
+    with pytest.raises(ValueError, match="asks for 0 steps"):
+        preset("paper-0")
