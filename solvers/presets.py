@@ -61,9 +61,20 @@ def paper_rule(steps: int) -> tuple[int, int, float, int, str, dict | None]:
     return steps, steps + stop + 1, rho_stop, steps + 1, solver, freeu
 
 
-def _baseline_sigmas(kind: str, steps: int, schedule: DiscreteSchedule) -> torch.Tensor:
+def schedule_sigmas(kind: str, steps: int, schedule: DiscreteSchedule | None = None) -> torch.Tensor:
+    """The sigmas of a named step placement for `steps` steps, as the presets use it.
+
+    "paper": the paper's tuned row or rule (ends at sigma_stop > 0); the baselines end at 0 like
+    k-diffusion and diffusers: karras (rho 7), exponential, linspace (uniform DDPM time), ays
+    (the table's last value replaced by 0, as diffusers and ComfyUI do).
+    """
+    schedule = DiscreteSchedule.sd() if schedule is None else schedule
+    if kind == "paper":
+        return torch.tensor(preset("paper", steps=steps, schedule=schedule).sigmas, dtype=torch.float64)
+    if kind not in BASELINE_SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; choose from paper, {', '.join(BASELINE_SCHEDULES)}")
     lo, hi = schedule.sigma_min, schedule.sigma_max
-    if kind == "ays":  # diffusers / ComfyUI tail: the table's last value replaced by 0
+    if kind == "ays":
         return torch.cat([ays(steps)[:-1], torch.zeros(1, dtype=torch.float64)])
     if steps == 1:
         return torch.tensor([hi, 0.0], dtype=torch.float64)
@@ -101,7 +112,7 @@ def preset(
         row = paper_rule(_steps(m.group(1), name))
     elif m := re.fullmatch(rf"({'|'.join(BASELINE_SCHEDULES)})-({'|'.join(SOLVER_SHORT)})-(\d+)", name):
         kind, solver, n = m.group(1), SOLVER_SHORT[m.group(2)], _steps(m.group(3), name)
-        return Plan(_baseline_sigmas(kind, n, schedule), solver, guidance, None, "keep", name)
+        return Plan(schedule_sigmas(kind, n, schedule), solver, guidance, None, "keep", name)
     else:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
     n, n_grid, rho_stop, j_stop, solver, freeu = row

@@ -173,3 +173,13 @@ def test_unknown_presets_list_the_valid_names():
         preset("karras-2m-20", steps=5)
     with pytest.raises(ValueError, match="asks for 0 steps"):
         preset("paper-0")
+
+
+def test_schedule_sigmas_names_the_placements_the_presets_use():
+    from solvers.presets import schedule_sigmas
+
+    assert tuple(schedule_sigmas("paper", 8).tolist()) == preset("paper-8").sigmas
+    assert tuple(schedule_sigmas("karras", 20).tolist()) == preset("karras-2m-20").sigmas
+    assert schedule_sigmas("linspace", 1).tolist() == [SD.sigma_max, 0.0]
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'; choose from paper, karras"):
+        schedule_sigmas("cosine", 5)
