@@ -241,3 +241,13 @@ def test_paper_sigmas_stop_level_is_a_point_of_the_karras_grid():
 def test_bad_placement_arguments_say_what_is_wrong(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_float32_table_accepts_plans_made_on_the_float64_table():
+    # Checkpoints store alphas_cumprod in float32: sigma_min moves up by 1.3e-5 relative, and a
+    # Karras plan's last sigma (the float64 sigma_min) must still map to t = 0.
+    sd32 = DiscreteSchedule(SD.alphas_cumprod.float())
+    assert sd32.sigma_min > SD.sigma_min
+    assert sd32.t(SD.sigma_min) == 0.0
+    with pytest.raises(ValueError, match="outside"):
+        sd32.t(SD.sigma_min * (1 - 1e-3))
