@@ -19,10 +19,11 @@ import torch
 
 T = TypeVar("T", float, torch.Tensor)
 
-# Values this close outside the range are clamped onto it: round trips lose a few ulps, and
-# checkpoints store alphas_cumprod in float32, which moves SD's sigma_min by 1.3e-5 relative
-# against a plan computed on the float64 table (clamping shifts t by < 1e-3 of an index).
-_RANGE_TOLERANCE = 1e-4
+# Relative distance outside a range that is clamped onto it rather than refused. Times: round-off
+# only. Sigmas: checkpoints store alphas_cumprod in float32, which moves SD's sigma_min up by
+# 1.3e-5 relative against a plan made on the float64 table (clamping moves t by < 1e-3 index).
+_T_TOLERANCE = 1e-9
+_SIGMA_TOLERANCE = 1e-4
 
 
 class NoiseSchedule(Protocol):
@@ -47,11 +48,11 @@ def _like(value: torch.Tensor, template: float | torch.Tensor):
     return float(value) if not isinstance(template, torch.Tensor) else value
 
 
-def _check_range(x: torch.Tensor, lo: float, hi: float, what: str) -> torch.Tensor:
-    """Clamp values within rounding of [lo, hi]; refuse anything further out."""
-    slack = _RANGE_TOLERANCE * max(abs(lo), abs(hi), 1.0)
-    if torch.isnan(x).any() or (x < lo - slack).any() or (x > hi + slack).any():
-        bad = x[torch.isnan(x) | (x < lo - slack) | (x > hi + slack)].flatten()[0].item()
+def _check_range(x: torch.Tensor, lo: float, hi: float, what: str, tolerance: float) -> torch.Tensor:
+    """Clamp values within `tolerance` (relative to each end) of [lo, hi]; refuse anything further out."""
+    low, high = lo - tolerance * abs(lo), hi + tolerance * abs(hi)
+    if torch.isnan(x).any() or (x < low).any() or (x > high).any():
+        bad = x[torch.isnan(x) | (x < low) | (x > high)].flatten()[0].item()
         raise ValueError(f"{what} {bad!r} is outside [{lo:.6g}, {hi:.6g}]")
     return x.clamp(lo, hi)
 
@@ -97,14 +98,15 @@ class DiscreteSchedule:
         return float(len(self.sigmas) - 1)
 
     def sigma(self, t: T) -> T:
-        tt = _check_range(_to_f64(t), 0.0, self.t_max, "t")
+        tt = _check_range(_to_f64(t), 0.0, self.t_max, "t", _T_TOLERANCE)
         low = tt.floor().clamp(max=self.t_max - 1).long()
         w = tt - low
         log_sigma = torch.lerp(self.log_sigmas[low], self.log_sigmas[low + 1], w)
         return _like(log_sigma.exp(), t)
 
     def t(self, sigma: T) -> T:
-        log_sigma = _check_range(_to_f64(sigma), self.sigma_min, self.sigma_max, "sigma").log()
+        sigma_ = _check_range(_to_f64(sigma), self.sigma_min, self.sigma_max, "sigma", _SIGMA_TOLERANCE)
+        log_sigma = sigma_.log()
         low = (torch.searchsorted(self.log_sigmas, log_sigma, right=True) - 1).clamp(0, len(self.sigmas) - 2)
         lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
         return _like(low + (log_sigma - lo) / (hi - lo), sigma)
