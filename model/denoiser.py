@@ -1,0 +1,105 @@
+"""D(x; sigma): an eps-prediction U-Net seen as a denoiser, in the EDM / k-diffusion form.
+
+With x = x0 + sigma * n, the U-Net was trained on the variance-preserving input x / sqrt(sigma^2 + 1)
+at time t(sigma) to predict n. So (EDM table 1, "VP" column, eps-prediction):
+
+    c_skip = 1,  c_out = -sigma,  c_in = 1 / sqrt(sigma^2 + 1),  c_noise = t(sigma)
+    D(x; sigma) = c_skip x + c_out eps(c_in x, c_noise) = x - sigma * eps(x / sqrt(sigma^2 + 1), t(sigma))
+
+t(sigma) is the schedule's fractional time (log-sigma interpolation), not rounded, unless
+`round_timesteps=True` asks for diffusers' DPMSolverMultistep convention (integer t for the network,
+exact sigma everywhere else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from model.freeu import FreeU
+
+if TYPE_CHECKING:
+    from schedule.noise import NoiseSchedule
+
+
+class Denoiser:
+    """Wraps `unet(x, t, context, freeu=..., **kwargs) -> eps` as `denoiser(x, sigma, cond) -> x0`."""
+
+    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, round_timesteps: bool = False):
+        self.unet = unet
+        self.schedule = schedule
+        self.round_timesteps = round_timesteps
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        cond: torch.Tensor | Mapping[str, torch.Tensor],
+        freeu: FreeU | Mapping[str, Any] | None = None,
+        **unet_kwargs: Any,
+    ) -> torch.Tensor:
+        """x0 estimate for x [B, C, H, W] at noise level sigma (a float, or a tensor [B] or 0-d).
+
+        cond: the U-Net's context [B, L, D], or a dict {"context": ..., "y": ...} (SDXL); freeu: FreeU,
+        a dict of its fields (from a Plan) or None; unet_kwargs: passed on to the U-Net too. The U-Net
+        runs in its own dtype; x0 comes back in x's dtype.
+        """
+        if isinstance(cond, Mapping):
+            if "context" not in cond:
+                raise ValueError(
+                    f"a dict cond needs a 'context' entry (and 'y' for SDXL); got {sorted(cond)}"
+                )
+            unet_kwargs = {**{k: v for k, v in cond.items() if k != "context"}, **unet_kwargs}
+            cond = cond["context"]
+        sigma = self._per_sample(sigma, x.shape[0])  # float64 [B], on the CPU
+        if (sigma == 0).all():
+            return x.clone()  # D(x; 0) = x: nothing to remove, no network call
+        # sigma = 0 entries get c_out = 0, so the time they are evaluated at does not matter.
+        t = self.schedule.t(torch.where(sigma > 0, sigma, self.schedule.sigma_min))
+        if self.round_timesteps:
+            t = t.round()
+        c_in = (sigma**2 + 1).rsqrt()
+
+        dtype = next(self.unet.parameters()).dtype
+        eps = self.unet(
+            (x * _per_pixel(c_in, x)).to(dtype),
+            t.to(x.device, torch.float32),
+            cond.to(dtype),
+            freeu=_as_freeu(freeu),
+            **{k: _to_float_dtype(v, dtype) for k, v in unet_kwargs.items()},
+        )
+        return x - _per_pixel(sigma, x) * eps.to(x.dtype)
+
+    @staticmethod
+    def _per_sample(sigma: float | torch.Tensor, batch: int) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma).detach().to("cpu", torch.float64)
+        if sigma.dim() == 0:
+            sigma = sigma.expand(batch)
+        if sigma.shape != (batch,):
+            raise ValueError(
+                f"sigma must be a float, a 0-d tensor or a tensor [{batch}], got shape {tuple(sigma.shape)}"
+            )
+        if (sigma < 0).any() or sigma.isnan().any():
+            raise ValueError(f"sigma must be >= 0, got {sigma.tolist()}")
+        return sigma
+
+
+def _per_pixel(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] float64 -> [B, 1, 1, 1] in x's dtype and device, to scale each sample of x."""
+    return values.to(x.device, x.dtype)[:, None, None, None]
+
+
+def _to_float_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (SDXL's y) in the U-Net's dtype; anything else as it is."""
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _as_freeu(freeu: FreeU | Mapping[str, Any] | None) -> FreeU | None:
+    if freeu is None or isinstance(freeu, FreeU):
+        return freeu
+    if isinstance(freeu, Mapping):
+        return FreeU.from_dict(freeu)
+    raise TypeError(f"freeu must be a FreeU, a dict of its fields or None, got {type(freeu).__name__}")

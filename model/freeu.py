@@ -1,0 +1,131 @@
+"""FreeU (Si et al., CVPR 2024): re-weight the decoder's backbone and skip features, no training.
+
+Before every output (decoder) block's `cat([h, skip])` of a stage that FreeU touches:
+
+    h[:, :C/2] *= b                            (v1; v2 uses (b - 1) * m + 1, m = normalised mean of h)
+    skip = fourier_filter(skip, threshold=1, scale=s)
+
+A stage is chosen either by h's channel count, as the official code does ("channels": 4 * model
+channels -> (b1, s1), 2 * model channels -> (b2, s2)), or by the decoder level, as diffusers'
+`enable_freeu` does ("blocks": level 0 -> (b1, s1), level 1 -> (b2, s2)).
+
+The settings are passed to every U-Net call, so a sampler can change them between steps. The four
+factors also live in one float32 tensor (`FreeU.factors`), which is all of them the U-Net reads: under
+torch.compile a tensor is a graph input, so new values reuse the compiled graph instead of being
+baked in as constants. Off (None) and on are two graphs; so is each version and placement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+VERSIONS = (1, 2)
+PLACEMENTS = ("channels", "blocks")
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeU:
+    """FreeU settings: backbone factors b1, b2, skip factors s1, s2 for stages 1 and 2."""
+
+    b1: float
+    b2: float
+    s1: float
+    s2: float
+    version: int = 1
+    placement: str = "channels"
+
+    def __post_init__(self):
+        for name in ("b1", "b2", "s1", "s2"):
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(
+                        f"FreeU {name} must be a number or a 0-d tensor, got shape {tuple(value.shape)}"
+                    )
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"FreeU {name} must be a finite number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"FreeU {name} must be >= 0, got {value}")
+            object.__setattr__(self, name, float(value))
+        if self.version not in VERSIONS:
+            raise ValueError(f"FreeU version must be one of {VERSIONS}, got {self.version!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"FreeU placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        # Not a dataclass field: it stays out of ==, hash, repr and to_dict().
+        object.__setattr__(self, "factors", torch.tensor([self.b1, self.b2, self.s1, self.s2]))
+
+    @classmethod
+    def paper(cls) -> FreeU:
+        """The values the few-step recipe uses for SD 1.5."""
+        return cls(b1=1.1, b2=1.1, s1=0.9, s2=0.2)
+
+    @classmethod
+    def common(cls) -> FreeU:
+        """The usual FreeU v1 defaults (official repo, ComfyUI)."""
+        return cls(b1=1.1, b2=1.2, s1=0.9, s2=0.2)
+
+    @classmethod
+    def v2_sdxl(cls) -> FreeU:
+        """FreeU v2 for SDXL, as in the authors' 6-step code."""
+        return cls(b1=1.3, b2=1.4, s1=0.9, s2=0.2, version=2)
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any]) -> FreeU:
+        """Inverse of `to_dict`; a solver Plan stores FreeU settings in this form."""
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(mapping) - {f.name for f in fields})
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in mapping]
+        if unknown or missing:
+            problem = f"unknown field(s) {unknown}" if unknown else f"no {missing}"
+            raise ValueError(
+                f"FreeU dict has {problem}; give b1, b2, s1, s2 and optionally version and placement"
+            )
+        return cls(**mapping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def stage(self, block_index: int, channels: int, model_channels: int, num_res_blocks: int) -> int | None:
+        """Which stage (0 -> b1/s1, 1 -> b2/s2, None -> untouched) output block `block_index` is in.
+
+        `channels` is the channel count of the backbone feature h entering that block.
+        """
+        if self.placement == "channels":
+            return {4 * model_channels: 0, 2 * model_channels: 1}.get(channels)
+        level = block_index // (num_res_blocks + 1)  # diffusers up_blocks.{level}
+        return level if level in (0, 1) else None
+
+    def __call__(self, h: torch.Tensor, skip: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply stage `stage` to the backbone feature h [B, C, H, W] and the skip feature."""
+        factors = self.factors.to(h.device)
+        b, s = factors[stage], factors[2 + stage]
+        half = h.shape[1] // 2
+        if self.version == 2:
+            # m: channel mean of h, min-max normalised over H x W per sample; [B, 1, H, W]
+            m = h.mean(dim=1, keepdim=True)
+            m_min = m.amin(dim=(2, 3), keepdim=True)
+            m_max = m.amax(dim=(2, 3), keepdim=True)
+            b = (b - 1) * ((m - m_min) / (m_max - m_min)) + 1
+        h = torch.cat([h[:, :half] * b, h[:, half:]], dim=1)
+        return h, fourier_filter(skip, threshold=1, scale=s)
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
+    """Scale the centred (2 threshold)^2 lowest spatial frequencies of x [B, C, H, W] by `scale`.
+
+    The FFT runs in float32 (half-precision FFTs are not supported everywhere); the result is cast
+    back to x's dtype.
+    """
+    height, width = x.shape[-2:]
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones(height, width, device=x.device)
+    row, col = height // 2, width // 2
+    mask[row - threshold : row + threshold, col - threshold : col + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
