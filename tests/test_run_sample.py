@@ -1,0 +1,666 @@
+"""run_sample.py end to end: tiny random-weight checkpoints in the official layouts, `main([...])` in
+process on the CPU in float32, 64 x 64 px (8 x 8 latents)."""
+
+import hashlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import sd15_alphas_cumprod, write_checkpoint
+from http_server import FakeHub
+from PIL import Image
+from safetensors.torch import save_file
+
+import run_sample
+import weights
+from run_sample import (
+    PARAMETERS_KEY,
+    PLAN_KEY,
+    SETTINGS_KEY,
+    Settings,
+    build_plan,
+    decode,
+    initial_noise,
+    main,
+    png_metadata,
+    read_replay,
+    save_png,
+)
+from schedule import DiscreteSchedule
+from solvers import Plan, PlanError, preset
+from solvers.presets import PAPER_FREEU, schedule_sigmas
+from weights.errors import WeightsError
+from weights.fingerprint import cache_file, file_sha256, weights_sha256
+from weights.hub import SD15_FILE, SD15_REPO
+
+SIZE = ["--height", "64", "--width", "64"]
+CAT = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One tiny checkpoint per layout, written once for the module."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {layout: write_checkpoint(root / layout, layout=layout) for layout in ("single", "diffusers")}
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path_factory, monkeypatch):
+    """Fresh caches and offline mode: no test touches the network or the user's caches."""
+    caches = tmp_path_factory.mktemp("caches")
+    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(caches / "hf_home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(caches / "xdg"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "200")  # --help text unwrapped enough to search
+    return monkeypatch
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """main() as the shell sees it: exit status (argparse exits by SystemExit), stdout, stderr."""
+    try:
+        code = main([*argv])
+    except SystemExit as exited:
+        code = exited.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def sample_args(weights: Path, out: Path, *extra: str) -> list[str]:
+    return ["--weights", str(weights), "--device", "cpu", "--out", str(out), *SIZE, *extra]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def text_chunks(path: Path) -> dict[str, str]:
+    with Image.open(path) as image:
+        return dict(image.text)
+
+
+@pytest.fixture(scope="module")
+def cat(checkpoints, tmp_path_factory):
+    """The README command on the tiny single-file checkpoint, seed 42: (png path, file sha256)."""
+    out = tmp_path_factory.mktemp("cat")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cat-cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        code = main(sample_args(checkpoints["single"], out, "--steps", "5", "--prompt", CAT, "--seed", "42"))
+    assert code == 0
+    sha256 = hashlib.sha256(checkpoints["single"].read_bytes()).hexdigest()
+    return out / f"42-{CAT.replace(' ', '-')}.png", sha256
+
+
+# -- files and metadata ----------------------------------------------------------------------------------
+
+
+def test_readme_command_writes_one_png_of_the_asked_size(cat):
+    png, _ = cat
+    assert sorted(p.name for p in png.parent.iterdir() if p.suffix == ".png") == [png.name]
+    assert pixels(png).shape == (64, 64, 3)
+    assert not [p for p in png.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_parameters_chunk_is_an_a1111_line(cat):
+    png, sha256 = cat
+    assert text_chunks(png)[PARAMETERS_KEY] == (
+        f"{CAT}\nNegative prompt: \n"
+        "Steps: 5, Sampler: DPM++ 1S, Schedule type: paper, CFG scale: 7.5, Seed: 42, Size: 64x64, "
+        f"Model hash: {sha256[:10]}, Model: sd15-tiny-seed0-fp32, FreeU: 1.1/1.1/0.9/0.2, "
+        f"Plan: paper-5, Version: fewstep-sd {run_sample.project_version()}"
+    )
+
+
+def test_plan_chunk_is_the_paper_5_plan_with_every_sigma(cat):
+    plan = Plan.from_json(text_chunks(cat[0])[PLAN_KEY])
+    # placed on the noise table the file stores (float32 alphas_cumprod, as LDM checkpoints do)
+    assert plan == build_plan(5, noise=DiscreteSchedule(sd15_alphas_cumprod()))
+    # float32 vs float64 alphas_cumprod moves the sigmas by under 1e-5 (relative)
+    assert plan.sigmas == pytest.approx(preset("paper-5").sigmas, rel=1e-5)
+    assert plan.freeu == (PAPER_FREEU,) * 5 and plan.final == "keep"
+
+
+def test_settings_chunk_holds_everything_replay_needs(cat):
+    png, sha256 = cat
+    settings = json.loads(text_chunks(png)[SETTINGS_KEY])
+    assert settings == {
+        "format": 1,
+        "prompt": CAT,
+        "negative_prompt": "",
+        "seed": 42,
+        "width": 64,
+        "height": 64,
+        "weights": settings["weights"],
+        "weights_sha256": sha256,
+        "model": "sd15-tiny-seed0-fp32",
+        "dtype": "float32",
+        "device": "cpu",
+        "compile": False,
+        "batch": 1,
+        "batch_index": 0,
+        "version": run_sample.project_version(),
+        "torch_version": torch.__version__,
+    }
+    assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
+
+
+def test_a_second_run_never_overwrites_and_takes_the_next_free_name(checkpoints, tmp_path, capsys):
+    argv = sample_args(checkpoints["single"], tmp_path, "--steps", "1", "--prompt", CAT, "--seed", "7")
+    assert run(capsys, *argv)[0] == 0
+    first = tmp_path / "7-a-photo-of-a-cat.png"
+    before = first.read_bytes()
+    assert run(capsys, *argv)[0] == 0
+    assert first.read_bytes() == before
+    assert (tmp_path / "7-a-photo-of-a-cat-1.png").read_bytes() == before  # same seed: same image
+
+
+def test_save_png_skips_a_name_taken_meanwhile_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"someone else's")
+    (tmp_path / "x-1.png").write_bytes(b"and another")
+    image = torch.arange(3 * 4 * 5, dtype=torch.uint8).reshape(3, 4, 5)
+    path = save_png(image, tmp_path, "x", {"k": "v", "unicode": "ü ✓"})
+    assert path == tmp_path / "x-2.png"
+    assert (tmp_path / "x.png").read_bytes() == b"someone else's"
+    assert np.array_equal(pixels(path), image.permute(1, 2, 0).numpy())
+    assert text_chunks(path) == {"k": "v", "unicode": "ü ✓"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-1.png", "x-2.png", "x.png"]
+
+
+def test_prompts_file_gives_consecutive_seeds_and_equal_batches(checkpoints, tmp_path, capsys):
+    """2 prompts x 2 images in batches of 3: the last batch is padded with copies of its image, so
+    every image is made in a batch of 3 and the summary counts 4 images."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\n  a blue ball  \n")
+    out = tmp_path / "out"
+    argv = sample_args(
+        checkpoints["single"],
+        out,
+        "--steps",
+        "1",
+        "--prompts",
+        str(prompts),
+        "--seed",
+        "10",
+        "--num-images",
+        "2",
+        "--batch-size",
+        "3",
+    )
+    code, stdout, _ = run(capsys, *argv)
+    assert code == 0
+    made = {p.name: read_replay(p)[0] for p in out.iterdir()}
+    assert {name: (s.seed, s.batch, s.batch_index) for name, s in made.items()} == {
+        "10-a-red-cube.png": (10, 3, 0),
+        "11-a-red-cube.png": (11, 3, 1),
+        "12-a-blue-ball.png": (12, 3, 2),
+        "13-a-blue-ball.png": (13, 3, 0),
+    }
+    assert (
+        stdout.startswith(f"wrote 4 images to {out}/ in ")
+        and " s per image; loading the weights took " in stdout
+    )
+    assert stdout.count("\n") == 1
+
+
+def test_progress_bar_per_batch_on_a_terminal(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm draws only on a terminal
+    argv = sample_args(checkpoints["single"], tmp_path, "--steps", "2", "--prompt", CAT, "--seed", "1")
+    code, _, err = run(capsys, *argv, "--num-images", "2")
+    assert code == 0
+    assert "batch 1/2: 100%" in err and "batch 2/2: 100%" in err and " 2/2 [" in err and "it/s]" in err
+
+
+# -- replay and reproducibility --------------------------------------------------------------------------
+
+
+def test_replay_gives_the_same_pixels_and_metadata_bitwise(checkpoints, tmp_path, capsys):
+    """A run with every part of the plan overridden, replayed from its PNG alone (CPU, float32)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    argv = sample_args(
+        checkpoints["diffusers"],
+        first,
+        "--steps",
+        "2",
+        "--prompt",
+        "a tree",
+        "--seed",
+        "3",
+        "--negative-prompt",
+        "blurry",
+        "--schedule",
+        "karras",
+        "--solver",
+        "dpmpp_2m",
+        "--guidance",
+        "5.5",
+        "--freeu",
+        "--height",
+        "64",
+        "--width",
+        "128",
+    )
+    assert run(capsys, *argv)[0] == 0
+    (original,) = first.iterdir()
+    assert run(capsys, "--replay", str(original), "--out", str(second))[0] == 0
+    (replayed,) = second.iterdir()
+    assert replayed.name == original.name
+    assert np.array_equal(pixels(replayed), pixels(original))
+    assert text_chunks(replayed) == text_chunks(original)
+    settings, plan = read_replay(original)
+    assert (settings.prompt, settings.negative_prompt, settings.seed) == ("a tree", "blurry", 3)
+    assert (settings.width, settings.height) == (128, 64)
+    assert plan.sigmas == tuple(schedule_sigmas("karras", 2).tolist())
+    assert (
+        plan.solver == ("dpmpp_2m",) * 2 and plan.guidance == (5.5,) * 2 and plan.freeu == (PAPER_FREEU,) * 2
+    )
+    assert plan.name == "paper-2+schedule=karras+solver=dpmpp_2m+freeu"
+
+
+def test_replay_flags_override_the_stored_settings(checkpoints, cat, tmp_path, capsys):
+    png, _ = cat
+    argv = ["--replay", str(png), "--out", str(tmp_path), "--seed", "43", "--guidance", "2", "--steps", "1"]
+    assert run(capsys, *argv)[0] == 0
+    (made,) = tmp_path.iterdir()
+    settings, plan = read_replay(made)
+    assert (settings.seed, settings.prompt, settings.width) == (43, CAT, 64)
+    assert plan == build_plan(1, guidance=2.0, noise=DiscreteSchedule(sd15_alphas_cumprod()))
+
+
+def test_initial_noise_of_an_image_depends_only_on_its_seed():
+    together = initial_noise([5, 6, 7], (4, 8, 8))
+    assert torch.equal(together[1], initial_noise([6], (4, 8, 8))[0])
+    assert torch.equal(together[0], torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(5)))
+
+
+def test_any_multiple_of_8_pixels_is_accepted(checkpoints, tmp_path, capsys):
+    """72 x 80 px is a 9 x 10 latent: not a multiple of the U-Net's 8x downsampling."""
+    argv = sample_args(checkpoints["single"], tmp_path, "--steps", "1", "--prompt", CAT, "--seed", "1")
+    assert run(capsys, *argv, "--height", "72", "--width", "80")[0] == 0
+    (made,) = tmp_path.iterdir()
+    assert pixels(made).shape == (72, 80, 3)
+
+
+def test_image_is_the_same_alone_or_inside_a_batch(checkpoints, tmp_path, capsys):
+    """Image k of a batch of 3 against the same seed alone: the noise is bitwise equal (above), the
+    pixels within one 8-bit level: batched GEMMs block differently and round differently (measured on
+    this CPU: at most 1 level, on 0.2-0.8% of the pixel values)."""
+    batch, alone = tmp_path / "batch", tmp_path / "alone"
+    common = ["--steps", "1", "--prompt", CAT]
+    three = ["--seed", "20", "--num-images", "3", "--batch-size", "3"]
+    assert run(capsys, *sample_args(checkpoints["single"], batch, *common, *three))[0] == 0
+    assert run(capsys, *sample_args(checkpoints["single"], alone, *common, "--seed", "21"))[0] == 0
+    name = "21-a-photo-of-a-cat.png"
+    difference = np.abs(pixels(batch / name).astype(int) - pixels(alone / name).astype(int)).max()
+    assert difference <= 1
+
+    # ... so a replay rebuilds the batch shape (copies of the image) and is bitwise equal again
+    again = tmp_path / "again"
+    assert run(capsys, "--replay", str(batch / name), "--out", str(again))[0] == 0
+    assert (read_replay(batch / name)[0].batch, read_replay(batch / name)[0].batch_index) == (3, 1)
+    assert np.array_equal(pixels(again / name), pixels(batch / name))
+
+
+def test_trajectory_grid_shows_decoded_x_and_denoised_at_every_step(checkpoints, tmp_path, capsys):
+    argv = sample_args(checkpoints["single"], tmp_path, "--steps", "2", "--prompt", CAT, "--seed", "4")
+    code, out, _ = run(capsys, *argv, "--trajectory")
+    assert code == 0 and "wrote 1 images and 1 trajectories" in out
+    image, grid = tmp_path / "4-a-photo-of-a-cat.png", tmp_path / "4-a-photo-of-a-cat-trajectory.png"
+    assert pixels(grid).shape == (2 * 64, 2 * 64, 3)  # rows x_i and D_i, one column per step
+    assert text_chunks(grid) == text_chunks(image)
+    # top left: x_0 = sigma_0 * noise, decoded; its own computation gives the same pixels
+    sd = weights.load(checkpoints["single"])
+    x0 = initial_noise([4], (4, 8, 8)) * read_replay(image)[1].sigmas[0]
+    with torch.inference_mode():
+        assert np.array_equal(pixels(grid)[:64, :64], decode(sd, x0)[0].permute(1, 2, 0).numpy())
+    # the last step goes from x_1 to x_2 = the image; D_1, bottom right, is not the image
+    assert not np.array_equal(pixels(grid)[64:, 64:], pixels(image))
+
+
+# -- plans -----------------------------------------------------------------------------------------------
+
+
+def test_steps_pick_the_paper_preset_and_5_is_the_default():
+    assert build_plan() == preset("paper-5")
+    assert build_plan(8) == preset("paper-8")
+    assert build_plan(7, "paper") == preset("paper-7")
+    assert build_plan(preset_name="karras-2m-20") == preset("karras-2m-20")
+
+
+def test_overrides_replace_their_part_on_every_step():
+    plan = build_plan(6, schedule="exponential", solver="euler", guidance=3.0, freeu=False, final="keep")
+    assert plan.sigmas == tuple(schedule_sigmas("exponential", 6).tolist())
+    assert plan.solver == ("euler",) * 6 and plan.guidance == (3.0,) * 6 and plan.freeu == (None,) * 6
+    assert build_plan(8, freeu=True, final="denoise").freeu == (PAPER_FREEU,) * 8
+    assert build_plan(8, final="denoise").final == "denoise"
+
+
+def test_plan_file_is_run_as_saved(checkpoints, tmp_path, capsys):
+    plan = Plan([14.6, 3.0, 0.5], ["dpmpp_1s", "euler"], [7.5, 1.0], [None, PAPER_FREEU], "denoise", "mine")
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    out = tmp_path / "out"
+    code, _, _ = run(
+        capsys, *sample_args(checkpoints["single"], out, "--plan", str(path), "--prompt", CAT, "--seed", "1")
+    )
+    assert code == 0
+    (made,) = out.iterdir()
+    assert read_replay(made)[1] == plan
+    assert (
+        "Sampler: 1 x DPM++ 1S + 1 x Euler, Schedule type: custom, CFG scale: 7.5; 1"
+        in (text_chunks(made)[PARAMETERS_KEY])
+    )
+
+
+def test_png_metadata_quotes_values_with_commas_like_a1111():
+    settings = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "my, model", "float32", "cpu", False, 1, 0)
+    assert 'Model: "my, model"' in png_metadata(preset("paper-8"), settings)[PARAMETERS_KEY]
+
+
+# -- errors: one line on stderr, exit status 2 -----------------------------------------------------------
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2, out + err
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removesuffix("\n")
+
+
+def bad_file(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    return path
+
+
+def test_missing_weights(tmp_path, capsys):
+    missing = tmp_path / "nothing.safetensors"
+    assert one_line_error(capsys, *sample_args(missing, tmp_path / "out", "--prompt", CAT)) == (
+        f"run_sample.py: error: weights {missing} not found: pass --weights PATH to a .safetensors file or "
+        f"diffusers folder, or a Hub id such as {SD15_REPO}"
+    )
+
+
+def test_corrupt_weights(tmp_path, capsys):
+    path = bad_file(tmp_path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
+    assert error.startswith(f"run_sample.py: error: {path} is not a valid safetensors file: ")
+
+
+def test_wrong_file(tmp_path, capsys):
+    path = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2)}, path)
+    error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
+    assert error.startswith(f"run_sample.py: error: {path} does not look like a Stable Diffusion checkpoint")
+
+
+def test_unsupported_model_kind(tmp_path, capsys):
+    path = tmp_path / "xl.safetensors"
+    save_file(
+        {
+            "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2),
+            "conditioner.embedders.0.w": torch.zeros(2),
+        },
+        path,
+    )
+    error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
+    assert error.startswith(f"run_sample.py: error: {path} looks like SDXL")
+
+
+def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
+    path = checkpoints["single"]
+    opened = Path.open
+
+    def refuse(self, *args, **kwargs):  # chmod cannot lock out root, who runs these tests in CI
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
+    assert error == f"run_sample.py: error: {path}: Permission denied"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--height", "100"],
+            "argument --height: 100 is not a positive multiple of 8 (the VAE's "
+            "downsampling factor); use e.g. 96 or 104",
+        ),
+        (
+            ["--width", "4"],
+            "argument --width: 4 is not a positive multiple of 8 (the VAE's downsampling factor); use e.g. 8",
+        ),
+        (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
+        (
+            ["--solver", "dpmpp_9m"],
+            "argument --solver: unknown solver 'dpmpp_9m'; choose from euler, heun, "
+            "dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m",
+        ),
+        (
+            ["--schedule", "cosine"],
+            "argument --schedule: unknown schedule 'cosine'; choose from paper, karras, "
+            "exponential, linspace, ays",
+        ),
+        (
+            ["--dtype", "float8"],
+            "argument --dtype: unknown dtype 'float8'; choose from float32, float16, bfloat16",
+        ),
+        (["--final", "blend"], "argument --final: unknown final policy 'blend'; choose from keep, denoise"),
+    ],
+)
+def test_bad_flag_values(flags, message, tmp_path, capsys):
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path), *flags)
+    assert error == f"run_sample.py: error: {message} (see --help)"
+
+
+def test_unknown_preset_lists_the_valid_ones(tmp_path, capsys):
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path), "--preset", "fast")
+    assert error.startswith("run_sample.py: error: unknown preset 'fast'; valid: paper-5, paper-6, paper-8, ")
+    assert "karras-2m-20" in error
+
+
+def test_steps_and_a_preset_conflict(tmp_path, capsys):
+    assert one_line_error(capsys, "--prompt", CAT, "--steps", "5", "--preset", "karras-2m-20") == (
+        "run_sample.py: error: give only one of --steps, --preset and --plan (or --preset paper --steps N)"
+    )
+
+
+def test_unwritable_output_folder_is_refused_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # the weights do not exist either: the folder is checked first
+    argv = sample_args(tmp_path / "missing.safetensors", blocker / "out", "--prompt", CAT)
+    assert one_line_error(capsys, *argv) == (
+        f"run_sample.py: error: cannot write to the output folder {blocker / 'out'}: Not a directory; "
+        "pass --out DIR with a writable folder"
+    )
+
+
+def test_plan_file_without_a_valid_plan(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    path.write_text('{"format": 1, "sigmas": [1.0]}')
+    assert one_line_error(capsys, "--prompt", CAT, "--plan", str(path)) == (
+        f"run_sample.py: error: {path} is not a valid plan: plan keys must be ['final', 'format', 'freeu', "
+        "'guidance', 'name', 'sigmas', 'solver'], got ['format', 'sigmas']"
+    )
+
+
+def test_png_without_a_plan(tmp_path, capsys):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(path)
+    assert one_line_error(capsys, "--replay", str(path)) == (
+        f"run_sample.py: error: {path} has no fewstep-plan or fewstep-settings metadata, so it cannot be "
+        "replayed; pass a PNG written by run_sample.py with its metadata intact"
+    )
+
+
+def test_replay_of_a_file_that_is_not_an_image(tmp_path, capsys):
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    error = one_line_error(capsys, "--replay", str(path))
+    assert error.startswith(f"run_sample.py: error: cannot read {path} as a PNG: ")
+
+
+def test_non_finite_latents_name_the_step_and_suggest_float32(checkpoints, tmp_path, capsys):
+    # w = 1e300 is inf in float32: the first guided estimate D_u + w (D_c - D_u) is non-finite
+    argv = sample_args(
+        checkpoints["single"], tmp_path, "--steps", "3", "--prompt", CAT, "--guidance", "1e300"
+    )
+    assert one_line_error(capsys, *argv) == (
+        "run_sample.py: error: the latents became non-finite at step 1 of 3 (sigma 14.61); the model's dtype "
+        "overflowed or the weights are broken: try --dtype float32"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(WeightsError):
+        main(sample_args(tmp_path / "missing.safetensors", tmp_path, "--prompt", CAT, "--debug"))
+
+
+def test_help_explains_every_flag(capsys):
+    code, text, _ = run(capsys, "--help")
+    assert code == 0
+    for flag in (
+        "--prompt ",
+        "--prompts",
+        "--negative-prompt",
+        "--steps",
+        "--preset",
+        "--solver",
+        "--schedule",
+        "--guidance",
+        "--freeu",
+        "--no-freeu",
+        "--final",
+        "--plan",
+        "--replay",
+        "--seed",
+        "--num-images",
+        "--batch-size",
+        "--height",
+        "--width",
+        "--device",
+        "--dtype",
+        "--compile",
+        "--out",
+        "--weights",
+        "--trajectory",
+        "--debug",
+    ):
+        assert flag in text
+    assert f"default: {SD15_REPO}, file {SD15_FILE}" in " ".join(text.split())
+
+
+# -- default weights through the Hugging Face cache ------------------------------------------------------
+
+
+def test_default_weights_offline_with_an_empty_cache_is_one_line(tmp_path, env, capsys):
+    env.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert error == (
+        f"run_sample.py: error: {SD15_REPO}/{SD15_FILE} (revision main) is not in the Hugging Face cache "
+        f"{tmp_path / 'empty-cache'} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
+        "file. To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+    )
+
+
+def test_default_weights_without_network_is_one_line(tmp_path, env, capsys):
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env.setenv("HF_ENDPOINT", endpoint)
+    env.setenv("HF_HUB_OFFLINE", "0")
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert error == (
+        f"run_sample.py: error: could not download {SD15_REPO}/{SD15_FILE} (revision main) from {endpoint}: "
+        "Connection refused. To use a local copy instead, pass --weights PATH (a .safetensors file or "
+        "diffusers folder)."
+    )
+
+
+def test_default_weights_are_fetched_once_then_used_offline(checkpoints, tmp_path, env, capsys):
+    data = checkpoints["single"].read_bytes()
+    hub = FakeHub()
+    try:
+        sha256 = hub.add(SD15_REPO, SD15_FILE, data)
+        env.setenv("HF_ENDPOINT", hub.url)
+        env.setenv("HF_HUB_OFFLINE", "0")
+        argv = ["--prompt", CAT, "--steps", "1", "--seed", "1", "--device", "cpu", *SIZE]
+        assert run(capsys, *argv, "--out", str(tmp_path / "online"))[0] == 0
+        assert hub.paths() == [f"/{SD15_REPO}/resolve/main/{SD15_FILE}", f"/blobs/{sha256}"]
+    finally:
+        hub.close()
+    env.setenv("HF_HUB_OFFLINE", "1")
+    assert run(capsys, *argv, "--out", str(tmp_path / "offline"))[0] == 0
+    (made,) = (tmp_path / "offline").iterdir()
+    settings = read_replay(made)[0]
+    assert (settings.weights, settings.weights_sha256, settings.model) == (
+        SD15_REPO,
+        sha256,
+        "v1-5-pruned-emaonly",
+    )
+    assert f"Model hash: {sha256[:10]}, Model: v1-5-pruned-emaonly" in text_chunks(made)[PARAMETERS_KEY]
+
+
+# -- the weights' sha256 ---------------------------------------------------------------------------------
+
+
+def test_file_sha256_is_computed_once_and_recomputed_when_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"first")
+    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert str(path.resolve()) in json.loads(cache_file().read_text())
+    monkeypatch.setattr("weights.fingerprint._hash_file", lambda *a: pytest.fail("read again"))
+    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    monkeypatch.undo()
+    path.write_bytes(b"second!")
+    assert file_sha256(path) == hashlib.sha256(b"second!").hexdigest()
+
+
+def test_hugging_face_blob_name_is_its_sha256_without_reading_it(tmp_path):
+    name = "ab" * 32
+    blob = tmp_path / "blobs" / name
+    blob.parent.mkdir()
+    blob.write_bytes(b"not actually hashed")
+    pointer = tmp_path / "snapshots" / "c0ffee" / "model.safetensors"
+    pointer.parent.mkdir(parents=True)
+    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    assert file_sha256(pointer) == name
+
+
+def test_diffusers_folder_sha256_is_that_of_its_sha256sum_listing(checkpoints):
+    folder = checkpoints["diffusers"]
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
+    listing = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+    assert len(names) == 3
+    assert weights_sha256(folder) == hashlib.sha256(listing.encode()).hexdigest()
+
+
+def test_folder_without_weights_has_no_sha256(tmp_path):
+    with pytest.raises(WeightsError, match=r"holds no \.safetensors files"):
+        weights_sha256(tmp_path)
+
+
+def test_settings_from_a_png_are_type_checked():
+    good = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "m", "float32", "cpu", False, 1, 0)
+    assert Settings.from_json(good.to_json()) == good
+    broken = json.loads(good.to_json()) | {"seed": "1"}
+    with pytest.raises(PlanError, match="the settings lack a valid 'seed' \\(int\\), found '1'"):
+        Settings.from_json(json.dumps(broken))
+
+
+def test_plan_is_placed_on_the_model_noise_table():
+    table = DiscreteSchedule(DiscreteSchedule.sd().alphas_cumprod.float())  # as a file stores it
+    plan = build_plan(preset_name="karras-2m-20", noise=table)
+    assert plan.sigmas[-2] == pytest.approx(table.sigma_min, rel=1e-12)
