@@ -9,7 +9,6 @@ agree; this follows the code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from evaluate.clip import CLIPModel, load_clip, preprocess
+from evaluate.prompts import read_manifest
 from text_encoder import Tokenizer
 
 
@@ -50,29 +50,12 @@ def clip_score(images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, prom
     return mean_score(similarities(images, prompts, model, tokenizer, batch_size))
 
 
-def read_manifest(manifest_path: str | Path) -> list[dict]:
-    """JSONL, one `{"index": int, "prompt": str, ...}` object per line (blank lines skipped)."""
-    entries = []
-    for number, line in enumerate(Path(manifest_path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        entry = json.loads(line)
-        if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) \
-                or not isinstance(entry.get("prompt"), str):
-            raise ValueError(f"{manifest_path} line {number}: expected an object with an integer \"index\" "
-                             f"and a string \"prompt\", got {line[:80]!r}")
-        entries.append(entry)
-    if not entries:
-        raise ValueError(f"{manifest_path} lists no images")
-    return entries
-
-
 def score_folder(image_dir: str | Path, manifest_path: str | Path, weights_path: str | Path,
                  device: str | torch.device = "cpu", batch_size: int = 32) -> float:
     """CLIP score of the images `{index:05d}.png` in `image_dir` against the manifest's prompts, with the
     ViT-B/32 weights at `weights_path` (openai/clip-vit-base-patch32 `model.safetensors`)."""
     entries = read_manifest(manifest_path)
-    paths = [Path(image_dir) / f"{entry['index']:05d}.png" for entry in entries]
+    paths = [Path(image_dir) / f"{entry.index:05d}.png" for entry in entries]
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
         listed = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
@@ -82,7 +65,7 @@ def score_folder(image_dir: str | Path, manifest_path: str | Path, weights_path:
     scores = []
     for start in range(0, len(paths), batch_size):  # one batch of images in memory at a time
         images = [_load_rgb(path) for path in paths[start : start + batch_size]]
-        prompts = [entry["prompt"] for entry in entries[start : start + batch_size]]
+        prompts = [entry.prompt for entry in entries[start : start + batch_size]]
         scores.append(similarities(images, prompts, model, tokenizer, batch_size))
     return mean_score(torch.cat(scores))
 

@@ -35,7 +35,7 @@ import os
 import random
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -152,13 +152,61 @@ def write_manifest(prompt_set: PromptSet, out: str | Path, force: bool = False) 
 
 
 def read_manifest(path: str | Path) -> list[Prompt]:
-    prompts = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    """The rows of a manifest, checked: every line a record with the Prompt fields, each index once.
+    Blank lines are skipped. Raises ValueError naming the file, the line and what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ValueError(
+            f"cannot read the manifest {path}: {reason}; write one with python -m evaluate.prompts"
+        ) from None
+    prompts, lines_of = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            prompts.append(Prompt(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{path} line {number} is not a manifest record ({error}); rewrite it") from None
+            record = json.loads(line)
+            problem = _record_problem(record)
+        except json.JSONDecodeError as error:
+            problem = f"not JSON: {error}"
+        if problem is None and record["index"] in lines_of:
+            problem = f"index {record['index']} is already on line {lines_of[record['index']]}"
+        if problem is not None:
+            raise ValueError(f"{path} line {number} is not a manifest record ({problem}); rewrite it")
+        lines_of[record["index"]] = number
+        prompts.append(Prompt(**record))
+    if not prompts:
+        raise ValueError(f"the manifest {path} lists no prompts; write one with python -m evaluate.prompts")
     return prompts
+
+
+def _record_problem(record: object) -> str | None:
+    """What keeps a parsed JSON line from being a Prompt, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    names = [f.name for f in fields(Prompt)]
+    missing = [f.name for f in fields(Prompt) if f.default is MISSING and f.name not in record]
+    if missing:
+        return f"no {', '.join(map(repr, missing))}"
+    unknown = [name for name in record if name not in names]
+    if unknown:
+        return f"unknown key {unknown[0]!r}; the keys are {', '.join(names)}"
+    if not _is_int(record["index"]) or record["index"] < 0:
+        return f"'index' must be an integer >= 0, got {record['index']!r}"
+    if not isinstance(record["prompt"], str):
+        return f"'prompt' must be a string, got {record['prompt']!r}"
+    if not _is_int(record["seed"]) or not 0 <= record["seed"] < 2**63:
+        return f"'seed' must be an integer in [0, 2^63), got {record['seed']!r}"
+    if record["reference"] is not None and not isinstance(record["reference"], str):
+        return f"'reference' must be a path or null, got {record['reference']!r}"
+    if record.get("image_id") is not None and not _is_int(record["image_id"]):
+        return f"'image_id' must be an integer or null, got {record['image_id']!r}"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an index
 
 
 def reference_list_path(manifest: str | Path) -> Path:
@@ -255,7 +303,8 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 0, or 2 with a one-line message on stderr."""
     parser = argparse.ArgumentParser(prog="python -m evaluate.prompts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="set", required=True)
     coco = sub.add_parser("coco", help="COCO 2014 / 2017 captions, selected as in the paper's code")
@@ -278,10 +327,12 @@ def main(argv: list[str] | None = None) -> None:
             prompt_set = laion_prompts(args.captions, args.count, args.sample, args.images_dir, args.seed)
         out, references = write_manifest(prompt_set, args.out, args.force)
     except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     print(f"{out}: {len(prompt_set.prompts)} prompts")
     print(f"{references}: {len(prompt_set.references)} reference images")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

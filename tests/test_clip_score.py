@@ -176,7 +176,8 @@ def test_load_clip_refuses_a_file_of_another_model(small, tmp_path):
 
 
 def write_manifest(path, indices):
-    lines = [json.dumps({"index": i, "prompt": PROMPTS[i % 4], "seed": i}) for i in indices]
+    records = [{"index": i, "prompt": PROMPTS[i % 4], "seed": i, "reference": None} for i in indices]
+    lines = [json.dumps(record) for record in records]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -188,8 +189,9 @@ def test_score_folder_names_missing_images(tmp_path):
 
 
 def test_score_folder_refuses_a_manifest_line_without_a_prompt(tmp_path):
-    (tmp_path / "manifest.jsonl").write_text('{"index": 0, "prompt": "a cat"}\n\n{"index": 1}\n')
-    with pytest.raises(ValueError, match="line 3"):
+    good = '{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}'
+    (tmp_path / "manifest.jsonl").write_text(f'{good}\n\n{{"index": 1, "seed": 1, "reference": null}}\n')
+    with pytest.raises(ValueError, match=r"manifest\.jsonl line 3 is not a manifest record \(no 'prompt'\)"):
         score_folder(tmp_path, tmp_path / "manifest.jsonl", tmp_path / "unused.safetensors")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from evaluate.prompts import (
+    Prompt,
     coco_prompts,
     laion_prompts,
     main,
@@ -265,14 +266,14 @@ def test_cli_writes_manifest_and_reference_list_and_refuses_to_overwrite(tmp_pat
     captions, instances, _ = synthetic_coco(tmp_path)
     out = tmp_path / "coco.jsonl"
     argv = ["coco", "--captions", str(captions), "--instances", str(instances), "--out", str(out)]
-    main([*argv, "--count", "12", "--seed", "7", "--images-dir", "imgs"])
+    assert main([*argv, "--count", "12", "--seed", "7", "--images-dir", "imgs"]) == 0
     prompts = read_manifest(out)
     assert len(prompts) == 12 and prompts[0].seed == 7
     assert len(reference_list_path(out).read_text().splitlines()) == 12
     assert "12 prompts" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"error: .*coco\.jsonl already exists; pass --force"):
-        main(argv)
-    main([*argv, "--force"])
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {out} already exists; pass --force to overwrite it\n"
+    assert main([*argv, "--force"]) == 0
     assert len(read_manifest(out)) > 12
 
 
@@ -289,5 +290,76 @@ def test_cli_runs_as_a_module_for_laion(tmp_path):
         f"caption {k}" for k in np.random.RandomState(42).permutation(20)[:6]
     ]
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert again.returncode == 1
-    assert again.stderr.strip().endswith("already exists; pass --force to overwrite it")
+    assert again.returncode == 2  # like every command of the project that refuses its input
+    assert again.stderr == f"error: {out} already exists; pass --force to overwrite it\n"
+
+
+def manifest_with(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+GOOD = '{"index": 0, "prompt": "a cat", "seed": 5, "reference": null}'
+
+
+def test_read_manifest_skips_blank_lines_and_takes_an_optional_image_id(tmp_path):
+    path = manifest_with(
+        tmp_path, GOOD, "", '{"index": 3, "prompt": "a dog", "seed": 8, "reference": "d.jpg", "image_id": 42}'
+    )
+    assert read_manifest(path) == [Prompt(0, "a cat", 5, None), Prompt(3, "a dog", 8, "d.jpg", 42)]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            "{not json",
+            "not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        ("[1, 2]", "a JSON list, not an object"),
+        ('{"index": 1, "prompt": "x"}', "no 'seed', 'reference'"),
+        (
+            '{"index": 1, "prompt": "x", "seed": 1, "reference": null, "url": "u"}',
+            "unknown key 'url'; the keys are index, prompt, seed, reference, image_id",
+        ),
+        (
+            '{"index": "1", "prompt": "x", "seed": 1, "reference": null}',
+            "'index' must be an integer >= 0, got '1'",
+        ),
+        ('{"index": 1, "prompt": 7, "seed": 1, "reference": null}', "'prompt' must be a string, got 7"),
+        (
+            '{"index": 1, "prompt": "x", "seed": -1, "reference": null}',
+            "'seed' must be an integer in [0, 2^63), got -1",
+        ),
+        (
+            '{"index": 1, "prompt": "x", "seed": true, "reference": null}',
+            "'seed' must be an integer in [0, 2^63), got True",
+        ),
+        (
+            '{"index": 1, "prompt": "x", "seed": 1, "reference": 3}',
+            "'reference' must be a path or null, got 3",
+        ),
+        (
+            '{"index": 1, "prompt": "x", "seed": 1, "reference": null, "image_id": 1.5}',
+            "'image_id' must be an integer or null, got 1.5",
+        ),
+        ('{"index": 0, "prompt": "x", "seed": 1, "reference": null}', "index 0 is already on line 1"),
+    ],
+)
+def test_read_manifest_names_the_line_and_the_problem(tmp_path, line, problem):
+    path = manifest_with(tmp_path, GOOD, line)
+    with pytest.raises(ValueError) as info:
+        read_manifest(path)
+    assert str(info.value) == f"{path} line 2 is not a manifest record ({problem}); rewrite it"
+
+
+def test_read_manifest_refuses_a_missing_or_empty_file(tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot read the manifest .*nothing\.jsonl: No such file or directory; "
+        r"write one with python -m evaluate.prompts",
+    ):
+        read_manifest(tmp_path / "nothing.jsonl")
+    with pytest.raises(ValueError, match=r"m\.jsonl lists no prompts"):
+        read_manifest(manifest_with(tmp_path, "", "  "))

@@ -1,0 +1,502 @@
+"""Sharded, resumable generation of an evaluation prompt set: one PNG per manifest row, made by the
+code path of run_sample.py, for the paper's tables.
+
+    python -m evaluate.generate --manifest coco14.jsonl --preset paper-5 --guidance 7.5 --out runs/p5-7.5
+    torchrun --nproc_per_node=8 -m evaluate.generate --manifest coco14.jsonl --preset paper-5 --out runs/p5
+
+Row `index` of the manifest becomes `DIR/{index:05d}.png`, from the row's own seed, carrying
+run_sample.py's metadata (`python run_sample.py --replay DIR/00042.png` remakes it).
+
+Which process makes what: the rows are cut, in manifest order, into U-Net batches of --batch-size
+(the last one padded with copies, as run_sample.py pads), and batch k goes to rank k mod WORLD_SIZE
+(torchrun's RANK / WORLD_SIZE / LOCAL_RANK; rank 0 of 1 without them). An image's batch and its row in
+that batch so depend only on the manifest and the batch size, never on the number of processes or on
+which images already exist: K processes and one give the same pixels on the same kind of device (on
+CPUs, with the same thread count: torchrun sets OMP_NUM_THREADS=1). No process group is needed, as
+the split is fixed before any work.
+
+Resuming: a row whose PNG exists is skipped, so rerunning a killed command finishes it. `DIR/run.json`
+records the run's settings once. A run with other settings into the same DIR is refused, and so is an
+existing PNG made with other settings, unless --force: then run.json and those PNGs are replaced.
+
+Scoring: `python -m evaluate.metrics fid|clip|prd ... --json DIR/{fid,clip,prd}.json`, then
+`python -m evaluate.table DIR...` (evaluate/table.py lists the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from evaluate.prompts import Prompt, read_manifest
+from run_sample import (
+    DEFAULT_SIZE,
+    DEFAULT_WEIGHTS,
+    DTYPES,
+    SamplingError,
+    Settings,
+    build_plan,
+    check_size,
+    generate,
+    load_model,
+    model_name,
+    png_metadata,
+    prepare_output,
+    read_plan_file,
+    read_replay,
+    save_png,
+)
+from schedule import DiscreteSchedule
+from solvers import Plan, PlanError, preset_names
+from weights.errors import WeightsError
+from weights.fingerprint import weights_sha256
+
+PROG = "python -m evaluate.generate"
+RUN_FILE = "run.json"
+RUN_FORMAT = 1
+# What decides the images: run.json, and each PNG's settings, must agree on these to share a folder.
+# (Device, batch size, compile and versions move pixels by rounding only; they are recorded, not compared.)
+RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", "negative_prompt", "height", "width", "dtype")
+IMAGE_IDENTITY = ("prompt", "negative_prompt", "seed", "width", "height", "weights_sha256", "dtype")
+
+
+# -- the split over processes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a torchrun launch: rank `rank` of `world_size`, GPU `local_rank`."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Shard:
+        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 when they are unset."""
+        values = {}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            text = environ.get(name)
+            try:
+                values[name] = None if text is None else int(text)
+            except ValueError:
+                raise ValueError(
+                    f"environment variable {name}={text!r} is not an integer; "
+                    "launch with torchrun, or unset it"
+                ) from None
+        world_size = 1 if values["WORLD_SIZE"] is None else values["WORLD_SIZE"]
+        if world_size > 1 and values["RANK"] is None:
+            raise ValueError(f"WORLD_SIZE is {world_size} but RANK is not set; launch with torchrun")
+        rank = values["RANK"] or 0
+        local_rank = rank if values["LOCAL_RANK"] is None else values["LOCAL_RANK"]
+        if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+            raise ValueError(
+                f"RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} is not a valid launch; "
+                "need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0"
+            )
+        return cls(rank, world_size, local_rank)
+
+
+def batch_grid(rows: Sequence[Prompt], batch_size: int) -> list[list[Prompt]]:
+    """The rows in U-Net batches of `batch_size`, in manifest order (the last one may be shorter)."""
+    return [list(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def shard_batches(batches: Sequence[list[Prompt]], shard: Shard) -> list[list[Prompt]]:
+    """Batch k goes to rank k mod world_size: fixed before any work; shares differ by one batch at most."""
+    return list(batches[shard.rank :: shard.world_size])
+
+
+def image_path(out: Path, row: Prompt) -> Path:
+    return out / f"{row.index:05d}.png"
+
+
+# -- run.json --------------------------------------------------------------------------------------------
+
+
+def run_record(
+    plan: Plan,
+    preset_name: str | None,
+    made: Settings,
+    manifest: str | os.PathLike,
+    manifest_rows: int,
+    manifest_sha256: str,
+) -> dict:
+    """What `DIR/run.json` holds: the plan and what the table shows (method, NFE, guidance), the weights,
+    the manifest, and the settings of `made` (run_sample's Settings, per-image fields aside)."""
+    guidance = plan.guidance[0] if len(set(plan.guidance)) == 1 else list(plan.guidance)
+    record = {
+        "format": RUN_FORMAT,
+        "method": plan.name,
+        "preset": preset_name,
+        "nfe": plan.nfe,
+        "guidance": guidance,
+        "plan": plan.to_dict(),
+        "weights": made.weights,
+        "weights_sha256": made.weights_sha256,
+        "model": made.model,
+        "manifest": str(manifest),
+        "manifest_rows": manifest_rows,
+        "manifest_sha256": manifest_sha256,
+        "negative_prompt": made.negative_prompt,
+        "height": made.height,
+        "width": made.width,
+        "dtype": made.dtype,
+        "version": made.version,
+    }
+    return json.loads(json.dumps(record))  # as it reads back: lists, not tuples
+
+
+def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
+    """Check `out/run.json` against `record`: refuse other settings unless `force`. Rank 0 writes it
+    when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs."""
+    path = out / RUN_FILE
+    existing = _read_run(path)
+    if existing is not None:
+        differences = run_differences(existing, record)
+        if not differences:
+            return
+        if not force:
+            raise ValueError(
+                f"{path} belongs to a run with other settings ({'; '.join(differences)}); "
+                "use another --out, or pass --force to replace that run"
+            )
+    if shard.rank != 0:
+        return
+    temporary = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}.tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        if existing is not None:  # under force
+            os.replace(temporary, path)
+            return
+        try:
+            os.link(temporary, path)  # fails if another run wrote run.json meanwhile
+        except FileExistsError:
+            claim_run(out, record, force, shard)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_run(path: Path) -> dict | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); delete it, or pass --force to replace it"
+        ) from None
+    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+        raise ValueError(
+            f"{path} is not a run record of format {RUN_FORMAT}; delete it, or pass --force to replace it"
+        )
+    return record
+
+
+def run_differences(old: dict, new: dict) -> list[str]:
+    """The settings of RUN_IDENTITY that differ, as "name old -> new"."""
+    differences = []
+    for key in RUN_IDENTITY:
+        if old.get(key) == new[key]:
+            continue
+        if key == "plan":
+            try:
+                differences += plan_differences(Plan.from_dict(old["plan"]), Plan.from_dict(new["plan"]))
+            except (KeyError, PlanError):
+                differences.append("plan: unreadable in the old record")
+        else:
+            differences.append(f"{key} {_short(old.get(key))} -> {_short(new[key])}")
+    return differences
+
+
+def plan_differences(old: Plan, new: Plan) -> list[str]:
+    """How two plans differ: name, guidance, and (under one name) the rest: sigmas, solvers, FreeU, final."""
+    differences = []
+    if old.name != new.name:
+        differences.append(f"plan {old.name} -> {new.name}")
+    if _guidance_text(old) != _guidance_text(new):
+        differences.append(f"guidance {_guidance_text(old)} -> {_guidance_text(new)}")
+    rest = (old.sigmas, old.solver, old.freeu, old.final) != (new.sigmas, new.solver, new.freeu, new.final)
+    if rest and old.name == new.name:
+        differences.append(f"plan {new.name} with other sigmas, solvers, FreeU or final policy")
+    return differences
+
+
+def _guidance_text(plan: Plan) -> str:
+    """One value when every step has it, else the per-step values."""
+    values = plan.guidance[:1] if len(set(plan.guidance)) == 1 else plan.guidance
+    return "/".join(f"{g:g}" for g in values)
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 24 else f"{text[:20]}..."
+
+
+# -- which images to make --------------------------------------------------------------------------------
+
+
+def row_settings(made: Settings, row: Prompt, slot: int) -> Settings:
+    """The settings of `row`'s image, made at row `slot` of its batch."""
+    return replace(made, prompt=row.prompt, seed=row.seed, batch_index=slot)
+
+
+def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
+    """How the existing image at `path` differs from the one this run makes there (empty: the same)."""
+    try:
+        stored, stored_plan = read_replay(path)
+    except PlanError:
+        return ["it carries no fewstep-sd metadata"]
+    differences = plan_differences(stored_plan, plan)
+    for key in IMAGE_IDENTITY:
+        if getattr(stored, key) != getattr(settings, key):
+            differences.append(f"{key} {_short(getattr(stored, key))} -> {_short(getattr(settings, key))}")
+    return differences
+
+
+def to_make(batch: list[Prompt], out: Path, plan: Plan, made: Settings, force: bool) -> list[int]:
+    """The slots of `batch` whose image is still to make: no PNG yet, or (under `force`) one made with
+    other settings. Without `force` such a PNG is refused."""
+    slots = []
+    for slot, row in enumerate(batch):
+        path = image_path(out, row)
+        if not path.exists():
+            slots.append(slot)
+            continue
+        differences = image_differences(path, plan, row_settings(made, row, slot))
+        if differences and not force:
+            raise ValueError(
+                f"{path} was made with other settings ({'; '.join(differences)}); "
+                "pass --force to remake it, or use another --out"
+            )
+        if differences:
+            slots.append(slot)
+    return slots
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+def pick_device(spec: str | None, shard: Shard) -> torch.device:
+    """--device, default cuda if there is one; a CUDA device without an index is cuda:LOCAL_RANK."""
+    spec = spec or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec} is not a torch device; use e.g. cpu or cuda") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise ValueError(f"--device {spec} is not available on this machine; use --device cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", shard.local_rank if device.index is None else device.index)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"there is no {device}: this machine has {torch.cuda.device_count()} CUDA devices; "
+                "start at most that many processes per node"
+            )
+        torch.cuda.set_device(device)
+    return device
+
+
+def run(args: argparse.Namespace, shard: Shard) -> None:
+    """Check every setting, load the model, claim the folder, then make this rank's missing images."""
+    rows = read_manifest(args.manifest)
+    manifest_rows = len(rows)
+    rows = rows[: args.limit]
+    manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
+    height, width = args.height, args.width
+    check_size(height, width)
+    plan_for = partial(
+        build_plan,
+        args.steps,
+        args.preset,
+        read_plan_file(args.plan) if args.plan else None,
+        guidance=args.guidance,
+    )
+    plan_for(noise=DiscreteSchedule.sd())  # refuse a bad plan before the weights load
+    out = prepare_output(args.out)
+    device = pick_device(args.device, shard)
+    dtype = args.dtype or ("float32" if device.type == "cpu" else "float16")
+
+    sd, path = load_model(args.weights, device, DTYPES[dtype], args.compile)
+    plan = plan_for(noise=sd.schedule)  # on the model's own noise table, as run_sample.py places it
+    made = Settings(
+        prompt="",
+        negative_prompt=args.negative_prompt,
+        seed=0,
+        width=width,
+        height=height,
+        weights=args.weights,
+        weights_sha256=weights_sha256(path),
+        model=model_name(path),
+        dtype=dtype,
+        device=device.type,
+        compile=args.compile,
+        batch=args.batch_size,
+        batch_index=0,
+    )
+    preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
+    record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)
+    claim_run(out, record, args.force, shard)
+
+    mine = shard_batches(batch_grid(rows, args.batch_size), shard)
+    work = [(batch, slots) for batch in mine if (slots := to_make(batch, out, plan, made, args.force))]
+    total = sum(len(slots) for _, slots in work)
+    present = sum(len(batch) for batch in mine) - total
+    tag = f"rank {shard.rank} of {shard.world_size}: " if shard.world_size > 1 else ""
+    started = time.perf_counter()
+    with tqdm(
+        total=total,
+        unit="img",
+        desc=f"{tag}images",
+        disable=None if shard.rank == 0 else True,  # one bar: rank 0's rate and ETA stand for all
+        file=sys.stderr,
+    ) as bar:
+        for batch, slots in work:
+            padded = batch + batch[-1:] * (args.batch_size - len(batch))  # as run_sample.py pads
+            images = generate(
+                sd,
+                plan,
+                [row.prompt for row in padded],
+                [row.seed for row in padded],
+                negative_prompt=made.negative_prompt,
+                height=height,
+                width=width,
+            )
+            for slot in slots:
+                metadata = png_metadata(plan, row_settings(made, batch[slot], slot), sd.schedule)
+                _save(images[slot], out, batch[slot], metadata)
+            bar.update(len(slots))
+    elapsed = time.perf_counter() - started
+    rate = f" ({total / elapsed:.2f} images/s)" if total else ""
+    images = f"{total} image{'' if total == 1 else 's'}"
+    print(f"{tag}made {images} in {out}/ in {elapsed:.1f} s{rate}; {present} were already there")
+
+
+def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str]) -> None:
+    """`out/{index:05d}.png`, replacing an image of other settings (only --force gets here with one)."""
+    target = image_path(out, row)
+    target.unlink(missing_ok=True)  # if killed before the new file lands, the row is simply missing
+    saved = save_png(image, out, target.stem, metadata)
+    if saved != target:
+        saved.unlink()
+        raise OSError(f"another process wrote {target} meanwhile; run one generation per --out folder")
+
+
+# -- argument parsing ------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and exit status 2, like every other refusal of this command."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Generate one PNG per manifest row (python -m evaluate.prompts writes manifests) for "
+        "the paper's tables, resumably; under torchrun the rows are split over the processes.",
+    )
+    p.add_argument(
+        "--manifest", required=True, metavar="FILE.jsonl", help="the prompt set: index, prompt, seed"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of {index:05d}.png and run.json")
+    p.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows (smoke runs)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a run.json of other settings, and remake the images made with other settings",
+    )
+    how = p.add_argument_group("how to sample (as run_sample.py)")
+    how.add_argument(
+        "--steps", type=_positive, metavar="N", help="the paper's preset for N steps (default: 5)"
+    )
+    how.add_argument("--preset", metavar="NAME", help=f"a named plan: {', '.join(preset_names())}")
+    how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
+    how.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="classifier-free guidance scale on every step; the paper's tables use 5.5 and 7.5 "
+        "(default: the plan's, 7.5 for presets)",
+    )
+    how.add_argument("--negative-prompt", default="", metavar="TEXT", help="the unconditional prompt")
+    how.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="images per U-Net batch; images are bitwise the same for the same batch size (default: 1)",
+    )
+    for side in ("height", "width"):
+        how.add_argument(
+            f"--{side}",
+            type=int,
+            default=DEFAULT_SIZE,
+            metavar="PX",
+            help=f"a multiple of 8 (default: {DEFAULT_SIZE})",
+        )
+    machine = p.add_argument_group("model and machine")
+    machine.add_argument(
+        "--weights",
+        default=DEFAULT_WEIGHTS,
+        metavar="PATH|HUB_ID",
+        help=f"a .safetensors file, a diffusers folder or a Hub id (default: {DEFAULT_WEIGHTS})",
+    )
+    machine.add_argument(
+        "--device", help="torch device; cuda means cuda:LOCAL_RANK (default: cuda if available, else cpu)"
+    )
+    machine.add_argument(
+        "--dtype", choices=list(DTYPES), help="model dtype (default: float16 on GPU, float32 on CPU)"
+    )
+    machine.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    machine.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (2 with a one-line message for any refusal)."""
+    args = build_parser().parse_args(argv)
+    shard = None
+    try:
+        shard = Shard.from_env()
+        run(args, shard)
+    except (WeightsError, SamplingError, ValueError, OSError) as err:  # PlanError is a ValueError
+        if args.debug:
+            raise
+        where = f" (rank {shard.rank} of {shard.world_size})" if shard and shard.world_size > 1 else ""
+        print(f"{PROG}{where}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

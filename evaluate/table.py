@@ -1,0 +1,171 @@
+"""The paper-style results table of generation runs, as Markdown.
+
+    python -m evaluate.table runs/paper-5 runs/paper-8 runs/karras-2m-20 [--protocol paper|clean]
+
+Each RUN_DIR is a folder `python -m evaluate.generate --out RUN_DIR` made: its `run.json` gives the
+method (the plan's name), NFE and guidance. The metrics are the JSON files that these commands write
+into it (the convention of this table):
+
+    python -m evaluate.metrics fid --generated RUN_DIR --reference REF_DIR --json RUN_DIR/fid.json
+    python -m evaluate.metrics clip --images RUN_DIR --manifest M --weights CLIP --json RUN_DIR/clip.json
+    python -m evaluate.metrics prd --generated RUN_DIR --reference REF_DIR --json RUN_DIR/prd.json
+
+A metric whose file is missing shows as "-". The PRD columns (F_8, F_1/8) appear when a run has
+prd.json. FID and PRD are read for one protocol (--protocol, default the paper's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluate.generate import RUN_FILE, RUN_FORMAT
+from evaluate.images import PROTOCOLS
+
+PROG = "python -m evaluate.table"
+METRIC_FILES = {"fid": "fid.json", "clip": "clip.json", "prd": "prd.json"}
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run's line of the table; None where its metric file is missing."""
+
+    method: str
+    nfe: int
+    guidance: float | list[float]
+    fid: float | None
+    clip: float | None
+    prd: tuple[float, float] | None  # (F_8, F_1/8)
+
+
+def read_row(run_dir: str | Path, protocol: str = "paper") -> Row:
+    """The table row of `run_dir`: run.json and whichever metric files are there."""
+    run_dir = Path(run_dir)
+    run = _read_json(run_dir / RUN_FILE, "run")
+    if run is None:
+        raise ValueError(
+            f"{run_dir} has no {RUN_FILE}; pass folders written by python -m evaluate.generate --out DIR"
+        )
+    if run.get("format") != RUN_FORMAT or not all(k in run for k in ("method", "nfe", "guidance")):
+        raise ValueError(f"{run_dir / RUN_FILE} is not a run record of format {RUN_FORMAT}")
+    paths = {metric: run_dir / name for metric, name in METRIC_FILES.items()}
+    records = {metric: _read_json(path, metric) for metric, path in paths.items()}
+    fid = clip = prd = None
+    if records["fid"] is not None:
+        value = _for_protocol(records["fid"], "fid", protocol, paths["fid"])
+        fid = None if value is None else _number(value, "the FID", paths["fid"])
+    if records["clip"] is not None:
+        clip = _number(records["clip"].get("clip_score"), "clip_score", paths["clip"])
+    if records["prd"] is not None:
+        scores = _for_protocol(records["prd"], "prd", protocol, paths["prd"])
+        if scores is not None:
+            scores = scores if isinstance(scores, dict) else {}
+            prd = tuple(_number(scores.get(key), key, paths["prd"]) for key in ("f_8", "f_1/8"))
+    return Row(run["method"], run["nfe"], run["guidance"], fid, clip, prd)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """| Method | NFE | Guidance | FID | CLIP | [F_8 | F_1/8 |]: FID and CLIP to 2 decimals as the paper
+    prints them, F scores to 3; text left-aligned, numbers right-aligned."""
+    with_prd = any(row.prd is not None for row in rows)
+    header = ["Method", "NFE", "Guidance", "FID", "CLIP"] + (["F_8", "F_1/8"] if with_prd else [])
+    lines = [header, [":---"] + ["---:"] * (len(header) - 1)]
+    for row in rows:
+        cells = [
+            row.method.replace("|", "\\|"),
+            str(row.nfe),
+            _guidance_text(row.guidance),
+            _number_text(row.fid, 2),
+            _number_text(row.clip, 2),
+        ]
+        if with_prd:
+            f8, f1_8 = (None, None) if row.prd is None else row.prd
+            cells += [_number_text(f8, 3), _number_text(f1_8, 3)]
+        lines.append(cells)
+    return "".join(f"| {' | '.join(cells)} |\n" for cells in lines)
+
+
+def _guidance_text(guidance: float | list[float]) -> str:
+    values = guidance if isinstance(guidance, list) else [guidance]
+    return "/".join(f"{g:g}" for g in values)  # per-step guidance: one value per step
+
+
+def _number_text(value: float | None, decimals: int) -> str:
+    return MISSING if value is None else f"{value:.{decimals}f}"
+
+
+def _read_json(path: Path, what: str) -> dict | None:
+    """The JSON object in `path` (run.json, or the result of metric `what`); None if there is no such file."""
+    command = "python -m evaluate.generate" if what == "run" else f"python -m evaluate.metrics {what} --json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); write it again with {command}") from None
+    if not isinstance(record, dict) or (what != "run" and record.get("metric") != what):
+        raise ValueError(f"{path} is not a {what} record; write it with {command}")
+    return record
+
+
+def _number(value: object, what: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{path}: {what} is {value!r}, not a number; rewrite it with python -m evaluate.metrics"
+        )
+    return float(value)
+
+
+def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:
+    """record[key][protocol]; None, with a note on stderr, when the file holds other protocols only."""
+    values = record.get(key)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} has no {key!r} values; rewrite it with python -m evaluate.metrics")
+    if protocol not in values:
+        print(
+            f"{PROG}: note: {path} has no {protocol}-protocol value (it has {', '.join(values)}); "
+            f"rerun python -m evaluate.metrics {key} with --protocol {protocol} or both",
+            file=sys.stderr,
+        )
+        return None
+    return values[protocol]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders made by python -m evaluate.generate"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="paper",
+        help="which FID / PRD protocol to show (default: paper)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the table; exit status 2 with a one-line message when a run folder or file is unusable."""
+    args = build_parser().parse_args(argv)
+    try:
+        rows = [read_row(run_dir, args.protocol) for run_dir in args.run_dirs]
+    except (ValueError, OSError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(markdown(rows), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
