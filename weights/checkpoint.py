@@ -8,17 +8,19 @@ or overlaps, so a file cannot hide anything else.
 A module is built on the `meta` device and each of its tensors is replaced by the file's tensor as
 soon as it is ready, so the model exists once: tensors already in the target dtype, for the CPU,
 are the file's own pages (mapped copy-on-write, read by the OS on first use); every other tensor
-is read with seek + read and converted. Those are never mapped, because mapped pages count in the
-process's resident memory and would stay there beside the converted copy. The peak is the loaded
-model plus one tensor in the file's dtype.
+is converted straight from a read-only mapping whose pages are released right after, since mapped
+pages count in the process's resident memory. The peak is the loaded model plus one tensor in the
+file's dtype.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,40 +185,44 @@ def read_tensors(
 
     A tensor that needs no conversion (already in its dtype, for the CPU) is mapped, not read: its
     storage is the file's pages, copy-on-write (the file never changes), which the OS reads on first
-    use and may drop again under memory pressure. Any other tensor is read with seek + read into a
-    fresh buffer and converted; its source bytes are never mapped, so they cannot stay resident next
-    to the converted copy. At most one such buffer is alive besides the tensors already yielded.
+    use and may drop again under memory pressure. Any other tensor is converted straight from a
+    read-only mapping, whose pages are then released (MADV_DONTNEED), so the source bytes never stay
+    resident next to the converted copy: at most one tensor's worth of them is mapped in at a time.
     """
     device = torch.device(device)
-    mapping = None
-    with Path(path).open("rb", buffering=0) as f:
-        for name, info in sorted(infos, key=lambda item: item[1].begin):
-            target = dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
-            if device.type == "cpu" and target == info.dtype and info.begin % info.dtype.itemsize == 0:
-                if mapping is None:
-                    mapping = torch.UntypedStorage.from_file(
-                        str(path), shared=False, nbytes=os.fstat(f.fileno()).st_size
-                    )
-                offset = info.begin // info.dtype.itemsize  # in elements
-                yield name, torch.empty(0, dtype=info.dtype).set_(mapping, offset, info.shape)
-                continue
-            raw = torch.empty(info.end - info.begin, dtype=torch.uint8)
-            f.seek(info.begin)
-            _read_into(f, memoryview(raw.numpy()), path, name)
-            # safetensors data is little-endian, as on x86 and ARM
-            converted = raw.view(info.dtype).reshape(info.shape).to(device=device, dtype=target)
-            del raw  # so its bytes are gone before the next tensor is read
-            yield name, converted
+    with Path(path).open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        storage = None
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as source:
+            for name, info in sorted(infos, key=lambda item: item[1].begin):
+                target = dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
+                if device.type == "cpu" and target == info.dtype and info.begin % info.dtype.itemsize == 0:
+                    if storage is None:
+                        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+                    offset = info.begin // info.dtype.itemsize  # in elements
+                    yield name, torch.empty(0, dtype=info.dtype).set_(storage, offset, info.shape)
+                    continue
+                yield name, _convert(source, info, target, device)
+                # Drop the source pages from this process (page-aligned range; a shared boundary
+                # page is simply read again if the next tensor needs it).
+                start = info.begin - info.begin % mmap.PAGESIZE
+                if info.end > start:
+                    source.madvise(mmap.MADV_DONTNEED, start, info.end - start)
 
 
-def _read_into(f, buffer: memoryview, path: Path, name: str) -> None:
-    """Fill `buffer` from the file; one read() may return less than asked, so loop."""
-    filled = 0
-    while filled < len(buffer):
-        count = f.readinto(buffer[filled:])
-        if not count:
-            raise WeightsError(f"{path} changed or was truncated while reading {name!r}; re-download it")
-        filled += count
+def _convert(source: mmap.mmap, info: TensorInfo, target: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The tensor at info's byte range of the mapping, as a new tensor of `target` dtype on `device`."""
+    if info.end == info.begin:
+        return torch.empty(info.shape, dtype=target, device=device)
+    with warnings.catch_warnings():  # the mapping is read-only, and we only read it
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.frombuffer(source, dtype=torch.uint8, offset=info.begin, count=info.end - info.begin)
+    if info.begin % info.dtype.itemsize:  # an unaligned tensor cannot be viewed in place
+        raw = raw.clone()
+    # safetensors data is little-endian, as on x86 and ARM
+    out = torch.empty(info.shape, dtype=target, device=device)
+    out.copy_(raw.view(info.dtype).reshape(info.shape))
+    return out
 
 
 class _SkipInit(TorchFunctionMode):
