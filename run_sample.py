@@ -454,13 +454,15 @@ def _reason(err: BaseException) -> str:
 # -- the command line ------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line with exit status 2, like every other refusal of the
+    project's commands (evaluate/ uses it too)."""
+
     def error(self, message: str):
-        """One line and exit status 2, like every other refusal of this command."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
@@ -485,7 +487,7 @@ def _one_of(names: Sequence[str], what: str) -> Callable[[str], str]:
     return check
 
 
-def _multiple_of_8(text: str) -> int:
+def multiple_of_8(text: str) -> int:
     value = int(text)
     problem = _size_problem(value)
     if problem:
@@ -494,7 +496,7 @@ def _multiple_of_8(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="run_sample.py",
         description="Text to image with Stable Diffusion 1.5 and the paper's training-free few-step "
         "samplers. Each PNG stores its prompt, seed, settings and full sampling plan; --replay re-runs it.",
@@ -517,12 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the first image; image k of the run uses seed + k (default: random, stored in the PNG)",
     )
     what.add_argument(
-        "--num-images", type=_positive, default=1, metavar="N", help="images per prompt (default: 1)"
+        "--num-images", type=positive_int, default=1, metavar="N", help="images per prompt (default: 1)"
     )
     for side in ("height", "width"):
         what.add_argument(
             f"--{side}",
-            type=_multiple_of_8,
+            type=multiple_of_8,
             metavar="PX",
             help=f"pixels, a multiple of 8 (default: {DEFAULT_SIZE})",
         )
@@ -530,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_argument_group("how to sample: a plan, then overrides of its parts on every step")
     how.add_argument(
         "--steps",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="the paper's preset for N steps (tuned rows for 5, 6, 8; other N by the paper's rule) "
         f"(default: {DEFAULT_STEPS}, unless --preset, --plan or --replay gives the plan)",
@@ -591,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     machine.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="images per U-Net batch, the last one padded with copies (default: 1, or the replayed image's)",
     )
@@ -624,12 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WeightsError, SamplingError, ValueError, OSError) as err:  # PlanError is a ValueError
         if args.debug:
             raise
-        print(f"run_sample.py: error: {_one_line(err)}", file=sys.stderr)
+        print(f"run_sample.py: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     # our own errors are full sentences; a system OSError reads "file: reason", as Unix tools write it
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"

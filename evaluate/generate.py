@@ -45,6 +45,7 @@ from run_sample import (
     DEFAULT_SIZE,
     DEFAULT_WEIGHTS,
     DTYPES,
+    OneLineParser,
     SamplingError,
     Settings,
     build_plan,
@@ -52,7 +53,10 @@ from run_sample import (
     generate,
     load_model,
     model_name,
+    multiple_of_8,
+    one_line,
     png_metadata,
+    positive_int,
     prepare_output,
     read_plan_file,
     read_replay,
@@ -400,21 +404,8 @@ def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str])
 # -- argument parsing ------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line and exit status 2, like every other refusal of this command."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description="Generate one PNG per manifest row (python -m evaluate.prompts writes manifests) for "
         "the paper's tables, resumably; under torchrun the rows are split over the processes.",
@@ -423,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", required=True, metavar="FILE.jsonl", help="the prompt set: index, prompt, seed"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder of {index:05d}.png and run.json")
-    p.add_argument("--limit", type=_positive, metavar="N", help="only the first N rows (smoke runs)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N rows (smoke runs)")
     p.add_argument(
         "--force",
         action="store_true",
@@ -431,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how = p.add_argument_group("how to sample (as run_sample.py)")
     how.add_argument(
-        "--steps", type=_positive, metavar="N", help="the paper's preset for N steps (default: 5)"
+        "--steps", type=positive_int, metavar="N", help="the paper's preset for N steps (default: 5)"
     )
     how.add_argument("--preset", metavar="NAME", help=f"a named plan: {', '.join(preset_names())}")
     how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
@@ -445,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--negative-prompt", default="", metavar="TEXT", help="the unconditional prompt")
     how.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=1,
         metavar="N",
         help="images per U-Net batch; images are bitwise the same for the same batch size (default: 1)",
@@ -453,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     for side in ("height", "width"):
         how.add_argument(
             f"--{side}",
-            type=int,
+            type=multiple_of_8,
             default=DEFAULT_SIZE,
             metavar="PX",
             help=f"a multiple of 8 (default: {DEFAULT_SIZE})",
@@ -487,15 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         where = f" (rank {shard.rank} of {shard.world_size})" if shard and shard.world_size > 1 else ""
-        print(f"{PROG}{where}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}{where}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror and err.filename:
-        return f"{err.filename}: {err.strerror}"
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

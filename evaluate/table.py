@@ -25,6 +25,7 @@ from pathlib import Path
 
 from evaluate.generate import RUN_FILE, RUN_FORMAT
 from evaluate.images import PROTOCOLS
+from run_sample import OneLineParser
 
 PROG = "python -m evaluate.table"
 METRIC_FILES = {"fid": "fid.json", "clip": "clip.json", "prd": "prd.json"}
@@ -136,13 +137,8 @@ def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:
     return values[protocol]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument(
         "run_dirs", nargs="+", metavar="RUN_DIR", help="folders made by python -m evaluate.generate"
     )

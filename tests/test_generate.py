@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import write_checkpoint
-from PIL import Image
+from png_helpers import pixels, text_chunks
 
 import run_sample
 from evaluate.generate import RUN_FILE, Shard, batch_grid, main, shard_batches
@@ -82,16 +82,6 @@ def one_line_error(*args: str) -> str:
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1, err
     return err.rstrip("\n")
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def text_chunks(path: Path) -> dict[str, str]:
-    with Image.open(path) as image:
-        return dict(image.text)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -337,7 +327,7 @@ def test_unwritable_output_folder(inputs, tmp_path):
     ("flags", "message"),
     [
         (["--limit", "0"], "argument --limit: must be 1 or more, got 0 (see --help)"),
-        (["--height", "100"], "--height 100 is not a positive multiple of 8"),
+        (["--height", "100"], "argument --height: 100 is not a positive multiple of 8"),
         (["--preset", "paper-5"], "give only one of --steps, --preset and --plan"),
     ],
 )

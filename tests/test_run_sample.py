@@ -14,6 +14,7 @@ import torch
 from checkpoints import sd15_alphas_cumprod, write_checkpoint
 from http_server import FakeHub
 from PIL import Image
+from png_helpers import pixels, text_chunks
 from safetensors.torch import save_file
 
 import run_sample
@@ -74,16 +75,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def sample_args(weights: Path, out: Path, *extra: str) -> list[str]:
     return ["--weights", str(weights), "--device", "cpu", "--out", str(out), *SIZE, *extra]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def text_chunks(path: Path) -> dict[str, str]:
-    with Image.open(path) as image:
-        return dict(image.text)
 
 
 @pytest.fixture(scope="module")
