@@ -655,7 +655,8 @@ def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[s
     raise ValueError('no prompt: pass --prompt "TEXT" (repeatable) or --prompts FILE')
 
 
-def _device(spec: str | None) -> torch.device:
+def parse_device(spec: str | None) -> torch.device:
+    """--device as a torch.device (default cuda if there is one), refused if this machine lacks it."""
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -683,7 +684,7 @@ def run(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args, replayed)
     height, width = pick(args.height, "height", DEFAULT_SIZE), pick(args.width, "width", DEFAULT_SIZE)
     check_size(height, width)
-    device = _device(args.device)
+    device = parse_device(args.device)
     dtype = pick(args.dtype, "dtype", "float32" if device.type == "cpu" else "float16")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")

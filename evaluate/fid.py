@@ -105,14 +105,6 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInception:
     """FIDInception with pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` state dict loaded."""
     try:

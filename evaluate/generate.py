@@ -55,6 +55,7 @@ from run_sample import (
     model_name,
     multiple_of_8,
     one_line,
+    parse_device,
     png_metadata,
     positive_int,
     prepare_output,
@@ -297,14 +298,7 @@ def to_make(batch: list[Prompt], out: Path, plan: Plan, made: Settings, force: b
 
 def pick_device(spec: str | None, shard: Shard) -> torch.device:
     """--device, default cuda if there is one; a CUDA device without an index is cuda:LOCAL_RANK."""
-    spec = spec or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec} is not a torch device; use e.g. cpu or cuda") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, True):
-        raise ValueError(f"--device {spec} is not available on this machine; use --device cpu")
+    device = parse_device(spec)
     if device.type == "cuda":
         device = torch.device("cuda", shard.local_rank if device.index is None else device.index)
         if device.index >= torch.cuda.device_count():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evaluate import fid, prd
 from evaluate.images import PROTOCOLS
+from weights.fingerprint import file_sha256
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,7 +40,7 @@ def _folder_features(args: argparse.Namespace) -> tuple[dict, dict]:
     """{protocol: (generated FolderStats, reference FolderStats)} and the run's description."""
     weights = fid.inception_weights_path(args.inception)
     model = fid.load_inception(weights, args.device)
-    weights_sha256 = fid.file_sha256(weights)
+    weights_sha256 = file_sha256(weights, progress=False)  # cached per file
     pairs = {}
     for protocol in _protocols(args.protocol):
         pair = []

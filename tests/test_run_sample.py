@@ -612,9 +612,9 @@ def test_file_sha256_is_computed_once_and_recomputed_when_the_file_changes(tmp_p
     path.write_bytes(b"first")
     assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
     assert str(path.resolve()) in json.loads(cache_file().read_text())
-    monkeypatch.setattr("weights.fingerprint._hash_file", lambda *a: pytest.fail("read again"))
-    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undo only this patch, not the env fixture's variables
+        patch.setattr("weights.fingerprint._hash_file", lambda *a: pytest.fail("read again"))
+        assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
     path.write_bytes(b"second!")
     assert file_sha256(path) == hashlib.sha256(b"second!").hexdigest()
 
