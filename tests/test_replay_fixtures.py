@@ -1,0 +1,52 @@
+"""PNGs written before the pipeline/ restructure replay to the same pixels, bitwise
+(tests/fixtures/replay/README.md says how each was made)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import write_checkpoint
+from png_helpers import pixels, text_chunks
+
+from run_sample import main
+from weights.fingerprint import file_sha256
+
+FIXTURES = Path(__file__).parent / "fixtures" / "replay"
+PNGS = sorted(FIXTURES.glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """The tiny seed-0 float32 single file the fixtures were made from, written anew."""
+    path = write_checkpoint(tmp_path_factory.mktemp("fixture-weights"), "single")
+    stored = {json.loads(text_chunks(png)["fewstep-settings"])["weights_sha256"] for png in PNGS}
+    assert stored == {file_sha256(path, progress=False)}, (
+        "the tests' tiny checkpoint no longer has the weights the fixtures were made with"
+    )
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """The fixtures were made with one CPU thread; GEMM blocking (so rounding) depends on the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_there_are_fixtures_to_replay():
+    assert len(PNGS) == 4
+
+
+@pytest.mark.parametrize("png", PNGS, ids=[p.name for p in PNGS])
+def test_png_written_before_the_restructure_replays_bitwise(
+    png, weights_file, one_thread, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
+    [made] = tmp_path.glob("*.png")
+    assert made.name == png.name
+    assert np.array_equal(pixels(made), pixels(png))
