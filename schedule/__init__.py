@@ -1,5 +1,18 @@
-"""Noise-level math and step placement. No networks here: only sigmas and times."""
+"""Noise-level math and step placement. No networks here: only sigmas and times.
 
+The noise schedule sigma(t) (`DiscreteSchedule`, `VPSDE`) belongs to a model; a discretization
+(`schedule.discretizations`) says which noise levels a sampler visits."""
+
+from schedule.discretizations import (
+    AYS,
+    DISCRETIZATIONS,
+    Discretization,
+    Exponential,
+    Karras,
+    Linspace,
+    Paper,
+    discretization,
+)
 from schedule.noise import VPSDE, DiscreteSchedule, NoiseSchedule
 from schedule.spacing import (
     AYS_TABLES,
@@ -13,12 +26,20 @@ from schedule.spacing import (
 )
 
 __all__ = [
+    "AYS",
     "AYS_TABLES",
+    "DISCRETIZATIONS",
     "VPSDE",
     "DiscreteSchedule",
+    "Discretization",
+    "Exponential",
+    "Karras",
+    "Linspace",
     "NoiseSchedule",
+    "Paper",
     "append_zero",
     "ays",
+    "discretization",
     "exponential",
     "karras",
     "paper_sigmas",

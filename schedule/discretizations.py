@@ -1,0 +1,217 @@
+"""Discretizations: where the N steps of a run go, as named recipes with their knobs.
+
+EDM's split: the noise schedule sigma(t) belongs to the model (`DiscreteSchedule`, `VPSDE`); a
+discretization says which N + 1 noise levels a sampler visits. Each one here is a small frozen record
+of its knobs, named after its paper's symbols, that computes its sigmas on a noise schedule. A Plan
+keeps the record beside the sigmas it made, so a run's PNG says how its steps were placed and a
+command line can sweep any knob (`--p2 5`, `--rho 9`) the way EDM's `generate.py` sweeps `--rho`.
+
+`DISCRETIZATIONS` is the one table of them: a new kind is a dataclass with `kind`, `N` and
+`sigmas(schedule)`, added there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from schedule.noise import DiscreteSchedule, NoiseSchedule
+from schedule.spacing import append_zero, ays, exponential, karras, paper_sigmas, uniform
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The paper's two-stage discretization, eq. (18)-(19) as the authors' code runs them
+    (docs/recipe.md section 2).
+
+    1. sigma_stop = point `index` of a `grid`-point Karras ramp with exponent p2 over the schedule's
+       whole range (eq. 19; by the paper's rule grid = N + stop + 1 and index = N + 1).
+    2. t_i, i = 0..N, uniform in t^(1/p1) from t_max down to t(sigma_stop) (eq. 18), mapped to sigma.
+
+    No zero is appended: the last sigma is sigma_stop > 0 and the paper decodes x_N itself. The tuned
+    6-step and XL 8-step rows depart from the rule; `grid` and `index` say so explicitly.
+    """
+
+    kind: ClassVar[str] = "paper"
+    N: int
+    stop: int = 2
+    p1: float = 1.2  # eq. (18): the exponent in time
+    p2: float = 7.0  # eq. (19): the Karras exponent of sigma_stop
+    grid: int | None = None
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_int("stop", self.stop, 0)
+        _check_positive("p1", self.p1)
+        _check_positive("p2", self.p2)
+        for name in ("grid", "index"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0)
+        if not 0 <= self.stop_index < self.grid_size:
+            raise ValueError(
+                f"the stop index {self.stop_index} must be a point of the {self.grid_size}-point Karras grid"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Points of the Karras ramp sigma_stop is read from."""
+        return self.N + self.stop + 1 if self.grid is None else self.grid
+
+    @property
+    def stop_index(self) -> int:
+        """Which point of that ramp is sigma_stop."""
+        return self.N + 1 if self.index is None else self.index
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        return paper_sigmas(schedule, self.N, self.grid_size, self.p2, self.stop_index, rho_t=self.p1)
+
+    def describe(self) -> str:
+        return (
+            f"paper N={self.N} stop={self.stop} p1={self.p1:g} p2={self.p2:g} "
+            f"(sigma_stop = point {self.stop_index} of the {self.grid_size}-point Karras grid)"
+        )
+
+
+@dataclass(frozen=True)
+class Karras:
+    """Karras et al. (2022) eq. (5) with exponent rho over the schedule's range, then a last step to 0:
+    k-diffusion's and diffusers' N-step Karras schedule."""
+
+    kind: ClassVar[str] = "karras"
+    N: int
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_positive("rho", self.rho)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        lo, hi = schedule.sigma_min, schedule.sigma_max
+        return _then_zero(self.N, schedule, lambda n: karras(n, lo, hi, self.rho))
+
+    def describe(self) -> str:
+        return f"karras N={self.N} rho={self.rho:g}, then 0"
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """Uniform in log sigma (uniform log-SNR, DPM-Solver's own choice), then a last step to 0."""
+
+    kind: ClassVar[str] = "exponential"
+    N: int
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        lo, hi = schedule.sigma_min, schedule.sigma_max
+        return _then_zero(self.N, schedule, lambda n: exponential(n, lo, hi))
+
+    def describe(self) -> str:
+        return f"exponential N={self.N}, then 0"
+
+
+@dataclass(frozen=True)
+class Linspace:
+    """Uniform in the DDPM index from t_max to 0, then a last step to 0 (k-diffusion's `get_sigmas`,
+    diffusers' "linspace" Euler schedule)."""
+
+    kind: ClassVar[str] = "linspace"
+    N: int
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        if not isinstance(schedule, DiscreteSchedule):
+            raise ValueError("the linspace discretization needs a DiscreteSchedule (a DDPM table)")
+        return _then_zero(self.N, schedule, lambda n: uniform(n, schedule, "linspace"))
+
+    def describe(self) -> str:
+        return f"linspace N={self.N}, then 0"
+
+
+@dataclass(frozen=True)
+class AYS:
+    """Align Your Steps (Sabour et al. 2024): the published 10-step table of `model`, log-linearly
+    interpolated to N steps, its last value replaced by 0 (as diffusers and ComfyUI run it)."""
+
+    kind: ClassVar[str] = "ays"
+    N: int
+    model: str = "sd1"
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a model kind such as 'sd1', got {self.model!r}")
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        return torch.cat([ays(self.N, self.model)[:-1], torch.zeros(1, dtype=torch.float64)])
+
+    def describe(self) -> str:
+        return f"ays N={self.N} ({self.model} table), last value 0"
+
+
+def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """N steps as k-diffusion and diffusers make them: N - 1 placed steps, then one to sigma = 0 (a
+    single step goes straight from sigma_max to 0)."""
+    if n == 1:
+        return torch.tensor([schedule.sigma_max, 0.0], dtype=torch.float64)
+    return append_zero(place(n - 1))
+
+
+Discretization = Paper | Karras | Exponential | Linspace | AYS
+DISCRETIZATIONS: dict[str, type] = {cls.kind: cls for cls in (Paper, Karras, Exponential, Linspace, AYS)}
+
+
+def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
+    """The discretization `kind` for N steps with the given knobs (the others at their defaults)."""
+    if kind not in DISCRETIZATIONS:
+        raise ValueError(f"unknown discretization {kind!r}; choose from {', '.join(DISCRETIZATIONS)}")
+    return DISCRETIZATIONS[kind](N=N, **knobs)
+
+
+def knobs(cls_or_kind: type | str) -> tuple[str, ...]:
+    """The knob names of a discretization kind, N excluded."""
+    cls = DISCRETIZATIONS[cls_or_kind] if isinstance(cls_or_kind, str) else cls_or_kind
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "N")
+
+
+def to_dict(value: Discretization) -> dict[str, Any]:
+    return {"kind": value.kind, **dataclasses.asdict(value)}
+
+
+def from_dict(data: Mapping[str, Any]) -> Discretization:
+    """Inverse of `to_dict`; raises ValueError naming the field that is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a discretization must be an object with a kind, got {data!r}")
+    kind = data.get("kind")
+    if kind not in DISCRETIZATIONS:
+        raise ValueError(f"unknown discretization kind {kind!r}; choose from {', '.join(DISCRETIZATIONS)}")
+    fields = {f.name for f in dataclasses.fields(DISCRETIZATIONS[kind])}
+    unknown = sorted(set(data) - fields - {"kind"})
+    if unknown or "N" not in data:
+        problem = f"unknown fields {unknown}" if unknown else "no N"
+        raise ValueError(f"the {kind} discretization has {problem}; it takes N, {', '.join(knobs(kind))}")
+    return DISCRETIZATIONS[kind](**{k: v for k, v in data.items() if k != "kind"})
