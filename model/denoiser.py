@@ -13,8 +13,8 @@ exact sigma everywhere else).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,7 +26,13 @@ if TYPE_CHECKING:
 
 
 class Denoiser:
-    """Wraps `unet(x, t, context, freeu=..., **kwargs) -> eps` as `denoiser(x, sigma, cond) -> x0`."""
+    """Wraps `unet(x, t, context, freeu=..., **kwargs) -> eps` as `denoiser(x, sigma, cond) -> x0`.
+
+    `OPTIONS` names the per-step plan options it takes and how each is read (a ValueError says why
+    a value is wrong), so a caller can check a whole plan before the first step.
+    """
+
+    OPTIONS: ClassVar[dict[str, Callable[[Any], Any]]] = {"freeu": FreeU.option}
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, round_timesteps: bool = False):
         self.unet = unet
@@ -98,8 +104,6 @@ def _to_float_dtype(value: Any, dtype: torch.dtype) -> Any:
 
 
 def _as_freeu(freeu: FreeU | Mapping[str, Any] | None) -> FreeU | None:
-    if freeu is None or isinstance(freeu, FreeU):
-        return freeu
-    if isinstance(freeu, Mapping):
-        return FreeU.from_dict(freeu)
-    raise TypeError(f"freeu must be a FreeU, a dict of its fields or None, got {type(freeu).__name__}")
+    if freeu is not None and not isinstance(freeu, (FreeU, Mapping)):
+        raise TypeError(f"freeu must be a FreeU, a dict of its fields or None, got {type(freeu).__name__}")
+    return FreeU.option(freeu)

@@ -61,23 +61,19 @@ class FreeU:
         object.__setattr__(self, "factors", torch.tensor([self.b1, self.b2, self.s1, self.s2]))
 
     @classmethod
-    def paper(cls) -> FreeU:
-        """The values the few-step recipe uses for SD 1.5."""
-        return cls(b1=1.1, b2=1.1, s1=0.9, s2=0.2)
-
-    @classmethod
     def common(cls) -> FreeU:
-        """The usual FreeU v1 defaults (official repo, ComfyUI)."""
+        """FreeU's own published v1 defaults (official repo, ComfyUI); the paper's values are its recipe's
+        (solvers/presets.py)."""
         return cls(b1=1.1, b2=1.2, s1=0.9, s2=0.2)
 
     @classmethod
-    def v2_sdxl(cls) -> FreeU:
-        """FreeU v2 for SDXL, as in the authors' 6-step code."""
-        return cls(b1=1.3, b2=1.4, s1=0.9, s2=0.2, version=2)
-
-    @classmethod
     def from_dict(cls, mapping: Mapping[str, Any]) -> FreeU:
-        """Inverse of `to_dict`; a solver Plan stores FreeU settings in this form."""
+        """Inverse of `to_dict`; a Plan stores FreeU settings in this form (the one schema is this class)."""
+        if not isinstance(mapping, Mapping):
+            raise ValueError(
+                f"FreeU must be null (off) or an object with b1, b2, s1, s2 (and optionally version and "
+                f"placement), got {mapping!r}"
+            )
         fields = dataclasses.fields(cls)
         unknown = sorted(set(mapping) - {f.name for f in fields})
         missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in mapping]
@@ -88,8 +84,22 @@ class FreeU:
             )
         return cls(**mapping)
 
+    @classmethod
+    def option(cls, value: FreeU | Mapping[str, Any] | None) -> FreeU | None:
+        """A plan's per-step `freeu` option (None, a dict of the fields, or a FreeU) as a FreeU or None."""
+        return value if value is None or isinstance(value, FreeU) else cls.from_dict(value)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        """b1/b2/s1/s2, then version and placement where not the defaults: "1.3/1.4/0.9/0.2 v2"."""
+        text = "/".join(f"{getattr(self, k):g}" for k in ("b1", "b2", "s1", "s2"))
+        if self.version != 1:
+            text += f" v{self.version}"
+        if self.placement != "channels":
+            text += f" {self.placement}"
+        return text
 
     def stage(self, block_index: int, channels: int, model_channels: int, num_res_blocks: int) -> int | None:
         """Which stage (0 -> b1/s1, 1 -> b2/s2, None -> untouched) output block `block_index` is in.

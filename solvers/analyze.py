@@ -19,12 +19,13 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+import cli
 from schedule import DiscreteSchedule, append_zero, exponential, karras
 from solvers.analytic import GaussianMixture
 from solvers.loop import sample
 from solvers.plan import Plan
 from solvers.presets import preset
-from solvers.steps import RULES
+from solvers.table import SOLVERS
 
 Model = Callable[..., Tensor]
 STEP_COUNTS = (5, 6, 8, 10, 20)
@@ -56,7 +57,7 @@ def local_errors(model, x: Tensor, sigmas: Sequence[float], solver: str, substep
         s, s_next = sigmas[i], sigmas[i + 1]
         history = [(sigmas[j], model(exact[j], sigmas[j])) for j in range(i)]
         denoised = model(exact[i], s)
-        one = denoised if s_next == 0 else RULES[solver](exact[i], denoised, s, s_next, history, model)
+        one = denoised if s_next == 0 else SOLVERS[solver].rule(exact[i], denoised, s, s_next, history, model)
         fine_end = s_next if s_next > 0 else 1e-4 * s
         fine_sigmas = exponential(substeps if s_next > 0 else substeps - 1, fine_end, s)
         fine_sigmas = fine_sigmas if s_next > 0 else append_zero(fine_sigmas)
@@ -109,14 +110,19 @@ def lte_curves(
     return curves
 
 
-def _plot(path: str, rows: list[dict], curves: dict, solver: str) -> None:
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit("--plot needs matplotlib: pip install -e '.[plot]'")
+        raise ImportError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    return plt
+
+
+def _plot(path: str, rows: list[dict], curves: dict, solver: str) -> None:
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for family in ("paper", *BASELINES):
         pts = [(r["steps"], r["rmse_x0"]) for r in rows if r["plan"].rsplit("-", 1)[0] == family]
@@ -138,20 +144,33 @@ def _plot(path: str, rows: list[dict], curves: dict, solver: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m solvers.analyze", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--samples", type=int, default=256, help="starting points (default: 256)")
-    parser.add_argument("--dim", type=int, default=16, help="data dimension of the mixture (default: 16)")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.Parser(prog="python -m solvers.analyze", description=__doc__.split("\n\n")[1])
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the mixture and the samples (default: 0)"
+        "--samples", type=cli.positive_int, default=256, help="starting points (default: 256)"
     )
-    parser.add_argument("--lte-solver", default="dpmpp_1s", choices=sorted(RULES),
-                        help="solver for the local-error curves (default: dpmpp_1s)")  # fmt: skip
+    parser.add_argument(
+        "--dim", type=cli.positive_int, default=16, help="data dimension of the mixture (default: 16)"
+    )
+    parser.add_argument(
+        "--seed", type=cli.seed, default=0, help="seed of the mixture and the samples (default: 0)"
+    )
+    parser.add_argument(
+        "--lte-solver",
+        default="dpmpp_1s",
+        type=cli.one_of(lambda: sorted(SOLVERS), "solver"),
+        metavar="NAME",
+        help="solver for the local-error curves (default: dpmpp_1s)",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if args.samples < 1 or args.dim < 1:
-        parser.error("--samples and --dim must be >= 1")
+    return cli.run(parser.prog, analyze, args, errors=(ValueError, OSError, ImportError))
 
+
+def analyze(args: argparse.Namespace) -> None:
+    if args.plot:
+        _pyplot()  # refuse before the work, not after it
     schedule = DiscreteSchedule.sd()
     model = GaussianMixture.default(dim=args.dim, seed=args.seed)
     x = model.sample(args.samples, schedule.sigma_max, torch.Generator().manual_seed(args.seed + 1))
@@ -178,4 +197,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,6 +10,18 @@ import torch
 from torch import Tensor
 
 Cond = Tensor | Mapping[str, Tensor]
+
+
+def check_guidance(value: Any) -> float:
+    """The guidance scale w of a step: a finite number >= 0 (w = 1 is the conditional model alone)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _expand(c: Cond, n: int) -> Cond:
@@ -29,7 +42,8 @@ def guided(model: Callable[..., Tensor], cond: Cond, uncond: Cond) -> Callable[.
 
     `model(x, sigma, cond, **options) -> x0` is e.g. `model.Denoiser`; cond and uncond are tensors
     (or dicts of tensors) of batch B or 1. The returned `denoise(x, sigma, guidance=1.0, **options)`
-    is what `solvers.sample` calls. At w = 1 the formula is D_c, so only the conditional half runs.
+    is what `solvers.sample` calls; the other options of the step go on to `model`. At w = 1 the
+    formula is D_c, so only the conditional half runs.
     """
 
     def denoise(x: Tensor, sigma: float | Tensor, guidance: float = 1.0, **options: Any) -> Tensor:

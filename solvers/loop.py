@@ -9,7 +9,7 @@ from functools import partial
 from torch import Tensor
 
 from solvers.plan import Plan
-from solvers.steps import RULES
+from solvers.table import SOLVERS
 
 
 @dataclass(frozen=True)
@@ -31,22 +31,22 @@ def sample(
 ) -> Tensor:
     """Solve the probability-flow ODE from x at plan.sigmas[0] along the plan.
 
-    `denoise(x, sigma, guidance=g_i, freeu=f_i) -> D(x; sigma)` gets the step's options; an
-    analytic denoiser may ignore them. A step into sigma = 0 returns the denoised estimate.
+    `denoise(x, sigma, **options) -> D(x; sigma)` gets the step's options (guidance, freeu, ...) as
+    the plan holds them; an analytic denoiser may ignore them. A step into sigma = 0 returns the
+    denoised estimate.
     """
     history: list[tuple[float, Tensor]] = []
     for i in range(plan.steps):
         sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
-        denoise_step = partial(denoise, guidance=plan.guidance[i], freeu=plan.freeu[i])
+        denoise_step = partial(denoise, **plan.step_options(i))
         denoised = denoise_step(x, sigma)
         if callback is not None:
             callback(StepInfo(i, sigma, sigma_next, x, denoised))
         if sigma_next == 0:
             x = denoised
         else:
-            x = RULES[plan.solver[i]](x, denoised, sigma, sigma_next, history, denoise_step)
+            x = SOLVERS[plan.solver[i]].rule(x, denoised, sigma, sigma_next, history, denoise_step)
         history.append((sigma, denoised))
     if plan.final == "denoise":
-        last = plan.steps - 1
-        x = denoise(x, plan.sigmas[-1], guidance=plan.guidance[last], freeu=plan.freeu[last])
+        x = denoise(x, plan.sigmas[-1], **plan.step_options(plan.steps - 1))
     return x

@@ -1,28 +1,33 @@
 """A Plan: everything that decides a sampling run, and nothing else.
 
-The sigmas, one solver per step, one guidance scale per step, one FreeU setting (or none) per
-step, and the final policy. It round-trips through JSON exactly (floats are written with repr), so
-the JSON stored in an image replays the run.
+The sigmas, one solver per step, the per-step options the denoiser gets (guidance, FreeU, ...), the
+final policy, and the discretization that made the sigmas (None when they were given as a list). It
+round-trips through JSON exactly (floats are written with repr), so the JSON stored in an image
+replays the run.
+
+Options are data: `sample` passes step i's options to `denoise(x, sigma, **options)` without naming
+them. Only "guidance" (consumed by `solvers.guidance.guided`) is checked here; the network side
+checks its own (`model.Denoiser` takes "freeu"), so solvers know nothing of FreeU's fields.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from solvers.steps import CALLS_PER_STEP, RULES
+from schedule import discretizations
+from schedule.discretizations import Discretization
+from solvers.guidance import check_guidance
+from solvers.table import SOLVERS
 
 FINAL_POLICIES = ("keep", "denoise")
-PLAN_FORMAT = 1
-
-# A FreeU setting is stored as plain data; the network side (model.FreeU) gives it meaning.
-FREEU_NUMBERS = ("b1", "b2", "s1", "s2")
-FREEU_CHOICES = {"version": (1, 2), "placement": ("channels", "blocks")}
+PLAN_FORMAT = 2  # format 1 (guidance and freeu as top-level lists, no discretization) is still read
+OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {"guidance": check_guidance}
 
 
 class PlanError(ValueError):
@@ -30,62 +35,62 @@ class PlanError(ValueError):
 
 
 def _per_step(value: Any, n: int, what: str) -> tuple:
-    """One value for every step, or a sequence with exactly one per step."""
-    if isinstance(value, (str, Mapping)) or value is None or not isinstance(value, Sequence):
+    """One value for every step, or a list or tuple with exactly one per step."""
+    if not isinstance(value, (list, tuple)):
         return (value,) * n
     if len(value) != n:
         raise PlanError(f"{what} has {len(value)} entries for {n} steps; give one value or one per step")
     return tuple(value)
 
 
-def _check_freeu(setting: Any, step: int) -> dict | None:
-    if setting is None:
-        return None
-    if not isinstance(setting, Mapping):
-        raise PlanError(
-            f"freeu of step {step} must be null or an object with b1, b2, s1, s2, got {setting!r}"
-        )
-    unknown = sorted(set(setting) - set(FREEU_NUMBERS) - set(FREEU_CHOICES))
-    missing = [k for k in FREEU_NUMBERS if k not in setting]
-    if unknown or missing:
-        raise PlanError(f"freeu of step {step}: unknown keys {unknown}, missing keys {missing}")
-    checked: dict[str, Any] = {}
-    for key in FREEU_NUMBERS:
-        number = setting[key]
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, (int, float))
-            or not math.isfinite(number)
-            or number < 0
-        ):
-            raise PlanError(f"freeu of step {step}: {key} must be a finite number >= 0, got {number!r}")
-        checked[key] = float(number)
-    for key, allowed in FREEU_CHOICES.items():
-        if key in setting:
-            if setting[key] not in allowed:
-                raise PlanError(f"freeu of step {step}: {key} must be one of {allowed}, got {setting[key]!r}")
-            checked[key] = setting[key]
-    return checked
+def _json_value(value: Any, where: str) -> Any:
+    """`value` as it reads back from JSON (tuples as lists), refused if JSON cannot hold it exactly."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PlanError(f"{where} is {value}; options must be finite")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, where) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: _json_value(v, f"{where}.{k}") for k, v in value.items()}
+    raise PlanError(
+        f"{where} is {value!r}, which a plan's JSON cannot hold; use numbers, text, lists, objects"
+    )
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=True, init=False)
 class Plan:
-    """Plan(sigmas, solver="dpmpp_2m", guidance=7.5, freeu=None, final="keep", name="custom").
+    """Plan(sigmas, solver="dpmpp_2m", guidance=7.5, freeu=None, final="keep", name="custom",
+    *, discretization=None, **options).
 
-    `solver`, `guidance` and `freeu` take one value for every step or a sequence with one per step
-    (N = len(sigmas) - 1 steps). `final="keep"` returns x at the last sigma (the paper decodes it
-    directly); `final="denoise"` returns D(x_N; sigma_N) at the cost of one more call.
+    `solver`, `guidance`, `freeu` and every other option take one value for every step or a list with
+    one per step (N = len(sigmas) - 1 steps). `final="keep"` returns x at the last sigma (the paper
+    decodes it directly); `final="denoise"` returns D(x_N; sigma_N) at the cost of one more call.
     """
 
     sigmas: tuple[float, ...]
-    solver: tuple[str, ...] | str = "dpmpp_2m"
-    guidance: tuple[float, ...] | float = 7.5
-    freeu: tuple[dict | None, ...] | dict | None = None
-    final: str = "keep"
-    name: str = "custom"
+    solver: tuple[str, ...]
+    options: dict[str, tuple]  # per-step options, column by column: {"guidance": (g_0, ...), ...}
+    final: str
+    name: str
+    discretization: Discretization | None
 
-    def __post_init__(self) -> None:
-        sigmas = tuple(float(s) for s in torch.as_tensor(self.sigmas, dtype=torch.float64).flatten().tolist())
+    def __init__(
+        self,
+        sigmas: Sequence[float] | torch.Tensor,
+        solver: str | Sequence[str] = "dpmpp_2m",
+        guidance: float | Sequence[float] = 7.5,
+        freeu: Mapping | Sequence[Mapping | None] | None = None,
+        final: str = "keep",
+        name: str = "custom",
+        *,
+        discretization: Discretization | None = None,
+        **options: Any,
+    ) -> None:
+        values = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
+        sigmas = tuple(float(s) for s in values)
         if len(sigmas) < 2:
             raise PlanError(f"a plan needs at least 2 sigmas (1 step), got {len(sigmas)}")
         for i, s in enumerate(sigmas):
@@ -97,38 +102,67 @@ class Plan:
                     f"sigmas must strictly decrease, but sigma {i + 1} = {sigmas[i + 1]} >= {sigmas[i]}"
                 )
         n = len(sigmas) - 1
-        solvers = _per_step(self.solver, n, "solver")
-        for i, name in enumerate(solvers):
-            if name not in RULES:
-                raise PlanError(f"unknown solver {name!r} at step {i}; choose from {', '.join(RULES)}")
-        guidance = _per_step(self.guidance, n, "guidance")
-        for i, g in enumerate(guidance):
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-                raise PlanError(f"guidance of step {i} must be a finite number >= 0, got {g!r}")
-        freeu = tuple(_check_freeu(f, i) for i, f in enumerate(_per_step(self.freeu, n, "freeu")))
-        if self.final not in FINAL_POLICIES:
-            raise PlanError(f"final must be one of {FINAL_POLICIES}, got {self.final!r}")
-        if self.final == "denoise" and sigmas[-1] == 0:
+        solvers = _per_step(solver, n, "solver")
+        for i, entry in enumerate(solvers):
+            if entry not in SOLVERS:
+                raise PlanError(f"unknown solver {entry!r} at step {i}; choose from {', '.join(SOLVERS)}")
+        columns = {}
+        for key, value in {"guidance": guidance, "freeu": freeu, **options}.items():
+            check, column = OPTION_CHECKS.get(key), []
+            for i, entry in enumerate(_per_step(value, n, key)):
+                if check is not None:
+                    try:
+                        entry = check(entry)
+                    except ValueError as err:
+                        raise PlanError(f"{key} of step {i} {err}") from None
+                column.append(_json_value(entry, f"{key} of step {i}"))
+            columns[key] = tuple(column)
+        if final not in FINAL_POLICIES:
+            raise PlanError(f"final must be one of {FINAL_POLICIES}, got {final!r}")
+        if final == "denoise" and sigmas[-1] == 0:
             raise PlanError("final='denoise' needs a last sigma > 0; this plan already ends at sigma = 0")
-        if not isinstance(self.name, str) or not self.name:
-            raise PlanError(f"name must be a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "sigmas", sigmas)
-        object.__setattr__(self, "solver", solvers)
-        object.__setattr__(self, "guidance", tuple(float(g) for g in guidance))
-        object.__setattr__(self, "freeu", freeu)
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"name must be a non-empty string, got {name!r}")
+        if discretization is not None and n != discretization.N:
+            raise PlanError(f"the discretization has {discretization.N} steps but the plan {n}")
+        parts = {"sigmas": sigmas, "solver": tuple(solvers), "options": columns, "final": final, "name": name}
+        for key, value in {**parts, "discretization": discretization}.items():
+            object.__setattr__(self, key, value)
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
     @property
+    def guidance(self) -> tuple[float, ...]:
+        return self.options["guidance"]
+
+    @property
+    def freeu(self) -> tuple[dict | None, ...]:
+        return self.options["freeu"]
+
+    def step_options(self, i: int) -> dict[str, Any]:
+        """The options of step i, as `denoise(x, sigma, **options)` gets them."""
+        return {key: column[i] for key, column in self.options.items()}
+
+    @property
     def nfe(self) -> int:
         """Denoiser calls (each one U-Net batch, conditional and unconditional together)."""
-        calls = sum(CALLS_PER_STEP[s] if self.sigmas[i + 1] > 0 else 1 for i, s in enumerate(self.solver))
+        calls = sum(SOLVERS[s].calls if self.sigmas[i + 1] > 0 else 1 for i, s in enumerate(self.solver))
         return calls + (self.final == "denoise")
 
+    def replace(self, **changes: Any) -> Plan:
+        """A copy with some parts changed: sigmas, solver, final, name, discretization, or any option
+        (guidance=..., freeu=..., ...). New sigmas without a new discretization drop the old one."""
+        parts = {"sigmas": self.sigmas, "solver": self.solver, "final": self.final, "name": self.name}
+        parts["discretization"] = None if "sigmas" in changes else self.discretization
+        options = dict(self.options)
+        for key, value in changes.items():
+            (parts if key in parts else options)[key] = value
+        return Plan(**parts, **options)
+
     def with_guidance(self, guidance: float | Sequence[float]) -> Plan:
-        return Plan(self.sigmas, self.solver, guidance, self.freeu, self.final, self.name)
+        return self.replace(guidance=guidance)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,9 +170,11 @@ class Plan:
             "name": self.name,
             "sigmas": list(self.sigmas),
             "solver": list(self.solver),
-            "guidance": list(self.guidance),
-            "freeu": [None if f is None else dict(f) for f in self.freeu],
+            "options": {key: list(column) for key, column in self.options.items()},
             "final": self.final,
+            "discretization": None
+            if self.discretization is None
+            else discretizations.to_dict(self.discretization),
         }
 
     def to_json(self) -> str:
@@ -148,15 +184,31 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if not isinstance(data, Mapping):
             raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
-        if data.get("format") != PLAN_FORMAT:
+        layout = _LAYOUTS.get(data.get("format")) if isinstance(data.get("format"), int) else None
+        if layout is None:
             raise PlanError(
-                f"unsupported plan format {data.get('format')!r}; this version reads format {PLAN_FORMAT}"
+                f"unsupported plan format {data.get('format')!r}; this version reads formats "
+                f"{', '.join(map(str, _LAYOUTS))}"
             )
-        expected = {"format", "name", "sigmas", "solver", "guidance", "freeu", "final"}
-        if set(data) != expected:
-            raise PlanError(f"plan keys must be {sorted(expected)}, got {sorted(data)}")
+        if set(data) != layout:
+            raise PlanError(f"plan keys must be {sorted(layout)}, got {sorted(data)}")
+        if data["format"] == 1:
+            options = {"guidance": data["guidance"], "freeu": data["freeu"]}
+            recipe = None
+        else:
+            options = data["options"]
+            if not isinstance(options, Mapping) or "guidance" not in options or "freeu" not in options:
+                raise PlanError("plan options must be an object with at least guidance and freeu")
+            recipe = data["discretization"]
+            try:
+                recipe = None if recipe is None else discretizations.from_dict(recipe)
+            except (ValueError, TypeError) as err:
+                raise PlanError(f"plan discretization: {err}") from None
+        sigmas = data["sigmas"]
+        if not isinstance(sigmas, list) or not all(_is_number(s) for s in sigmas):
+            raise PlanError(f"plan sigmas must be a list of numbers, got {_short(sigmas)}")
         return cls(
-            data["sigmas"], data["solver"], data["guidance"], data["freeu"], data["final"], data["name"]
+            sigmas, data["solver"], final=data["final"], name=data["name"], discretization=recipe, **options
         )
 
     @classmethod
@@ -167,14 +219,42 @@ class Plan:
             raise PlanError(f"plan is not valid JSON: {e}") from None
         return cls.from_dict(data)
 
-    def describe(self) -> str:
-        """One line per step: sigma interval, solver, guidance, FreeU."""
-        lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, final={self.final}"]
+    def describe(self, render: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+        """One line per step: sigma interval, solver, then each option; `render` maps an option's name
+        to how to show a value (the network side knows how FreeU reads; the default is generic)."""
+        render = render or {}
+        recipe = "" if self.discretization is None else f", {self.discretization.describe()}"
+        lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, final={self.final}{recipe}"]
         for i in range(self.steps):
-            f = self.freeu[i]
-            freeu = "off" if f is None else "/".join(f"{f[k]:g}" for k in FREEU_NUMBERS)
-            lines.append(
-                f"  {i + 1:>3}  {self.sigmas[i]:9.4f} -> {self.sigmas[i + 1]:<9.4f} {self.solver[i]:<9} "
-                f"w={self.guidance[i]:g}  freeu={freeu}"
+            shown = " ".join(
+                f"{key}={render.get(key, _text)(value)}" for key, value in self.step_options(i).items()
             )
+            interval = f"{self.sigmas[i]:9.4f} -> {self.sigmas[i + 1]:<9.4f}"
+            lines.append(f"  {i + 1:>3}  {interval} {self.solver[i]:<9} {shown}")
         return "\n".join(lines)
+
+
+_LAYOUTS = {
+    1: {"format", "name", "sigmas", "solver", "guidance", "freeu", "final"},
+    2: {"format", "name", "sigmas", "solver", "options", "final", "discretization"},
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _text(value: Any) -> str:
+    """An option value compactly: numbers with %g, None as off, objects as key=value lists."""
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={_text(v)}" for k, v in value.items())
+    return str(value)

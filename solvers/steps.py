@@ -1,6 +1,7 @@
 """One step of each solver, in data-prediction form.
 
-Every rule has the same signature
+Every rule is declared in the solver table (solvers/table.py) by its `@solver(...)` line and has
+the same signature
 
     rule(x, denoised, sigma, sigma_next, history, denoise) -> x_next
 
@@ -24,10 +25,13 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
+from solvers.table import solver
+
 History = Sequence[tuple[float, Tensor]]
 Denoise = Callable[[Tensor, float], Tensor]
 
 
+@solver(calls=1, order=1, short="euler", display="Euler")
 def euler(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -35,6 +39,7 @@ def euler(
     return x + (sigma_next - sigma) * (x - denoised) / sigma
 
 
+@solver(calls=2, order=2, short="heun", display="Heun")
 def heun(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -45,6 +50,7 @@ def heun(
     return x + (sigma_next - sigma) * (slope + slope_next) / 2
 
 
+@solver(calls=1, order=1, short="1s", display="DPM++ 1S")
 def dpmpp_1s(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -56,6 +62,7 @@ def dpmpp_1s(
     return (sigma_next / sigma) * x - math.expm1(-h) * denoised
 
 
+@solver(calls=2, order=2, short="2s", display="DPM++ 2S")
 def dpmpp_2s(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -66,6 +73,7 @@ def dpmpp_2s(
     return (sigma_next / sigma) * x - math.expm1(-h) * denoise(x_mid, sigma_mid)
 
 
+@solver(calls=1, order=2, short="2m", display="DPM++ 2M")
 def dpmpp_2m(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -82,6 +90,7 @@ def dpmpp_2m(
     return (sigma_next / sigma) * x - math.expm1(-h) * d
 
 
+@solver(calls=1, order=3, short="3m", display="DPM++ 3M")
 def dpmpp_3m(
     x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, history: History, denoise: Denoise
 ) -> Tensor:
@@ -108,16 +117,3 @@ def dpmpp_3m(
     h2 = math.log(sigma_2 / sigma_1)
     curvature = (slope_0 - (denoised_1 - denoised_2) / h2) / (h1 + h2)  # D'' / 2
     return x_next + phi_2 * (slope_0 + curvature * h1) + phi_3 * 2 * curvature
-
-
-RULES: dict[str, Callable[..., Tensor]] = {
-    "euler": euler,
-    "heun": heun,
-    "dpmpp_1s": dpmpp_1s,
-    "dpmpp_2s": dpmpp_2s,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_3m": dpmpp_3m,
-}
-
-# Denoiser calls a step makes when sigma_next > 0 (a step into 0 makes none beyond the loop's one).
-CALLS_PER_STEP = {"euler": 1, "heun": 2, "dpmpp_1s": 1, "dpmpp_2s": 2, "dpmpp_2m": 1, "dpmpp_3m": 1}

@@ -11,15 +11,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from reference.unet import diffusers_unet, ldm_state_dict, sd15_config, unet_config
 
 from model import FreeU, UNet, fourier_filter, timestep_embedding
+from solvers.presets import PAPER_FREEU, XL_FREEU_V2
+from tests.helpers import rel_err
+from tests.reference.unet import diffusers_unet, ldm_state_dict, sd15_config, unet_config
 
 TOL = 1e-5
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +39,18 @@ def inputs(batch=2, height=16, width=16):
 # --- settings --------------------------------------------------------------------------------------
 
 
-def test_presets_hold_the_recipe_values():
-    assert FreeU.paper() == FreeU(1.1, 1.1, 0.9, 0.2)
+def test_the_recipes_settings_read_as_freeu_and_common_holds_freeus_defaults():
+    paper = FreeU.option(PAPER_FREEU)
+    assert paper == FreeU(1.1, 1.1, 0.9, 0.2)
     assert FreeU.common() == FreeU(1.1, 1.2, 0.9, 0.2)
-    assert FreeU.v2_sdxl() == FreeU(1.3, 1.4, 0.9, 0.2, version=2)
-    assert FreeU.paper().placement == "channels" and FreeU.paper().version == 1
+    assert FreeU.option(XL_FREEU_V2) == FreeU(1.3, 1.4, 0.9, 0.2, version=2)
+    assert paper.placement == "channels" and paper.version == 1
+    assert FreeU.option(None) is None and FreeU.option(paper) is paper
+
+
+def test_text_shows_the_four_factors_and_what_is_not_default():
+    assert FreeU(1.1, 1.1, 0.9, 0.2).text() == "1.1/1.1/0.9/0.2"
+    assert FreeU(1.3, 1.4, 0.9, 0.2, version=2, placement="blocks").text() == "1.3/1.4/0.9/0.2 v2 blocks"
 
 
 def test_dict_form_round_trips_through_json():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from schedule import DiscreteSchedule, append_zero, karras
-from solvers import Plan, PlanError, preset
-from solvers.presets import PAPER_FREEU, PAPER_ROWS, XL_FREEU_V2, paper_rule
+from schedule import DiscreteSchedule, Paper, append_zero, karras
+from solvers import Plan, PlanError, Recipe, preset
+from solvers.presets import PAPER_FREEU, PAPER_RECIPES, XL_FREEU_V2, discretization_for, paper_rule
 
 SD = DiscreteSchedule.sd()
 FREEU = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
@@ -42,11 +42,9 @@ def test_sigmas_accept_tensors_and_stay_float64_exact():
         ({"sigmas": [2.0, 1.0], "guidance": float("nan")}, "finite number"),
         ({"sigmas": [2.0, 1.0], "final": "zero"}, "final must be one of"),
         ({"sigmas": [2.0, 0.0], "final": "denoise"}, "already ends at sigma = 0"),
-        ({"sigmas": [2.0, 1.0], "freeu": {"b1": 1.1}}, "missing keys \\['b2', 's1', 's2'\\]"),
-        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "b3": 1}}, "unknown keys \\['b3'\\]"),
-        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "s1": -1}}, "s1 must be a finite number >= 0"),
-        ({"sigmas": [2.0, 1.0], "freeu": {**FREEU, "version": 3}}, "version must be one of"),
-        ({"sigmas": [2.0, 1.0], "freeu": 1.1}, "must be null or an object"),
+        ({"sigmas": [2.0, 1.0], "freeu": float("inf")}, "freeu of step 0 is inf; options must be finite"),
+        ({"sigmas": [2.0, 1.0], "mask": object()}, "mask of step 0 is <object.*JSON cannot hold"),
+        ({"sigmas": [2.0, 1.0], "cfg_rescale": [0.5, 0.7]}, "cfg_rescale has 2 entries for 1 steps"),
     ],
 )
 def test_bad_plans_are_rejected_with_a_one_line_reason(kwargs, message):
@@ -73,12 +71,45 @@ def test_json_round_trip_is_exact_for_every_preset():
         assert np.array_equal(np.array(again.sigmas).view(np.int64), np.array(plan.sigmas).view(np.int64))
 
 
-def test_json_names_every_sigma_solver_guidance_and_freeu_setting():
+def test_json_names_every_sigma_solver_option_and_the_discretization():
     data = json.loads(preset("paper-xl-6").to_json())
-    assert data["format"] == 1 and data["name"] == "paper-xl-6" and data["final"] == "keep"
+    assert data["format"] == 2 and data["name"] == "paper-xl-6" and data["final"] == "keep"
+    options = data["options"]
     assert (
-        len(data["sigmas"]) == 7 and len(data["solver"]) == len(data["guidance"]) == len(data["freeu"]) == 6
+        len(data["sigmas"]) == 7
+        and len(data["solver"]) == len(options["guidance"]) == len(options["freeu"]) == 6
     )
+    assert data["discretization"] == {"kind": "paper", "N": 6, "stop": 1, "p1": 1.2, "p2": 5, "grid": None,
+                                      "index": 6}  # fmt: skip
+
+
+def test_format_1_json_reads_as_the_same_plan_without_a_discretization():
+    plan = preset("paper-xl-6")
+    old = {"format": 1, "name": plan.name, "sigmas": list(plan.sigmas), "solver": list(plan.solver),
+           "guidance": list(plan.guidance), "freeu": list(plan.freeu), "final": plan.final}  # fmt: skip
+    again = Plan.from_json(json.dumps(old))
+    assert again == plan.replace(discretization=None) and again.discretization is None
+
+
+def test_any_option_is_stored_per_step_and_round_trips():
+    plan = Plan([3.0, 2.0, 1.0], "euler", 5.5, cfg_rescale=[0.0, 0.7], mask={"kind": "box", "size": [2, 3]})
+    assert plan.step_options(1) == {"guidance": 5.5, "freeu": None, "cfg_rescale": 0.7,
+                                    "mask": {"kind": "box", "size": [2, 3]}}  # fmt: skip
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.replace(cfg_rescale=0.5).options["cfg_rescale"] == (0.5, 0.5)
+
+
+def test_replace_changes_only_what_it_names_and_new_sigmas_drop_the_discretization():
+    plan = preset("paper-8")
+    assert plan.replace(name="mine") == Plan(plan.sigmas, plan.solver, plan.guidance, plan.freeu, plan.final,
+                                             "mine", discretization=plan.discretization)  # fmt: skip
+    moved = plan.replace(sigmas=[2 * s for s in plan.sigmas])
+    assert moved.discretization is None and moved.options == plan.options
+
+
+def test_a_discretization_must_have_the_plans_step_count():
+    with pytest.raises(PlanError, match="the discretization has 5 steps but the plan 1"):
+        Plan([2.0, 1.0], discretization=Paper(N=5))
 
 
 @pytest.mark.parametrize(
@@ -86,8 +117,9 @@ def test_json_names_every_sigma_solver_guidance_and_freeu_setting():
     [
         ("{", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
-        ('{"format": 2}', "unsupported plan format 2"),
+        ('{"format": 3}', "unsupported plan format 3; this version reads formats 1, 2"),
         ('{"format": 1, "sigmas": [1, 0]}', "plan keys must be"),
+        ('{"format": 2, "sigmas": [1, 0]}', "plan keys must be"),
     ],
 )
 def test_bad_plan_json_is_rejected_with_a_reason(text, message):
@@ -139,18 +171,33 @@ def test_paper_with_steps_uses_the_tuned_rows_and_the_rule_elsewhere():
     assert preset("paper", steps=6) == preset("paper-6")
     assert preset("paper", steps=8) == preset("paper-8")
     # The rule: 7 steps -> stop 3, rho_stop 7, n_grid 11, j_stop 8, DPM++2M, no FreeU.
-    assert paper_rule(7) == (7, 11, 7, 8, "dpmpp_2m", None)
-    assert paper_rule(4) == (4, 7, 5, 5, "dpmpp_1s", PAPER_FREEU)
+    seven_rule = paper_rule(7)
+    assert seven_rule == Recipe(Paper(N=7, stop=3, p2=7), "dpmpp_2m", None)
+    assert (seven_rule.discretization.grid_size, seven_rule.discretization.stop_index) == (11, 8)
+    four_rule = paper_rule(4)
+    assert four_rule == Recipe(Paper(N=4, stop=2, p2=5), "dpmpp_1s", PAPER_FREEU)
+    assert (four_rule.discretization.grid_size, four_rule.discretization.stop_index) == (7, 5)
     seven = preset("paper", steps=7)
     stop = karras(10, SD.sigma_min, SD.sigma_max, 7)[8].item()
     assert seven.name == "paper-7" and seven.sigmas[-1] == pytest.approx(stop, rel=1e-12)
     # The tuned 6-step row is not the rule's (n_grid 8, j_stop 6 instead of 9, 7).
-    assert paper_rule(6)[1:4] == (9, 5, 7)
+    rule_6, tuned_6 = paper_rule(6).discretization, PAPER_RECIPES["paper-6"].discretization
+    assert (rule_6.grid_size, rule_6.p2, rule_6.stop_index) == (9, 5, 7)
+    assert (tuned_6.grid_size, tuned_6.p2, tuned_6.stop_index) == (8, 5, 6)
 
 
 def test_rule_gives_the_tuned_rows_for_5_and_8_steps():
     for n in (5, 8):
-        assert paper_rule(n) == PAPER_ROWS[f"paper-{n}"]
+        assert paper_rule(n) == PAPER_RECIPES[f"paper-{n}"]
+
+
+def test_every_paper_row_records_its_discretization_with_the_papers_symbols():
+    for name, recipe in PAPER_RECIPES.items():
+        plan = preset(name)
+        assert plan.discretization == recipe.discretization
+        assert plan.sigmas == tuple(recipe.discretization.sigmas(SD).tolist())
+    xl8 = PAPER_RECIPES["paper-xl-8"].discretization
+    assert (xl8.N, xl8.stop, xl8.p1, xl8.p2, xl8.grid_size, xl8.stop_index) == (8, 3, 1.2, 12, 12, 10)
 
 
 def test_karras_2m_20_is_kdiffusions_20_step_schedule_ending_at_zero():
@@ -175,11 +222,9 @@ def test_unknown_presets_list_the_valid_names():
         preset("paper-0")
 
 
-def test_schedule_sigmas_names_the_placements_the_presets_use():
-    from solvers.presets import schedule_sigmas
-
-    assert tuple(schedule_sigmas("paper", 8).tolist()) == preset("paper-8").sigmas
-    assert tuple(schedule_sigmas("karras", 20).tolist()) == preset("karras-2m-20").sigmas
-    assert schedule_sigmas("linspace", 1).tolist() == [SD.sigma_max, 0.0]
-    with pytest.raises(ValueError, match="unknown schedule 'cosine'; choose from paper, karras"):
-        schedule_sigmas("cosine", 5)
+def test_discretization_for_names_the_placements_the_presets_use():
+    assert tuple(discretization_for("paper", 8).sigmas(SD).tolist()) == preset("paper-8").sigmas
+    assert tuple(discretization_for("karras", 20).sigmas(SD).tolist()) == preset("karras-2m-20").sigmas
+    assert discretization_for("linspace", 1).sigmas(SD).tolist() == [SD.sigma_max, 0.0]
+    with pytest.raises(ValueError, match="unknown discretization 'cosine'; choose from paper, karras"):
+        discretization_for("cosine", 5)

@@ -9,7 +9,7 @@ from schedule import DiscreteSchedule, karras
 from solvers import Plan, guided, sample
 from solvers.analytic import Gaussian, GaussianMixture
 from solvers.analyze import convergence_order, rmse
-from solvers.steps import RULES
+from solvers.table import SOLVERS
 
 SD = DiscreteSchedule.sd()
 # Per-dimension variances from 0.05 to 2 so no single time scale dominates the error.
@@ -31,7 +31,7 @@ class CountingDenoiser:
         return self.model(x, sigma)
 
 
-@pytest.mark.parametrize("solver", sorted(RULES))
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_every_rule_is_exact_when_the_data_is_a_single_point(solver):
     # D(x; sigma) = c for all x, sigma: the ODE solution is c + (x - c) sigma' / sigma, and every
     # rule integrates a constant D exactly (1e-12: float64 rounding over a few steps).
@@ -46,8 +46,8 @@ def test_dpmpp_1s_is_euler_in_this_parametrisation():
     # With x = x0 + sigma eps (s = 1), DDIM in data prediction and Euler in sigma coincide:
     # (sigma'/sigma) x + (1 - sigma'/sigma) D both ways. 1e-14: rounding only.
     x, d = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
-    a = RULES["euler"](x, d, 2.0, 0.7, [], None)
-    b = RULES["dpmpp_1s"](x, d, 2.0, 0.7, [], None)
+    a = SOLVERS["euler"].rule(x, d, 2.0, 0.7, [], None)
+    b = SOLVERS["dpmpp_1s"].rule(x, d, 2.0, 0.7, [], None)
     assert torch.allclose(a, b, atol=1e-14, rtol=0)
 
 
@@ -93,7 +93,7 @@ def test_one_step_fed_exact_history_has_local_error_of_order_p_plus_one(solver, 
         grid = [math.exp(2 * h), math.exp(h), 1.0, math.exp(-h)]
         xs = [GAUSSIAN.solve(x1, 1.0, s) for s in grid]
         history = [(grid[0], GAUSSIAN(xs[0], grid[0])), (grid[1], GAUSSIAN(xs[1], grid[1]))]
-        out = RULES[solver](xs[2], GAUSSIAN(xs[2], 1.0), 1.0, grid[3], history, GAUSSIAN)
+        out = SOLVERS[solver].rule(xs[2], GAUSSIAN(xs[2], 1.0), 1.0, grid[3], history, GAUSSIAN)
         errors.append(rmse(out, xs[3]))
     steps = [1 / h for h in hs]  # convergence_order takes step counts ~ 1/h
     assert convergence_order(steps, errors) == pytest.approx(local_order, abs=0.3)
@@ -107,7 +107,7 @@ def test_step_into_zero_returns_the_denoised_estimate():
     assert len(model.calls) == 1  # Heun's correction is skipped when there is no next sigma
 
 
-@pytest.mark.parametrize("solver", sorted(RULES))
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("final", ["keep", "denoise"])
 def test_plan_nfe_counts_the_denoiser_calls_honestly(solver, final):
     sigmas = (
@@ -154,8 +154,8 @@ def test_2m_reuses_the_previous_estimate_and_starts_first_order():
     x = _start(3)
     sigmas = karras(2, 0.5, 14.6)
     d0 = GAUSSIAN(x, sigmas[0].item())
-    first = RULES["dpmpp_2m"](x, d0, sigmas[0].item(), sigmas[1].item(), [], None)
-    assert torch.equal(first, RULES["dpmpp_1s"](x, d0, sigmas[0].item(), sigmas[1].item(), [], None))
+    first = SOLVERS["dpmpp_2m"].rule(x, d0, sigmas[0].item(), sigmas[1].item(), [], None)
+    assert torch.equal(first, SOLVERS["dpmpp_1s"].rule(x, d0, sigmas[0].item(), sigmas[1].item(), [], None))
     out_2m = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_2m", 1.0))
     out_1s = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_1s", 1.0))
     assert not torch.allclose(out_2m, out_1s)
@@ -222,3 +222,11 @@ def test_sample_with_guidance_wrapper_passes_each_steps_scale():
     plan = Plan(karras(2, 0.5, 14.6), "euler", [3.0, 1.0])
     sample(guided(model, torch.ones(1, 2), torch.zeros(1, 2)), torch.randn(1, 4), plan)
     assert [b[0] for b in model.batches] == [2, 1]  # step 0 guided (2B), step 1 at w = 1 (B)
+
+
+def test_any_option_of_a_plan_reaches_the_denoiser_unnamed_by_the_loop():
+    plan = Plan(karras(2, 0.1, 14.6), "euler", 1.0, cfg_rescale=[0.0, 0.7], mask={"box": [1, 2]})
+    model = CountingDenoiser(GAUSSIAN)
+    sample(model, _start(2), plan)
+    assert [o["cfg_rescale"] for _, o in model.calls] == [0.0, 0.7]
+    assert all(o["mask"] == {"box": [1, 2]} for _, o in model.calls)
