@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import write_checkpoint
-from png_helpers import pixels, text_chunks
 
 from run_sample import main
+from tests.checkpoints import write_checkpoint
+from tests.helpers import pixels, text_chunks
 from weights.fingerprint import file_sha256
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"

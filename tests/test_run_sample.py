@@ -11,30 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import sd15_alphas_cumprod, write_checkpoint
-from http_server import FakeHub
 from PIL import Image
-from png_helpers import pixels, text_chunks
 from safetensors.torch import save_file
 
-import run_sample
 import weights
-from run_sample import (
+from pipeline import (
     PARAMETERS_KEY,
     PLAN_KEY,
     SETTINGS_KEY,
-    Settings,
     build_plan,
     decode,
     initial_noise,
-    main,
-    png_metadata,
     read_replay,
-    save_png,
 )
-from schedule import DiscreteSchedule
-from solvers import Plan, PlanError, preset
-from solvers.presets import PAPER_FREEU, schedule_sigmas
+from pipeline.provenance import project_version
+from run_sample import main
+from schedule import DiscreteSchedule, Karras
+from solvers import Plan, preset
+from solvers.presets import PAPER_FREEU
+from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
+from tests.helpers import pixels, text_chunks
+from tests.http_server import FakeHub
 from weights.errors import WeightsError
 from weights.fingerprint import cache_file, file_sha256, weights_sha256
 from weights.hub import SD15_FILE, SD15_REPO
@@ -106,14 +103,14 @@ def test_parameters_chunk_is_an_a1111_line(cat):
         f"{CAT}\nNegative prompt: \n"
         "Steps: 5, Sampler: DPM++ 1S, Schedule type: paper, CFG scale: 7.5, Seed: 42, Size: 64x64, "
         f"Model hash: {sha256[:10]}, Model: sd15-tiny-seed0-fp32, FreeU: 1.1/1.1/0.9/0.2, "
-        f"Plan: paper-5, Version: fewstep-sd {run_sample.project_version()}"
+        f"Plan: paper-5, Version: fewstep-sd {project_version()}"
     )
 
 
 def test_plan_chunk_is_the_paper_5_plan_with_every_sigma(cat):
     plan = Plan.from_json(text_chunks(cat[0])[PLAN_KEY])
     # placed on the noise table the file stores (float32 alphas_cumprod, as LDM checkpoints do)
-    assert plan == build_plan(5, noise=DiscreteSchedule(sd15_alphas_cumprod()))
+    assert plan == build_plan(5, schedule=DiscreteSchedule(sd15_alphas_cumprod()))
     # float32 vs float64 alphas_cumprod moves the sigmas by under 1e-5 (relative)
     assert plan.sigmas == pytest.approx(preset("paper-5").sigmas, rel=1e-5)
     assert plan.freeu == (PAPER_FREEU,) * 5 and plan.final == "keep"
@@ -137,7 +134,7 @@ def test_settings_chunk_holds_everything_replay_needs(cat):
         "compile": False,
         "batch": 1,
         "batch_index": 0,
-        "version": run_sample.project_version(),
+        "version": project_version(),
         "torch_version": torch.__version__,
     }
     assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
@@ -151,18 +148,6 @@ def test_a_second_run_never_overwrites_and_takes_the_next_free_name(checkpoints,
     assert run(capsys, *argv)[0] == 0
     assert first.read_bytes() == before
     assert (tmp_path / "7-a-photo-of-a-cat-1.png").read_bytes() == before  # same seed: same image
-
-
-def test_save_png_skips_a_name_taken_meanwhile_and_leaves_no_temporary_file(tmp_path):
-    (tmp_path / "x.png").write_bytes(b"someone else's")
-    (tmp_path / "x-1.png").write_bytes(b"and another")
-    image = torch.arange(3 * 4 * 5, dtype=torch.uint8).reshape(3, 4, 5)
-    path = save_png(image, tmp_path, "x", {"k": "v", "unicode": "ü ✓"})
-    assert path == tmp_path / "x-2.png"
-    assert (tmp_path / "x.png").read_bytes() == b"someone else's"
-    assert np.array_equal(pixels(path), image.permute(1, 2, 0).numpy())
-    assert text_chunks(path) == {"k": "v", "unicode": "ü ✓"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-1.png", "x-2.png", "x.png"]
 
 
 def test_prompts_file_gives_consecutive_seeds_and_equal_batches(checkpoints, tmp_path, capsys):
@@ -226,7 +211,7 @@ def test_replay_gives_the_same_pixels_and_metadata_bitwise(checkpoints, tmp_path
         "3",
         "--negative-prompt",
         "blurry",
-        "--schedule",
+        "--discretization",
         "karras",
         "--solver",
         "dpmpp_2m",
@@ -248,11 +233,12 @@ def test_replay_gives_the_same_pixels_and_metadata_bitwise(checkpoints, tmp_path
     settings, plan = read_replay(original)
     assert (settings.prompt, settings.negative_prompt, settings.seed) == ("a tree", "blurry", 3)
     assert (settings.width, settings.height) == (128, 64)
-    assert plan.sigmas == tuple(schedule_sigmas("karras", 2).tolist())
+    assert plan.sigmas == tuple(Karras(N=2).sigmas(DiscreteSchedule.sd()).tolist())
+    assert plan.discretization == Karras(N=2)
     assert (
         plan.solver == ("dpmpp_2m",) * 2 and plan.guidance == (5.5,) * 2 and plan.freeu == (PAPER_FREEU,) * 2
     )
-    assert plan.name == "paper-2+schedule=karras+solver=dpmpp_2m+freeu"
+    assert plan.name == "paper-2+discretization=karras+solver=dpmpp_2m+freeu"
 
 
 def test_replay_flags_override_the_stored_settings(checkpoints, cat, tmp_path, capsys):
@@ -262,13 +248,7 @@ def test_replay_flags_override_the_stored_settings(checkpoints, cat, tmp_path, c
     (made,) = tmp_path.iterdir()
     settings, plan = read_replay(made)
     assert (settings.seed, settings.prompt, settings.width) == (43, CAT, 64)
-    assert plan == build_plan(1, guidance=2.0, noise=DiscreteSchedule(sd15_alphas_cumprod()))
-
-
-def test_initial_noise_of_an_image_depends_only_on_its_seed():
-    together = initial_noise([5, 6, 7], (4, 8, 8))
-    assert torch.equal(together[1], initial_noise([6], (4, 8, 8))[0])
-    assert torch.equal(together[0], torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(5)))
+    assert plan == build_plan(1, guidance=2.0, schedule=DiscreteSchedule(sd15_alphas_cumprod()))
 
 
 def test_any_multiple_of_8_pixels_is_accepted(checkpoints, tmp_path, capsys):
@@ -318,21 +298,6 @@ def test_trajectory_grid_shows_decoded_x_and_denoised_at_every_step(checkpoints,
 # -- plans -----------------------------------------------------------------------------------------------
 
 
-def test_steps_pick_the_paper_preset_and_5_is_the_default():
-    assert build_plan() == preset("paper-5")
-    assert build_plan(8) == preset("paper-8")
-    assert build_plan(7, "paper") == preset("paper-7")
-    assert build_plan(preset_name="karras-2m-20") == preset("karras-2m-20")
-
-
-def test_overrides_replace_their_part_on_every_step():
-    plan = build_plan(6, schedule="exponential", solver="euler", guidance=3.0, freeu=False, final="keep")
-    assert plan.sigmas == tuple(schedule_sigmas("exponential", 6).tolist())
-    assert plan.solver == ("euler",) * 6 and plan.guidance == (3.0,) * 6 and plan.freeu == (None,) * 6
-    assert build_plan(8, freeu=True, final="denoise").freeu == (PAPER_FREEU,) * 8
-    assert build_plan(8, final="denoise").final == "denoise"
-
-
 def test_plan_file_is_run_as_saved(checkpoints, tmp_path, capsys):
     plan = Plan([14.6, 3.0, 0.5], ["dpmpp_1s", "euler"], [7.5, 1.0], [None, PAPER_FREEU], "denoise", "mine")
     path = tmp_path / "plan.json"
@@ -348,11 +313,6 @@ def test_plan_file_is_run_as_saved(checkpoints, tmp_path, capsys):
         "Sampler: 1 x DPM++ 1S + 1 x Euler, Schedule type: custom, CFG scale: 7.5; 1"
         in (text_chunks(made)[PARAMETERS_KEY])
     )
-
-
-def test_png_metadata_quotes_values_with_commas_like_a1111():
-    settings = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "my, model", "float32", "cpu", False, 1, 0)
-    assert 'Model: "my, model"' in png_metadata(preset("paper-8"), settings)[PARAMETERS_KEY]
 
 
 # -- errors: one line on stderr, exit status 2 -----------------------------------------------------------
@@ -438,9 +398,9 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
             "dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m",
         ),
         (
-            ["--schedule", "cosine"],
-            "argument --schedule: unknown schedule 'cosine'; choose from paper, karras, "
-            "exponential, linspace, ays",
+            ["--discretization", "cosine"],
+            "argument --discretization/--schedule: unknown discretization 'cosine'; choose from paper, "
+            "karras, exponential, linspace, ays",
         ),
         (
             ["--dtype", "float8"],
@@ -529,10 +489,16 @@ def test_help_explains_every_flag(capsys):
         "--steps",
         "--preset",
         "--solver",
-        "--schedule",
+        "--discretization",
+        "--stop",
+        "--p1",
+        "--p2",
+        "--rho",
         "--guidance",
         "--freeu",
         "--no-freeu",
+        "--freeu-version",
+        "--freeu-steps",
         "--final",
         "--plan",
         "--replay",
@@ -641,17 +607,3 @@ def test_diffusers_folder_sha256_is_that_of_its_sha256sum_listing(checkpoints):
 def test_folder_without_weights_has_no_sha256(tmp_path):
     with pytest.raises(WeightsError, match=r"holds no \.safetensors files"):
         weights_sha256(tmp_path)
-
-
-def test_settings_from_a_png_are_type_checked():
-    good = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "m", "float32", "cpu", False, 1, 0)
-    assert Settings.from_json(good.to_json()) == good
-    broken = json.loads(good.to_json()) | {"seed": "1"}
-    with pytest.raises(PlanError, match="the settings lack a valid 'seed' \\(int\\), found '1'"):
-        Settings.from_json(json.dumps(broken))
-
-
-def test_plan_is_placed_on_the_model_noise_table():
-    table = DiscreteSchedule(DiscreteSchedule.sd().alphas_cumprod.float())  # as a file stores it
-    plan = build_plan(preset_name="karras-2m-20", noise=table)
-    assert plan.sigmas[-2] == pytest.approx(table.sigma_min, rel=1e-12)

@@ -1,0 +1,171 @@
+"""The flags every generating command shares (run_sample.py, python -m evaluation.generate), defined
+once: the plan and its overrides (every hyperparameter of the paper), the model and machine, the
+image size. Flags default to None, meaning "not given": a command fills in its own defaults (or a
+replayed image's settings) and says which in --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import cli
+import pipeline
+from schedule import DISCRETIZATIONS
+from solvers import SOLVERS, preset_names
+from solvers.plan import FINAL_POLICIES
+from weights.hub import SD15_FILE
+
+# Discretization knobs with a flag: name -> (help, argparse type).
+KNOBS = {
+    "stop": (
+        "the paper's stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
+        cli.nonnegative_int,
+    ),
+    "p1": ("the paper's time exponent of eq. (18) (its recipe: 1.2)", cli.positive_float),
+    "p2": (
+        "the paper's Karras exponent of sigma_stop, eq. (19) (its recipe: 5 for 5-6 steps, 7 for 8)",
+        cli.positive_float,
+    ),
+    "rho": ("the Karras discretization's exponent (default 7)", cli.positive_float),
+}
+
+
+def freeu_values(text: str) -> tuple[float, ...]:
+    """--freeu B1,B2,S1,S2: four numbers >= 0."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(
+            f"give four numbers B1,B2,S1,S2 such as 1.1,1.2,0.9,0.2, got {text!r}"
+        )
+    return tuple(cli.nonnegative_float(part) for part in parts)
+
+
+def multiple_of_8(text: str) -> int:
+    value = cli.positive_int(text)
+    problem = pipeline.size_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> argparse._ArgumentGroup:
+    """--steps, --preset, --plan, then the overrides; returns the group (a command may add to it)."""
+    how = parser.add_argument_group("how to sample: a plan, then overrides of its parts on every step")
+    how.add_argument(
+        "--steps",
+        type=cli.positive_int,
+        metavar="N",
+        help="the paper's preset for N steps (tuned rows for 5, 6, 8; other N by the paper's rule) "
+        f"(default: {pipeline.DEFAULT_STEPS}{default_note})",
+    )
+    how.add_argument("--preset", metavar="NAME", help=f"a named plan: {', '.join(preset_names())}")
+    how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
+    how.add_argument(
+        "--solver",
+        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        metavar="NAME",
+        help=f"this solver on every step: {', '.join(SOLVERS)} (default: the plan's)",
+    )
+    how.add_argument(
+        "--discretization",
+        "--schedule",
+        type=cli.one_of(list(DISCRETIZATIONS), "discretization"),
+        metavar="KIND",
+        help=f"place the plan's steps anew: {', '.join(DISCRETIZATIONS)} (default: the plan's sigmas)",
+    )
+    for knob, (text, kind) in KNOBS.items():
+        how.add_argument(f"--{knob}", type=kind, metavar="X", help=f"{text} (default: the plan's)")
+    how.add_argument(
+        "--guidance",
+        type=cli.nonnegative_float,
+        metavar="W",
+        help="classifier-free guidance scale w on every step; the paper's tables use 5.5 and 7.5 "
+        "(default: the plan's, 7.5 for presets)",
+    )
+    how.add_argument(
+        "--freeu",
+        nargs="?",
+        const=True,
+        type=freeu_values,
+        metavar="B1,B2,S1,S2",
+        help="FreeU with these factors (alone: the paper's 1.1,1.1,0.9,0.2) on every step or on "
+        "--freeu-steps (default: the plan's)",
+    )
+    how.add_argument(
+        "--no-freeu", dest="freeu", action="store_const", const=False, help="FreeU off on every step"
+    )
+    how.add_argument(
+        "--freeu-version", type=int, choices=(1, 2), help="FreeU's backbone formula: 1 (the paper's) or 2"
+    )
+    how.add_argument(
+        "--freeu-steps",
+        metavar="WINDOW",
+        help="FreeU only on these steps, 1-based, e.g. 2-4,6 (default: every step, or the plan's window)",
+    )
+    how.add_argument(
+        "--final",
+        type=cli.one_of(FINAL_POLICIES, "final policy"),
+        metavar="keep|denoise",
+        help="decode the last latent as is (keep, as the paper) or denoise it once more "
+        "(default: the plan's)",
+    )
+    return how
+
+
+def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `pipeline.build_plan` that the plan flags give."""
+    return {
+        "solver": args.solver,
+        "discretization": args.discretization,
+        "knobs": {knob: getattr(args, knob) for knob in KNOBS if getattr(args, knob) is not None},
+        "guidance": args.guidance,
+        "freeu": args.freeu,
+        "freeu_version": args.freeu_version,
+        "freeu_steps": args.freeu_steps,
+        "final": args.final,
+    }
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, device_help: str = "") -> argparse._ArgumentGroup:
+    machine = parser.add_argument_group("model and machine")
+    machine.add_argument(
+        "--weights",
+        metavar="PATH|HUB_ID",
+        help="a .safetensors file, a diffusers folder, or a Hub id org/name[@revision][/file] "
+        f"(default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, 4.27 GB, fetched once into the Hugging "
+        "Face cache)",
+    )
+    machine.add_argument("--device", help=f"torch device{device_help} (default: cuda if available, else cpu)")
+    machine.add_argument(
+        "--dtype",
+        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        metavar="NAME",
+        help=f"model dtype: {', '.join(pipeline.DTYPES)} (default: float16 on GPU, float32 on CPU)",
+    )
+    machine.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        metavar="N",
+        help="images per U-Net batch, the last one padded with copies; an image is bitwise the same for "
+        "the same batch size (default: 1)",
+    )
+    machine.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the U-Net (default: no)"
+    )
+    return machine
+
+
+def add_image_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    image = parser.add_argument_group("the images")
+    image.add_argument(
+        "--negative-prompt", metavar="TEXT", help="the unconditional prompt of guidance (default: '')"
+    )
+    for side in ("height", "width"):
+        image.add_argument(
+            f"--{side}",
+            type=multiple_of_8,
+            metavar="PX",
+            help=f"pixels, a multiple of 8 (default: {pipeline.FAMILIES['sd1'].size})",
+        )
+    return image

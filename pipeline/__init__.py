@@ -1,0 +1,93 @@
+"""Text-to-image generation as a library: the model, the plan, conditioning, initial noise, the guided
+denoiser, `sample`, decode, and each image's provenance (Settings, PNG metadata, replay, atomic
+writes). `run_sample.py` and `evaluation/` are command lines over it.
+
+    import pipeline, torch
+    sd, path = pipeline.load_model("v1-5-pruned-emaonly.safetensors", "cuda", torch.float16)
+    plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule)
+    images = pipeline.generate(sd, plan, ["a cat"], [42])     # uint8 [1, 3, 512, 512]
+"""
+
+from pipeline.batching import Batch, batches
+from pipeline.files import image_stem, prepare_output, save_png
+from pipeline.generate import (
+    LATENT_FACTOR,
+    SamplingError,
+    check_size,
+    conditioning,
+    decode,
+    denoiser,
+    generate,
+    generate_batch,
+    initial_noise,
+    size_problem,
+    trajectory_grid,
+)
+from pipeline.models import (
+    DEFAULT_WEIGHTS,
+    DTYPES,
+    FAMILIES,
+    Family,
+    default_dtype,
+    family,
+    load_model,
+    model_name,
+    parse_device,
+    resolve_weights,
+)
+from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, freeu_option, read_plan_file
+from pipeline.provenance import (
+    PARAMETERS_KEY,
+    PLAN_KEY,
+    SETTINGS_KEY,
+    Settings,
+    png_metadata,
+    read_replay,
+    run_settings,
+)
+from weights.errors import WeightsError
+
+# What a command reports as one line and exit status 2 (PlanError is a ValueError).
+USER_ERRORS = (WeightsError, SamplingError, ValueError, OSError)
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "DEFAULT_WEIGHTS",
+    "DTYPES",
+    "FAMILIES",
+    "LATENT_FACTOR",
+    "PARAMETERS_KEY",
+    "PLAN_KEY",
+    "SETTINGS_KEY",
+    "USER_ERRORS",
+    "Batch",
+    "Family",
+    "SamplingError",
+    "Settings",
+    "batches",
+    "build_plan",
+    "check_plan",
+    "check_size",
+    "conditioning",
+    "decode",
+    "default_dtype",
+    "denoiser",
+    "family",
+    "freeu_option",
+    "generate",
+    "generate_batch",
+    "image_stem",
+    "initial_noise",
+    "load_model",
+    "model_name",
+    "parse_device",
+    "png_metadata",
+    "prepare_output",
+    "read_plan_file",
+    "read_replay",
+    "resolve_weights",
+    "run_settings",
+    "save_png",
+    "size_problem",
+    "trajectory_grid",
+]

@@ -1,0 +1,161 @@
+"""Text to image: conditioning, initial noise, the guided denoiser, `sample`, decode.
+
+One image: noise from its own seed -> x = noise * sigma_0 -> `solvers.sample` along the Plan with
+the classifier-free-guided `model.Denoiser` -> `vae.decode(x / scaling_factor)` -> uint8 pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import torch
+
+import weights
+from model import Denoiser
+from pipeline.batching import Batch
+from pipeline.provenance import Settings
+from solvers import Plan, StepInfo, guided, sample
+from solvers.guidance import Cond
+
+LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
+
+
+class SamplingError(RuntimeError):
+    """A sampling run went wrong (non-finite latents); the message is one line."""
+
+
+class Job(Protocol):
+    """One image to make: any object with a prompt and a seed (a manifest row is one)."""
+
+    prompt: str
+    seed: int
+
+
+def size_problem(value: int) -> str | None:
+    """Why `value` pixels cannot be a side of an image, or None: it must be a positive multiple of 8."""
+    if value >= LATENT_FACTOR and value % LATENT_FACTOR == 0:
+        return None
+    below = max(value // LATENT_FACTOR * LATENT_FACTOR, LATENT_FACTOR)
+    suggestion = f"{below} or {below + LATENT_FACTOR}" if value > below else f"{below}"
+    return (
+        f"{value} is not a positive multiple of {LATENT_FACTOR} (the VAE's downsampling factor); "
+        f"use e.g. {suggestion}"
+    )
+
+
+def check_size(height: int, width: int) -> None:
+    """Refuse a size the VAE cannot make: each side a positive multiple of 8 pixels."""
+    for flag, value in (("--height", height), ("--width", width)):
+        problem = size_problem(value)
+        if problem:
+            raise ValueError(f"{flag} {problem}")
+
+
+def initial_noise(
+    seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Standard normal noise [len(seeds), *shape]: each image's from its own CPU float32 generator,
+    then moved, so an image does not depend on its batch or on the device."""
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(noise).to(device)
+
+
+def conditioning(
+    sd: weights.StableDiffusion, prompts: Sequence[str], negative_prompt: str
+) -> tuple[Cond, Cond]:
+    """The U-Net conditioning of the prompts (batch B) and of the negative prompt (batch 1), the
+    unconditional half of guidance."""
+    return sd.encode_prompt(list(prompts)), sd.encode_prompt([negative_prompt])
+
+
+def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[..., torch.Tensor]:
+    """`denoise(x, sigma, guidance=w, freeu=...)`: D_u + w (D_c - D_u) of the eps U-Net seen as a
+    denoiser on the model's own noise schedule, both halves in one batch."""
+    return guided(Denoiser(sd.unet, sd.schedule), cond, uncond)
+
+
+def decode(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, rounded like diffusers:
+    round(255 * clamp(x / 2 + 0.5, 0, 1))."""
+    vae_dtype = next(sd.vae.parameters()).dtype
+    pixels = sd.vae.decode((latents / sd.vae.scaling_factor).to(vae_dtype)).float()
+    if not torch.isfinite(pixels).all():
+        raise SamplingError(f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --dtype float32")
+    return (pixels / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def generate(
+    sd: weights.StableDiffusion,
+    plan: Plan,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    negative_prompt: str = "",
+    height: int = 512,
+    width: int = 512,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> torch.Tensor:
+    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU.
+
+    `sd` is a loaded `weights.StableDiffusion`. The latents stay float32 through the solver (the
+    Denoiser casts to the model's dtype); guidance is D_u + w (D_c - D_u) with the negative prompt
+    as the unconditional one. `callback` sees every step, after the check for non-finite values.
+    Raises SamplingError naming the step at which the latents stopped being finite.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    check_size(height, width)
+    device = next(sd.unet.parameters()).device
+    channels = sd.unet.config.in_channels
+
+    def checked(info: StepInfo) -> None:
+        if not (torch.isfinite(info.x).all() and torch.isfinite(info.denoised).all()):
+            raise SamplingError(
+                f"the latents became non-finite at step {info.index + 1} of {plan.steps} "
+                f"(sigma {info.sigma:.4g}); the model's dtype overflowed or the weights are broken: "
+                "try --dtype float32"
+            )
+        if callback is not None:
+            callback(info)
+
+    with torch.inference_mode():
+        denoise = denoiser(sd, *conditioning(sd, prompts, negative_prompt))
+        noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
+        x = sample(denoise, noise * plan.sigmas[0], plan, checked)
+        if not torch.isfinite(x).all():
+            raise SamplingError(
+                f"the latents became non-finite after step {plan.steps} of {plan.steps}; try --dtype float32"
+            )
+        return decode(sd, x)
+
+
+def generate_batch(
+    sd: weights.StableDiffusion,
+    plan: Plan,
+    batch: Batch[Job],
+    made: Settings,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> list[tuple[Settings, torch.Tensor]]:
+    """The images of a batch's own jobs, each with its Settings: `made` (a run's settings) with the
+    job's prompt and seed and the batch shape it was made in."""
+    images = generate(
+        sd,
+        plan,
+        [job.prompt for job in batch.rows],
+        [job.seed for job in batch.rows],
+        negative_prompt=made.negative_prompt,
+        height=made.height,
+        width=made.width,
+        callback=callback,
+    )
+    return [
+        (replace(made, prompt=job.prompt, seed=job.seed, batch=len(batch.rows), batch_index=k), images[k])
+        for k, job in batch.jobs
+    ]
+
+
+def trajectory_grid(xs: Sequence[torch.Tensor], denoised: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Step i in column i: the decoded x_i on top, the decoded D(x_i; sigma_i) below. uint8 [3, 2H, N W]."""
+    return torch.cat([torch.cat(list(xs), dim=2), torch.cat(list(denoised), dim=2)], dim=1)

@@ -1,0 +1,191 @@
+"""What an image carries so that it can be read and replayed: its Settings and the PNG text chunks.
+
+Every PNG gets three text chunks:
+
+- `parameters`: A1111's infotext line (prompt, negative prompt, then "Steps: 5, Sampler: ..., ...");
+- `fewstep-plan`: the Plan as JSON (every sigma, solver and per-step option, the discretization);
+- `fewstep-settings`: the Settings as JSON (prompt, seed, size, weights and their sha256, dtype,
+  device, batch shape, versions).
+
+`read_replay` reads the last two back, checked as strictly as the command line checks its flags.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import importlib.metadata
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from model import FreeU
+from pipeline.models import model_name
+from pipeline.plans import check_plan
+from solvers import SOLVERS, Plan, PlanError
+from weights.fingerprint import weights_sha256
+
+PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
+SETTINGS_FORMAT = 1
+
+
+def project_version() -> str:
+    """fewstep-sd's version: from the installed metadata, else from the setup.cfg of the checkout."""
+    try:
+        return importlib.metadata.version("fewstep-sd")
+    except importlib.metadata.PackageNotFoundError:
+        config = configparser.ConfigParser()
+        config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        return config.get("metadata", "version", fallback="unknown")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the Plan that decides one image; stored as JSON in its PNG.
+
+    Fields with a default may be missing from the JSON of an older PNG (they then take the default),
+    so new settings can be added without breaking replays.
+    """
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    weights: str  # --weights as given: a path or a Hub id
+    weights_sha256: str
+    model: str  # display name: the weight file's stem or the folder's name
+    dtype: str
+    device: str  # the device type: cpu, cuda, mps
+    compile: bool
+    # The U-Net batch that made the image: its size and the image's row in it. Batched GEMMs block
+    # (and so round) by batch shape and row, not by the other rows' values; a replay rebuilds both.
+    batch: int
+    batch_index: int
+    version: str = field(default_factory=project_version)
+    torch_version: str = torch.__version__
+
+    def to_json(self) -> str:
+        return json.dumps({"format": SETTINGS_FORMAT, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"the settings are not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != SETTINGS_FORMAT:
+            raise PlanError(f"the settings are not a settings object of format {SETTINGS_FORMAT}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names - {"format"})
+        if unknown:
+            raise PlanError(
+                f"the settings have unknown fields {unknown}; they were written by another version"
+            )
+        values = {}
+        for f in fields(cls):
+            if f.name not in data and _has_default(f):
+                continue
+            kind = {"str": str, "int": int, "bool": bool}[f.type]
+            value = data.get(f.name)
+            # bool is an int in Python; a seed of `true` is still wrong
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PlanError(f"the settings lack a valid {f.name!r} ({f.type}), found {value!r}")
+            values[f.name] = value
+        return cls(**values)
+
+
+def run_settings(weights_spec: str, path: Path, **settings: Any) -> Settings:
+    """A run's Settings before the per-image fields (prompt, seed, batch row) are filled in: the
+    weights as given and as found (`path`: their sha256 and display name), and `settings`
+    (negative_prompt, width, height, dtype, device, compile, batch)."""
+    return Settings(
+        prompt="",
+        seed=0,
+        batch_index=0,
+        weights=weights_spec,
+        weights_sha256=weights_sha256(path),
+        model=model_name(path),
+        **settings,
+    )
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def sampler_label(plan: Plan) -> str:
+    """A1111-style sampler name; mixed solvers as runs, e.g. "4 x DPM++ 1S + 2 x Euler"."""
+    runs = [(SOLVERS[name].display, len(list(group))) for name, group in itertools.groupby(plan.solver)]
+    if len(runs) == 1:
+        return runs[0][0]
+    return " + ".join(f"{n} x {display}" for display, n in runs)
+
+
+def freeu_text(option: Any) -> str:
+    """A plan's per-step FreeU option as text: "off", or FreeU's own rendering."""
+    setting = FreeU.option(option)
+    return "off" if setting is None else setting.text()
+
+
+def _per_step_text(values: list[str]) -> str:
+    return values[0] if len(set(values)) == 1 else "; ".join(values)
+
+
+def png_metadata(plan: Plan, settings: Settings) -> dict[str, str]:
+    """The PNG text chunks: A1111's `parameters` line, the Plan as JSON, the settings as JSON."""
+    guidance = _per_step_text([f"{g:g}" for g in plan.guidance])
+    freeu = _per_step_text([freeu_text(f) for f in plan.freeu])
+    line = {
+        "Steps": plan.steps,
+        "Sampler": sampler_label(plan),
+        "Schedule type": "custom" if plan.discretization is None else plan.discretization.kind,
+        "CFG scale": guidance,
+        "Seed": settings.seed,
+        "Size": f"{settings.width}x{settings.height}",
+        "Model hash": settings.weights_sha256[:10],
+        "Model": settings.model,
+        **({"FreeU": freeu} if freeu != "off" else {}),
+        "Plan": plan.name,
+        "Version": f"fewstep-sd {settings.version}",
+    }
+    parameters = f"{settings.prompt}\nNegative prompt: {settings.negative_prompt}\n" + ", ".join(
+        f"{key}: {_quote(str(value))}" for key, value in line.items()
+    )
+    return {PARAMETERS_KEY: parameters, PLAN_KEY: plan.to_json(), SETTINGS_KEY: settings.to_json()}
+
+
+def _quote(value: str) -> str:
+    # A1111's rule: a value holding ',', ':' or a newline is written as a JSON string
+    return json.dumps(value) if any(c in value for c in ",:\n") else value
+
+
+def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
+    """The settings and Plan stored in a PNG written with `png_metadata`."""
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}))
+    except (OSError, ValueError) as err:
+        raise PlanError(f"cannot read {path} as a PNG: {_reason(err)}") from None
+    missing = [key for key in (PLAN_KEY, SETTINGS_KEY) if key not in text]
+    if missing:
+        raise PlanError(
+            f"{path} has no {' or '.join(missing)} metadata, so it cannot be replayed; "
+            "pass a PNG written by run_sample.py with its metadata intact"
+        )
+    try:
+        return Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
+    except PlanError as err:
+        raise PlanError(f"{path} cannot be replayed: {err}") from None
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return " ".join(str(err).split()) or type(err).__name__
