@@ -14,7 +14,11 @@ import safetensors.torch
 import torch
 import transformers
 from PIL import Image
-from reference.clip import (
+
+from evaluation.clip import CLIP_MEAN, CLIP_STD, CLIPModel, CLIPVisionConfig, load_clip, preprocess
+from evaluation.clip_score import clip_score, mean_score, score_folder, similarities
+from tests.helpers import rel_err
+from tests.reference.clip import (
     B32_TEXT,
     B32_VISION,
     SMALL_TEXT,
@@ -22,19 +26,13 @@ from reference.clip import (
     hf_clip_model,
     write_tokenizer_files,
 )
-
-from evaluate.clip import CLIP_MEAN, CLIP_STD, CLIPModel, CLIPVisionConfig, load_clip, preprocess
-from evaluate.clip_score import clip_score, mean_score, score_folder, similarities
 from text_encoder import CLIPTextConfig, Tokenizer
 
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on mars", "a bowl of fruit, oil painting", ""]
 SMALL_TEXT_OURS = CLIPTextConfig(hidden_size=64, intermediate_size=128, layers=3, heads=2, projection_dim=32)
-SMALL_VISION_OURS = CLIPVisionConfig(hidden_size=64, intermediate_size=128, layers=2, heads=2,
-                                     projection_dim=32)
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
+SMALL_VISION_OURS = CLIPVisionConfig(
+    hidden_size=64, intermediate_size=128, layers=2, heads=2, projection_dim=32
+)
 
 
 def random_images(shapes, seed=0) -> list[torch.Tensor]:
@@ -46,9 +44,17 @@ def random_images(shapes, seed=0) -> list[torch.Tensor]:
 def image_processor() -> transformers.CLIPImageProcessor:
     """openai/clip-vit-base-patch32's preprocessor_config.json."""
     return transformers.CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": 224}, resample=3, do_center_crop=True,
-        crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True,
+        do_resize=True,
+        size={"shortest_edge": 224},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
     )
 
 
@@ -110,8 +116,10 @@ def test_preprocess_matches_clip_image_processor(shape):
 
 def test_preprocess_takes_pil_images_of_any_mode():
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, (300, 260, 4), dtype=np.uint8), "RGBA"),
-              Image.fromarray(rng.integers(0, 256, (200, 330), dtype=np.uint8), "L")]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (300, 260, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 256, (200, 330), dtype=np.uint8), "L"),
+    ]
     expected = image_processor()(images=images, return_tensors="pt")["pixel_values"]
     assert (preprocess(images) - expected).abs().max() <= 1e-6
 
@@ -199,8 +207,9 @@ def test_score_folder_refuses_a_manifest_line_without_a_prompt(tmp_path):
 def test_score_folder_with_full_size_vit_b32_matches_torchmetrics_definition(tmp_path):
     """End to end at the official size: weights file, PNG folder, manifest."""
     hf = hf_clip_model(B32_TEXT, B32_VISION, projection_dim=512)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in hf.state_dict().items()},
-                                tmp_path / "model.safetensors")
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors"
+    )
     images = random_images([(512, 512), (512, 512), (384, 640), (512, 512), (300, 300)], seed=3)
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / f"{i:05d}.png")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluate.fid import FIDInception, feature_statistics, frechet_distance
-from evaluate.images import clean_view, paper_view
+from evaluation.fid import FIDInception, feature_statistics, frechet_distance
+from evaluation.images import clean_view, paper_view
 
 
 def random_covariance(rng: np.random.Generator, dim: int, samples: int) -> np.ndarray:

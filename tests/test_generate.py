@@ -1,4 +1,4 @@
-"""`python -m evaluate.generate` on a tiny random-weight SD 1.5 checkpoint: 6 manifest rows, 64 x 64 px,
+"""`python -m evaluation.generate` on a tiny random-weight SD 1.5 checkpoint: 6 manifest rows, 64 x 64 px,
 the paper's 2-step plan, batches of 2, on the CPU in float32.
 
 Bitwise comparisons need the same CPU thread count: torchrun starts each process with
@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import write_checkpoint
-from png_helpers import pixels, text_chunks
 
 import run_sample
-from evaluate.generate import RUN_FILE, Shard, batch_grid, main, shard_batches
-from evaluate.prompts import Prompt, read_manifest
-from run_sample import read_replay
+from evaluation.generate import RUN_FILE, Shard, main, shard_batches
+from evaluation.prompts import Prompt, read_manifest
+from pipeline import batches as batch_grid
+from pipeline import read_replay
+from pipeline.provenance import project_version
+from tests.checkpoints import write_checkpoint
+from tests.helpers import pixels, text_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ["a red cube", "a blue ball on grass", "a cat on a mat", "two dogs", "a castle at night", "fruit"]
@@ -107,7 +109,7 @@ def run_copy(single, tmp_path):
 def torchrun(inputs, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     return subprocess.run(
-        [*command, "-m", "evaluate.generate", *argv(inputs, out, *extra)],
+        [*command, "-m", "evaluation.generate", *argv(inputs, out, *extra)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -155,8 +157,9 @@ def test_two_process_torchrun_matches_one_process_resumes_and_refuses_other_sett
     assert done.returncode != 0 and done.stdout == ""
     for rank in (0, 1):
         assert (
-            f"python -m evaluate.generate (rank {rank} of 2): error: {out / RUN_FILE} belongs to a run with "
-            "other settings (guidance 7.5 -> 5.5); use another --out, or pass --force to replace that run\n"
+            f"python -m evaluation.generate (rank {rank} of 2): error: {out / RUN_FILE} belongs to a run "
+            "with other settings (guidance 7.5 -> 5.5); use another --out, or pass --force to replace "
+            "that run\n"
         ) in done.stderr
     assert snapshot(out) == after
 
@@ -164,10 +167,13 @@ def test_two_process_torchrun_matches_one_process_resumes_and_refuses_other_sett
 def test_batches_go_round_robin_and_every_row_to_exactly_one_rank():
     rows = [Prompt(i, f"p{i}", i, None) for i in range(11)]
     batches = batch_grid(rows, 3)
-    assert [[r.index for r in b] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    assert [[r.index for _, r in b.jobs] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    assert [r.index for r in batches[-1].rows] == [9, 10, 10]  # padded with a copy, as every batch
     for world_size in (1, 2, 3, 5):
         shares = [shard_batches(batches, Shard(rank, world_size)) for rank in range(world_size)]
-        assert sorted(r.index for share in shares for batch in share for r in batch) == list(range(11))
+        assert sorted(r.index for share in shares for batch in share for _, r in batch.jobs) == list(
+            range(11)
+        )
     assert shard_batches(batches, Shard(1, 2)) == [batches[1], batches[3]]
 
 
@@ -240,7 +246,7 @@ def test_run_json_records_the_settings(inputs, single):
         "height": 64,
         "width": 64,
         "dtype": "float32",
-        "version": run_sample.project_version(),
+        "version": project_version(),
     }
     assert record["weights_sha256"] == read_replay(single / "00000.png")[0].weights_sha256
 
@@ -258,7 +264,7 @@ def test_limit_makes_the_first_rows_and_a_later_run_the_rest(inputs, single, tmp
 def test_other_settings_into_the_same_folder_are_refused(inputs, run_copy):
     before = snapshot(run_copy)
     assert one_line_error(*argv(inputs, run_copy, "--guidance", "5.5")) == (
-        f"python -m evaluate.generate: error: {run_copy / RUN_FILE} belongs to a run with other settings "
+        f"python -m evaluation.generate: error: {run_copy / RUN_FILE} belongs to a run with other settings "
         "(guidance 7.5 -> 5.5); use another --out, or pass --force to replace that run"
     )
     error = one_line_error(*argv(inputs, run_copy, "--steps", "3", "--dtype", "bfloat16"))
@@ -276,7 +282,7 @@ def test_force_replaces_the_run_and_never_leaves_it_mixed(inputs, single, run_co
     assert (run_copy / "00002.png").read_bytes() == (single / "00002.png").read_bytes()
 
     assert one_line_error(*argv(inputs, run_copy, "--guidance", "5.5")) == (
-        f"python -m evaluate.generate: error: {run_copy / '00002.png'} was made with other settings "
+        f"python -m evaluation.generate: error: {run_copy / '00002.png'} was made with other settings "
         "(guidance 7.5 -> 5.5); pass --force to remake it, or use another --out"
     )
     code, out, err = generate(*argv(inputs, run_copy, "--guidance", "5.5", "--force"))
@@ -291,15 +297,15 @@ def test_force_replaces_the_run_and_never_leaves_it_mixed(inputs, single, run_co
 def test_missing_manifest_exits_with_status_2_and_one_line(tmp_path):
     args = ["--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "out")]
     done = subprocess.run(
-        [sys.executable, "-m", "evaluate.generate", *args],
+        [sys.executable, "-m", "evaluation.generate", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
-        f"python -m evaluate.generate: error: cannot read the manifest {tmp_path / 'none.jsonl'}: "
-        "No such file or directory; write one with python -m evaluate.prompts\n"
+        f"python -m evaluation.generate: error: cannot read the manifest {tmp_path / 'none.jsonl'}: "
+        "No such file or directory; write one with python -m evaluation.prompts\n"
     )
 
 
@@ -308,7 +314,7 @@ def test_bad_manifest_line(tmp_path):
     manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 1, "reference": null}\n{"index": 1}\n')
     args = ["--manifest", str(manifest), "--out", str(tmp_path / "out"), "--weights", "missing.safetensors"]
     assert one_line_error(*args) == (
-        f"python -m evaluate.generate: error: {manifest} line 2 is not a manifest record "
+        f"python -m evaluation.generate: error: {manifest} line 2 is not a manifest record "
         "(no 'prompt', 'seed', 'reference'); rewrite it"
     )
 
@@ -318,7 +324,7 @@ def test_unwritable_output_folder(inputs, tmp_path):
     blocker.write_text("")  # a file where a folder should be: refused even for root, unlike chmod
     args = argv(inputs, blocker / "out", "--weights", str(tmp_path / "missing.safetensors"))
     assert one_line_error(*args) == (
-        f"python -m evaluate.generate: error: cannot write to the output folder {blocker / 'out'}: "
+        f"python -m evaluation.generate: error: cannot write to the output folder {blocker / 'out'}: "
         "Not a directory; pass --out DIR with a writable folder"
     )
 
@@ -333,7 +339,7 @@ def test_unwritable_output_folder(inputs, tmp_path):
 )
 def test_bad_flags(inputs, tmp_path, flags, message):
     error = one_line_error(*argv(inputs, tmp_path / "out", *flags))
-    assert error.startswith("python -m evaluate.generate: error: ") and message in error
+    assert error.startswith("python -m evaluation.generate: error: ") and message in error
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ torchvision = pytest.importorskip(
 )
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
 
-from evaluate.fid import FIDInception  # noqa: E402
+from evaluation.fid import FIDInception  # noqa: E402
 
 
 def random_checkpoint(generator: torch.Generator) -> dict[str, torch.Tensor]:

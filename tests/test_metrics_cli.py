@@ -1,4 +1,4 @@
-"""`python -m evaluate.metrics`: output lines, JSON, the feature cache, and one-line errors.
+"""`python -m evaluation.metrics`: output lines, JSON, the feature cache, and one-line errors.
 
 Tiny random images and a random-weight FID Inception checkpoint. Every image costs a full 299 x 299
 Inception pass on the CPU, so the folders hold 2 and 3 images and the tests share their caches.
@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluate.fid import WEIGHTS_ENV, WEIGHTS_URL, FIDInception, cache_path
-from evaluate.metrics import main
+from evaluation.fid import WEIGHTS_ENV, WEIGHTS_URL, FIDInception, cache_path
+from evaluation.metrics import main
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -146,7 +146,7 @@ def test_feature_cache_is_reused_until_a_file_changes(tmp_path, weights, monkeyp
 def test_missing_weights_is_one_line_with_the_download_url_and_exit_status_2(folders, tmp_path):
     generated, reference = folders
     env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV}
-    command = [sys.executable, "-m", "evaluate.metrics", "fid", "--generated", str(generated)]
+    command = [sys.executable, "-m", "evaluation.metrics", "fid", "--generated", str(generated)]
     result = subprocess.run(
         [*command, "--reference", str(reference)],
         env=env,
@@ -215,7 +215,9 @@ def test_clip_calls_score_folder_and_prints_one_line(tmp_path, monkeypatch):
         calls.append((image_dir, manifest_path, weights_path, device, batch_size))
         return 31.25
 
-    monkeypatch.setitem(sys.modules, "evaluate.clip_score", types.SimpleNamespace(score_folder=score_folder))
+    monkeypatch.setitem(
+        sys.modules, "evaluation.clip_score", types.SimpleNamespace(score_folder=score_folder)
+    )
     argv = ["clip", "--images", tmp_path, "--manifest", tmp_path / "m.jsonl", "--weights", tmp_path / "w"]
     status, out, err = run([*argv, "--batch-size", "8", "--json", tmp_path / "clip.json"])
     assert status == 0, err

@@ -4,7 +4,7 @@ behaviour the metric exists to show."""
 import numpy as np
 import pytest
 
-from evaluate.prd import compute_prd, equal_size, f_beta, kmeans, prd_curve
+from evaluation.prd import compute_prd, equal_size, f_beta, kmeans, prd_curve
 
 
 def modes(rng: np.random.Generator, centers: np.ndarray, per_mode: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""evaluate/prompts.py on synthetic COCO-format and LAION caption files."""
+"""evaluation/prompts.py on synthetic COCO-format and LAION caption files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluate.prompts import (
+from evaluation.prompts import (
     Prompt,
     coco_prompts,
     laion_prompts,
@@ -272,7 +272,8 @@ def test_cli_writes_manifest_and_reference_list_and_refuses_to_overwrite(tmp_pat
     assert len(reference_list_path(out).read_text().splitlines()) == 12
     assert "12 prompts" in capsys.readouterr().out
     assert main(argv) == 2
-    assert capsys.readouterr().err == f"error: {out} already exists; pass --force to overwrite it\n"
+    expected = f"python -m evaluation.prompts: error: {out} already exists; pass --force to overwrite it\n"
+    assert capsys.readouterr().err == expected
     assert main([*argv, "--force"]) == 0
     assert len(read_manifest(out)) > 12
 
@@ -281,7 +282,16 @@ def test_cli_runs_as_a_module_for_laion(tmp_path):
     captions = tmp_path / "laion.txt"
     captions.write_text("".join(f"caption {k}\n" for k in range(20)), encoding="utf-8")
     out = tmp_path / "laion.jsonl"
-    cmd = [sys.executable, "-m", "evaluate.prompts", "laion", "--captions", str(captions), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluation.prompts",
+        "laion",
+        "--captions",
+        str(captions),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(
         [*cmd, "--count", "6", "--sample", "--seed", "42"], cwd=REPO, capture_output=True, text=True
     )
@@ -291,7 +301,10 @@ def test_cli_runs_as_a_module_for_laion(tmp_path):
     ]
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2  # like every command of the project that refuses its input
-    assert again.stderr == f"error: {out} already exists; pass --force to overwrite it\n"
+    assert (
+        again.stderr
+        == f"python -m evaluation.prompts: error: {out} already exists; pass --force to overwrite it\n"
+    )
 
 
 def manifest_with(tmp_path: Path, *lines: str) -> Path:
@@ -358,7 +371,7 @@ def test_read_manifest_refuses_a_missing_or_empty_file(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"cannot read the manifest .*nothing\.jsonl: No such file or directory; "
-        r"write one with python -m evaluate.prompts",
+        r"write one with python -m evaluation.prompts",
     ):
         read_manifest(tmp_path / "nothing.jsonl")
     with pytest.raises(ValueError, match=r"m\.jsonl lists no prompts"):

@@ -1,5 +1,5 @@
-"""`python -m evaluate.table`: run folders with run.json (as evaluate.generate writes it) and the metric
-JSON files of `python -m evaluate.metrics ... --json RUN_DIR/{fid,clip,prd}.json` -> a Markdown table."""
+"""`python -m evaluation.table`: run folders with run.json (as evaluation.generate writes it) and the metric
+JSON files of `python -m evaluation.metrics ... --json RUN_DIR/{fid,clip,prd}.json` -> a Markdown table."""
 
 import contextlib
 import io
@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluate import fid, metrics
-from evaluate.generate import RUN_FILE, run_record
-from evaluate.table import main
-from run_sample import Settings
+from evaluation import fid, metrics
+from evaluation.generate import RUN_FILE, run_record
+from evaluation.table import main
+from pipeline import Settings
 from solvers import preset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run(folder: Path, name: str, guidance: float | list[float] = 7.5) -> Path:
-    """A run folder holding the run.json that `python -m evaluate.generate --preset NAME` writes."""
+    """A run folder holding the run.json that `python -m evaluation.generate --preset NAME` writes."""
     plan = preset(name).with_guidance(guidance)
     made = Settings(
         "", "", 0, 512, 512, "sd15.safetensors", "ab" * 32, "sd15", "float16", "cuda", False, 8, 0
@@ -38,7 +38,7 @@ def write(path: Path, record: dict) -> None:
 
 
 def fid_json(paper: float, clean: float | None = None) -> dict:
-    """The shape `python -m evaluate.metrics fid --json` writes."""
+    """The shape `python -m evaluation.metrics fid --json` writes."""
     values = {"paper": paper} | ({} if clean is None else {"clean": clean})
     return {"metric": "fid", "generated": "g", "reference": "r", "count": {}, "fid": values, "protocols": {}}
 
@@ -98,13 +98,13 @@ def test_clean_protocol_and_a_file_without_the_asked_protocol(tmp_path):
     code, out, err = table(run)
     assert code == 0 and out.splitlines()[2] == "| paper-5 | 5 | 7.5 | - | - |"
     assert err == (
-        f"python -m evaluate.table: note: {run / 'fid.json'} has no paper-protocol value (it has clean); "
-        "rerun python -m evaluate.metrics fid with --protocol paper or both\n"
+        f"python -m evaluation.table: note: {run / 'fid.json'} has no paper-protocol value (it has clean); "
+        "rerun python -m evaluation.metrics fid with --protocol paper or both\n"
     )
 
 
 def test_metrics_command_outputs_are_read_from_their_documented_places(tmp_path, monkeypatch):
-    """The files `python -m evaluate.metrics fid|prd|clip --json RUN_DIR/...` write, with the Inception
+    """The files `python -m evaluation.metrics fid|prd|clip --json RUN_DIR/...` write, with the Inception
     features and the CLIP score stubbed: means 5 apart and equal covariances give FID 25; identical
     features give a PRD curve through (1, 1), so F_8 = F_1/8 = 1."""
     run = make_run(tmp_path / "run", "paper-8")
@@ -114,7 +114,7 @@ def test_metrics_command_outputs_are_read_from_their_documented_places(tmp_path,
     reference = fid.FolderStats(features, np.zeros(4), np.eye(4), "r", cached=True)
     monkeypatch.setattr(metrics, "_folder_features", lambda args: ({"paper": (generated, reference)}, {}))
     clip_score = types.SimpleNamespace(score_folder=lambda *args, **kwargs: 31.25)
-    monkeypatch.setitem(sys.modules, "evaluate.clip_score", clip_score)
+    monkeypatch.setitem(sys.modules, "evaluation.clip_score", clip_score)
     folders = ["--generated", run, "--reference", tmp_path]
     with contextlib.redirect_stdout(io.StringIO()):
         assert metrics.main([str(a) for a in ["fid", *folders, "--json", run / "fid.json"]]) == 0
@@ -148,15 +148,16 @@ def test_method_names_with_a_pipe_are_escaped(tmp_path):
     ("setup", "message"),
     [
         (lambda run: (run / RUN_FILE).unlink(), "{run} has no run.json; pass folders written by "
-         "python -m evaluate.generate --out DIR"),
+         "python -m evaluation.generate --out DIR"),
         (lambda run: (run / "fid.json").write_text("{oops"), "{run}/fid.json is not valid JSON (Expecting "
          "property name enclosed in double quotes: line 1 column 2 (char 1)); write it again with python -m "
-         "evaluate.metrics fid --json"),
+         "evaluation.metrics fid --json"),
         (lambda run: write(run / "clip.json", fid_json(1.0)), "{run}/clip.json is not a clip record; "
-         "write it with python -m evaluate.metrics clip --json"),
+         "write it with python -m evaluation.metrics clip --json"),
         (lambda run: write(run / "clip.json", {"metric": "clip", "clip_score": "high"}), "{run}/clip.json: "
-         "clip_score is 'high', not a number; rewrite it with python -m evaluate.metrics"),
-        (lambda run: write(run / RUN_FILE, {"format": 7}), "{run}/run.json is not a run record of format 1"),
+         "clip_score is 'high', not a number; rewrite it with python -m evaluation.metrics"),
+        (lambda run: write(run / RUN_FILE, {"format": 7}), "{run}/run.json is not a run record of format 1; "
+         "write it again with python -m evaluation.generate"),
     ],
 )  # fmt: skip
 def test_unusable_run_folders_are_one_line_errors_with_status_2(tmp_path, setup, message):
@@ -164,17 +165,17 @@ def test_unusable_run_folders_are_one_line_errors_with_status_2(tmp_path, setup,
     setup(run)
     code, out, err = table(run)
     assert (code, out) == (2, "")
-    assert err == f"python -m evaluate.table: error: {message.format(run=run)}\n"
+    assert err == f"python -m evaluation.table: error: {message.format(run=run)}\n"
 
 
 def test_runs_as_a_module(tmp_path):
     run = make_run(tmp_path / "run", "paper-5")
     done = subprocess.run(
-        [sys.executable, "-m", "evaluate.table", str(run)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "evaluation.table", str(run)], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2] == "| paper-5 | 5 | 7.5 | - | - |"
     missing = subprocess.run(
-        [sys.executable, "-m", "evaluate.table", str(tmp_path / "nowhere")], cwd=REPO, capture_output=True
+        [sys.executable, "-m", "evaluation.table", str(tmp_path / "nowhere")], cwd=REPO, capture_output=True
     )
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1

@@ -1,8 +1,8 @@
 """The metrics command: FID, PRD and CLIP score of a folder of generated images.
 
-    python -m evaluate.metrics fid --generated DIR --reference DIR [--protocol paper|clean|both]
-    python -m evaluate.metrics prd --generated DIR --reference DIR [--plot FILE.png]
-    python -m evaluate.metrics clip --images DIR --manifest prompts.jsonl --weights CLIP.safetensors
+    python -m evaluation.metrics fid --generated DIR --reference DIR [--protocol paper|clean|both]
+    python -m evaluation.metrics prd --generated DIR --reference DIR [--plot FILE.png]
+    python -m evaluation.metrics clip --images DIR --manifest prompts.jsonl --weights CLIP.safetensors
 
 Each number is printed on its own line, naming its protocol; `--json OUT` also writes them for the
 results table. Errors are one line on stderr with exit status 2.
@@ -13,14 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from evaluate import fid, prd
-from evaluate.images import PROTOCOLS
+import cli
+from evaluation import fid, prd
+from evaluation.runs import PROTOCOLS
 from weights.fingerprint import file_sha256
 
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m evaluation.metrics"
 
 
 def _protocols(choice: str) -> list[str]:
@@ -104,7 +102,7 @@ def run_prd(args: argparse.Namespace) -> None:
 
 
 def run_clip(args: argparse.Namespace) -> None:
-    from evaluate.clip_score import score_folder
+    from evaluation.clip_score import score_folder
 
     value = score_folder(
         args.images, args.manifest, args.weights, device=args.device, batch_size=args.batch_size
@@ -115,8 +113,8 @@ def run_clip(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m evaluate.metrics", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = cli.Parser(prog=PROG, description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
 
     def folders_command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
@@ -137,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache-dir", type=Path, help="where feature caches go (default: beside each folder)"
         )
         sub.add_argument("--json", help="also write the results to this JSON file")
+        cli.add_debug_flag(sub)
         return sub
 
     folders_command("fid", "Frechet Inception Distance").set_defaults(run=run_fid)
@@ -155,19 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--batch-size", type=int, default=32)
     clip.add_argument("--device", default="cpu")
     clip.add_argument("--json", help="also write the result to this JSON file")
+    cli.add_debug_flag(clip)
     clip.set_defaults(run=run_clip)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 with a one-line message for any refusal)."""
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, OSError, ImportError) as error:
-        message = " ".join(str(error).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(f"{PROG} {args.command}", args.run, args, errors=(ValueError, OSError, ImportError))
 
 
 if __name__ == "__main__":

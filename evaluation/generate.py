@@ -1,8 +1,8 @@
 """Sharded, resumable generation of an evaluation prompt set: one PNG per manifest row, made by the
-code path of run_sample.py, for the paper's tables.
+code path of run_sample.py (`pipeline/`), for the paper's tables.
 
-    python -m evaluate.generate --manifest coco14.jsonl --preset paper-5 --guidance 7.5 --out runs/p5-7.5
-    torchrun --nproc_per_node=8 -m evaluate.generate --manifest coco14.jsonl --preset paper-5 --out runs/p5
+    python -m evaluation.generate --manifest coco14.jsonl --preset paper-5 --guidance 7.5 --out runs/p5-7.5
+    torchrun --nproc_per_node=8 -m evaluation.generate --manifest coco14.jsonl --preset paper-5 --out runs/p5
 
 Row `index` of the manifest becomes `DIR/{index:05d}.png`, from the row's own seed, carrying
 run_sample.py's metadata (`python run_sample.py --replay DIR/00042.png` remakes it).
@@ -19,8 +19,8 @@ Resuming: a row whose PNG exists is skipped, so rerunning a killed command finis
 records the run's settings once. A run with other settings into the same DIR is refused, and so is an
 existing PNG made with other settings, unless --force: then run.json and those PNGs are replaced.
 
-Scoring: `python -m evaluate.metrics fid|clip|prd ... --json DIR/{fid,clip,prd}.json`, then
-`python -m evaluate.table DIR...` (evaluate/table.py lists the commands).
+Scoring: `python -m evaluation.metrics fid|clip|prd ... --json DIR/{fid,clip,prd}.json`, then
+`python -m evaluation.table DIR...` (evaluation/table.py lists the commands).
 """
 
 from __future__ import annotations
@@ -40,37 +40,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from evaluate.prompts import Prompt, read_manifest
-from run_sample import (
-    DEFAULT_SIZE,
-    DEFAULT_WEIGHTS,
-    DTYPES,
-    OneLineParser,
-    SamplingError,
-    Settings,
-    build_plan,
-    check_size,
-    generate,
-    load_model,
-    model_name,
-    multiple_of_8,
-    one_line,
-    parse_device,
-    png_metadata,
-    positive_int,
-    prepare_output,
-    read_plan_file,
-    read_replay,
-    save_png,
-)
+import cli
+import pipeline
+from cli.generation import add_image_flags, add_model_flags, add_plan_flags, plan_overrides
+from evaluation.prompts import Prompt, read_manifest
+from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
+from pipeline import Batch, Settings
 from schedule import DiscreteSchedule
-from solvers import Plan, PlanError, preset_names
-from weights.errors import WeightsError
-from weights.fingerprint import weights_sha256
+from solvers import Plan, PlanError
 
-PROG = "python -m evaluate.generate"
-RUN_FILE = "run.json"
-RUN_FORMAT = 1
+PROG = "python -m evaluation.generate"
 # What decides the images: run.json, and each PNG's settings, must agree on these to share a folder.
 # (Device, batch size, compile and versions move pixels by rounding only; they are recorded, not compared.)
 RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", "negative_prompt", "height", "width", "dtype")
@@ -114,12 +93,7 @@ class Shard:
         return cls(rank, world_size, local_rank)
 
 
-def batch_grid(rows: Sequence[Prompt], batch_size: int) -> list[list[Prompt]]:
-    """The rows in U-Net batches of `batch_size`, in manifest order (the last one may be shorter)."""
-    return [list(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
-
-
-def shard_batches(batches: Sequence[list[Prompt]], shard: Shard) -> list[list[Prompt]]:
+def shard_batches(batches: Sequence[Batch[Prompt]], shard: Shard) -> list[Batch[Prompt]]:
     """Batch k goes to rank k mod world_size: fixed before any work; shares differ by one batch at most."""
     return list(batches[shard.rank :: shard.world_size])
 
@@ -140,7 +114,7 @@ def run_record(
     manifest_sha256: str,
 ) -> dict:
     """What `DIR/run.json` holds: the plan and what the table shows (method, NFE, guidance), the weights,
-    the manifest, and the settings of `made` (run_sample's Settings, per-image fields aside)."""
+    the manifest, and the settings of `made` (the run's Settings, per-image fields aside)."""
     guidance = plan.guidance[0] if len(set(plan.guidance)) == 1 else list(plan.guidance)
     record = {
         "format": RUN_FORMAT,
@@ -168,7 +142,7 @@ def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
     """Check `out/run.json` against `record`: refuse other settings unless `force`. Rank 0 writes it
     when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs."""
     path = out / RUN_FILE
-    existing = _read_run(path)
+    existing = read_run(path, "delete it, or pass --force to replace it")
     if existing is not None:
         differences = run_differences(existing, record)
         if not differences:
@@ -194,24 +168,6 @@ def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _read_run(path: Path) -> dict | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); delete it, or pass --force to replace it"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
-        raise ValueError(
-            f"{path} is not a run record of format {RUN_FORMAT}; delete it, or pass --force to replace it"
-        )
-    return record
-
-
 def run_differences(old: dict, new: dict) -> list[str]:
     """The settings of RUN_IDENTITY that differ, as "name old -> new"."""
     differences = []
@@ -235,10 +191,14 @@ def plan_differences(old: Plan, new: Plan) -> list[str]:
         differences.append(f"plan {old.name} -> {new.name}")
     if _guidance_text(old) != _guidance_text(new):
         differences.append(f"guidance {_guidance_text(old)} -> {_guidance_text(new)}")
-    rest = (old.sigmas, old.solver, old.freeu, old.final) != (new.sigmas, new.solver, new.freeu, new.final)
-    if rest and old.name == new.name:
-        differences.append(f"plan {new.name} with other sigmas, solvers, FreeU or final policy")
+    if _without_guidance(old) != _without_guidance(new) and old.name == new.name:
+        differences.append(f"plan {new.name} with other sigmas, solvers, options or final policy")
     return differences
+
+
+def _without_guidance(plan: Plan) -> tuple:
+    options = {key: column for key, column in plan.options.items() if key != "guidance"}
+    return plan.sigmas, plan.solver, options, plan.final
 
 
 def _guidance_text(plan: Plan) -> str:
@@ -256,14 +216,14 @@ def _short(value: object) -> str:
 
 
 def row_settings(made: Settings, row: Prompt, slot: int) -> Settings:
-    """The settings of `row`'s image, made at row `slot` of its batch."""
+    """The settings of `row`'s image made at row `slot` of its batch, as generate_batch sets them."""
     return replace(made, prompt=row.prompt, seed=row.seed, batch_index=slot)
 
 
 def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
     """How the existing image at `path` differs from the one this run makes there (empty: the same)."""
     try:
-        stored, stored_plan = read_replay(path)
+        stored, stored_plan = pipeline.read_replay(path)
     except PlanError:
         return ["it carries no fewstep-sd metadata"]
     differences = plan_differences(stored_plan, plan)
@@ -273,11 +233,11 @@ def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
     return differences
 
 
-def to_make(batch: list[Prompt], out: Path, plan: Plan, made: Settings, force: bool) -> list[int]:
+def to_make(batch: Batch[Prompt], out: Path, plan: Plan, made: Settings, force: bool) -> list[int]:
     """The slots of `batch` whose image is still to make: no PNG yet, or (under `force`) one made with
     other settings. Without `force` such a PNG is refused."""
     slots = []
-    for slot, row in enumerate(batch):
+    for slot, row in batch.jobs:
         path = image_path(out, row)
         if not path.exists():
             slots.append(slot)
@@ -298,7 +258,7 @@ def to_make(batch: list[Prompt], out: Path, plan: Plan, made: Settings, force: b
 
 def pick_device(spec: str | None, shard: Shard) -> torch.device:
     """--device, default cuda if there is one; a CUDA device without an index is cuda:LOCAL_RANK."""
-    device = parse_device(spec)
+    device = pipeline.parse_device(spec)
     if device.type == "cuda":
         device = torch.device("cuda", shard.local_rank if device.index is None else device.index)
         if device.index >= torch.cuda.device_count():
@@ -316,45 +276,39 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     manifest_rows = len(rows)
     rows = rows[: args.limit]
     manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
-    height, width = args.height, args.width
-    check_size(height, width)
-    plan_for = partial(
-        build_plan,
-        args.steps,
-        args.preset,
-        read_plan_file(args.plan) if args.plan else None,
-        guidance=args.guidance,
-    )
-    plan_for(noise=DiscreteSchedule.sd())  # refuse a bad plan before the weights load
-    out = prepare_output(args.out)
+    size = pipeline.FAMILIES["sd1"].size
+    height, width = args.height or size, args.width or size
+    pipeline.check_size(height, width)
+    base = pipeline.read_plan_file(args.plan) if args.plan else None
+    plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
+    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before the weights load
+    out = pipeline.prepare_output(args.out)
     device = pick_device(args.device, shard)
-    dtype = args.dtype or ("float32" if device.type == "cpu" else "float16")
+    dtype = args.dtype or pipeline.default_dtype(device)
+    weights = args.weights or pipeline.DEFAULT_WEIGHTS
+    batch_size = args.batch_size or 1
 
-    sd, path = load_model(args.weights, device, DTYPES[dtype], args.compile)
-    plan = plan_for(noise=sd.schedule)  # on the model's own noise table, as run_sample.py places it
-    made = Settings(
-        prompt="",
-        negative_prompt=args.negative_prompt,
-        seed=0,
+    sd, path = pipeline.load_model(weights, device, pipeline.DTYPES[dtype], bool(args.compile))
+    plan = plan_for(schedule=sd.schedule)  # on the model's own noise schedule, as run_sample.py places it
+    made = pipeline.run_settings(
+        weights,
+        path,
+        negative_prompt=args.negative_prompt or "",
         width=width,
         height=height,
-        weights=args.weights,
-        weights_sha256=weights_sha256(path),
-        model=model_name(path),
         dtype=dtype,
         device=device.type,
-        compile=args.compile,
-        batch=args.batch_size,
-        batch_index=0,
+        compile=bool(args.compile),
+        batch=batch_size,
     )
     preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
     record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)
     claim_run(out, record, args.force, shard)
 
-    mine = shard_batches(batch_grid(rows, args.batch_size), shard)
+    mine = shard_batches(pipeline.batches(rows, batch_size), shard)
     work = [(batch, slots) for batch in mine if (slots := to_make(batch, out, plan, made, args.force))]
     total = sum(len(slots) for _, slots in work)
-    present = sum(len(batch) for batch in mine) - total
+    present = sum(len(batch.slots) for batch in mine) - total
     tag = f"rank {shard.rank} of {shard.world_size}: " if shard.world_size > 1 else ""
     started = time.perf_counter()
     with tqdm(
@@ -365,19 +319,10 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         file=sys.stderr,
     ) as bar:
         for batch, slots in work:
-            padded = batch + batch[-1:] * (args.batch_size - len(batch))  # as run_sample.py pads
-            images = generate(
-                sd,
-                plan,
-                [row.prompt for row in padded],
-                [row.seed for row in padded],
-                negative_prompt=made.negative_prompt,
-                height=height,
-                width=width,
-            )
-            for slot in slots:
-                metadata = png_metadata(plan, row_settings(made, batch[slot], slot), sd.schedule)
-                _save(images[slot], out, batch[slot], metadata)
+            for settings, image in pipeline.generate_batch(sd, plan, batch, made):
+                if settings.batch_index in slots:
+                    row = batch.rows[settings.batch_index]
+                    _save(image, out, row, pipeline.png_metadata(plan, settings))
             bar.update(len(slots))
     elapsed = time.perf_counter() - started
     rate = f" ({total / elapsed:.2f} images/s)" if total else ""
@@ -389,7 +334,7 @@ def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str])
     """`out/{index:05d}.png`, replacing an image of other settings (only --force gets here with one)."""
     target = image_path(out, row)
     target.unlink(missing_ok=True)  # if killed before the new file lands, the row is simply missing
-    saved = save_png(image, out, target.stem, metadata)
+    saved = pipeline.save_png(image, out, target.stem, metadata)
     if saved != target:
         saved.unlink()
         raise OSError(f"another process wrote {target} meanwhile; run one generation per --out folder")
@@ -399,82 +344,38 @@ def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+    p = cli.Parser(
         prog=PROG,
-        description="Generate one PNG per manifest row (python -m evaluate.prompts writes manifests) for "
+        description="Generate one PNG per manifest row (python -m evaluation.prompts writes manifests) for "
         "the paper's tables, resumably; under torchrun the rows are split over the processes.",
     )
     p.add_argument(
         "--manifest", required=True, metavar="FILE.jsonl", help="the prompt set: index, prompt, seed"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder of {index:05d}.png and run.json")
-    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N rows (smoke runs)")
+    p.add_argument("--limit", type=cli.positive_int, metavar="N", help="only the first N rows (smoke runs)")
     p.add_argument(
         "--force",
         action="store_true",
         help="replace a run.json of other settings, and remake the images made with other settings",
     )
-    how = p.add_argument_group("how to sample (as run_sample.py)")
-    how.add_argument(
-        "--steps", type=positive_int, metavar="N", help="the paper's preset for N steps (default: 5)"
-    )
-    how.add_argument("--preset", metavar="NAME", help=f"a named plan: {', '.join(preset_names())}")
-    how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
-    how.add_argument(
-        "--guidance",
-        type=float,
-        metavar="W",
-        help="classifier-free guidance scale on every step; the paper's tables use 5.5 and 7.5 "
-        "(default: the plan's, 7.5 for presets)",
-    )
-    how.add_argument("--negative-prompt", default="", metavar="TEXT", help="the unconditional prompt")
-    how.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="images per U-Net batch; images are bitwise the same for the same batch size (default: 1)",
-    )
-    for side in ("height", "width"):
-        how.add_argument(
-            f"--{side}",
-            type=multiple_of_8,
-            default=DEFAULT_SIZE,
-            metavar="PX",
-            help=f"a multiple of 8 (default: {DEFAULT_SIZE})",
-        )
-    machine = p.add_argument_group("model and machine")
-    machine.add_argument(
-        "--weights",
-        default=DEFAULT_WEIGHTS,
-        metavar="PATH|HUB_ID",
-        help=f"a .safetensors file, a diffusers folder or a Hub id (default: {DEFAULT_WEIGHTS})",
-    )
-    machine.add_argument(
-        "--device", help="torch device; cuda means cuda:LOCAL_RANK (default: cuda if available, else cpu)"
-    )
-    machine.add_argument(
-        "--dtype", choices=list(DTYPES), help="model dtype (default: float16 on GPU, float32 on CPU)"
-    )
-    machine.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    machine.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    add_plan_flags(p, default_note="")
+    add_image_flags(p)
+    add_model_flags(p, device_help="; cuda means cuda:LOCAL_RANK")
+    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (2 with a one-line message for any refusal)."""
     args = build_parser().parse_args(argv)
-    shard = None
     try:
         shard = Shard.from_env()
-        run(args, shard)
-    except (WeightsError, SamplingError, ValueError, OSError) as err:  # PlanError is a ValueError
-        if args.debug:
-            raise
-        where = f" (rank {shard.rank} of {shard.world_size})" if shard and shard.world_size > 1 else ""
-        print(f"{PROG}{where}: error: {one_line(err)}", file=sys.stderr)
+    except ValueError as err:
+        print(f"{PROG}: error: {cli.one_line(err)}", file=sys.stderr)
         return 2
-    return 0
+    where = f" (rank {shard.rank} of {shard.world_size})" if shard.world_size > 1 else ""
+    return cli.run(PROG + where, partial(run, shard=shard), args, errors=pipeline.USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,6 @@ PAPER_SIZE = 512
 CLEAN_CROP_SIZE = 256
 CLEAN_SIZE = 299
 
-PROTOCOLS = {
-    "paper": "pytorch-fid; PIL bicubic to 512x512 without crop, bilinear to 299 in the network",
-    "clean": "clean-fid 'clean'; center crop, PIL Lanczos to 256x256, float PIL bicubic to 299x299",
-}
-
 
 def list_images(folder: str | Path) -> list[Path]:
     """The image files directly inside `folder`, sorted by name."""

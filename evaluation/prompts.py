@@ -1,8 +1,8 @@
 """Evaluation prompt sets, written once as JSONL manifests so every later step reads the same list.
 
-    python -m evaluate.prompts coco --captions captions_val2014.json --instances instances_val2014.json \\
+    python -m evaluation.prompts coco --captions captions_val2014.json --instances instances_val2014.json \\
         --out coco14.jsonl [--images-dir val2014] [--count 10000] [--seed 0] [--force]
-    python -m evaluate.prompts laion --captions laion.csv --out laion.jsonl [--images-dir D] \\
+    python -m evaluation.prompts laion --captions laion.csv --out laion.jsonl [--images-dir D] \\
         [--count 10000] [--sample] [--seed 0] [--force]
 
 A manifest line is {"index", "prompt", "seed", "reference"} (+ "image_id" for COCO) with
@@ -39,6 +39,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+import cli
 
 COCO_SHUFFLE_SEED = 42  # the authors' `seed_everything(42)` seeds Python's `random` with it
 CAPTION_STRIDE = 5  # every 5th caption of the flat list (idx % 5 == 0)
@@ -159,7 +161,7 @@ def read_manifest(path: str | Path) -> list[Prompt]:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise ValueError(
-            f"cannot read the manifest {path}: {reason}; write one with python -m evaluate.prompts"
+            f"cannot read the manifest {path}: {reason}; write one with python -m evaluation.prompts"
         ) from None
     prompts, lines_of = [], {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -177,7 +179,7 @@ def read_manifest(path: str | Path) -> list[Prompt]:
         lines_of[record["index"]] = number
         prompts.append(Prompt(**record))
     if not prompts:
-        raise ValueError(f"the manifest {path} lists no prompts; write one with python -m evaluate.prompts")
+        raise ValueError(f"the manifest {path} lists no prompts; write one with python -m evaluation.prompts")
     return prompts
 
 
@@ -303,10 +305,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status: 0, or 2 with a one-line message on stderr."""
-    parser = argparse.ArgumentParser(prog="python -m evaluate.prompts", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="set", required=True)
+PROG = "python -m evaluation.prompts"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="set", required=True, parser_class=cli.Parser)
     coco = sub.add_parser("coco", help="COCO 2014 / 2017 captions, selected as in the paper's code")
     coco.add_argument("--captions", type=Path, required=True, help="captions_val20xx.json")
     coco.add_argument("--instances", type=Path, required=True, help="instances_val20xx.json (image order)")
@@ -316,22 +320,34 @@ def main(argv: list[str] | None = None) -> int:
     for p in (coco, laion):
         p.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
         p.add_argument("--images-dir", type=Path, help="folder of the real images")
-        p.add_argument("--count", type=int, default=10_000, help="number of prompts (COCO: and of images)")
-        p.add_argument("--seed", type=int, default=0, help="prompt i gets seed + i; also seeds --sample")
+        p.add_argument(
+            "--count", type=cli.positive_int, default=10_000, help="number of prompts (COCO: and of images)"
+        )
+        p.add_argument(
+            "--seed",
+            type=cli.seed,
+            default=0,
+            help="prompt i gets seed + i; also seeds --sample (default: 0)",
+        )
         p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
-    args = parser.parse_args(argv)
-    try:
-        if args.set == "coco":
-            prompt_set = coco_prompts(args.captions, args.instances, args.count, args.images_dir, args.seed)
-        else:
-            prompt_set = laion_prompts(args.captions, args.count, args.sample, args.images_dir, args.seed)
-        out, references = write_manifest(prompt_set, args.out, args.force)
-    except (OSError, ValueError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        cli.add_debug_flag(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 0, or 2 with a one-line message on stderr."""
+    args = build_parser().parse_args(argv)
+    return cli.run(PROG, write, args)
+
+
+def write(args: argparse.Namespace) -> None:
+    if args.set == "coco":
+        prompt_set = coco_prompts(args.captions, args.instances, args.count, args.images_dir, args.seed)
+    else:
+        prompt_set = laion_prompts(args.captions, args.count, args.sample, args.images_dir, args.seed)
+    out, references = write_manifest(prompt_set, args.out, args.force)
     print(f"{out}: {len(prompt_set.prompts)} prompts")
     print(f"{references}: {len(prompt_set.references)} reference images")
-    return 0
 
 
 if __name__ == "__main__":

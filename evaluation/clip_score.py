@@ -1,4 +1,4 @@
-"""CLIP score with torchmetrics' semantics (paper-recipe.md): 100 * cos(image embedding, prompt
+"""CLIP score with torchmetrics' semantics (docs/evaluation.md section 4): 100 * cos(image embedding, prompt
 embedding) with openai/clip-vit-base-patch32, averaged over the image-prompt pairs, floored at 0.
 
 torchmetrics' `CLIPScore.compute()` returns max(sum_i s_i / n, 0): the floor applies to the mean, not
@@ -16,17 +16,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluate.clip import CLIPModel, load_clip, preprocess
-from evaluate.prompts import read_manifest
+from evaluation.clip import CLIPModel, load_clip, preprocess
+from evaluation.prompts import read_manifest
 from text_encoder import Tokenizer
 
 
-def similarities(images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, prompts: Sequence[str],
-                 model: CLIPModel, tokenizer: Tokenizer, batch_size: int = 32) -> torch.Tensor:
+def similarities(
+    images: Sequence[Image.Image | torch.Tensor] | torch.Tensor,
+    prompts: Sequence[str],
+    model: CLIPModel,
+    tokenizer: Tokenizer,
+    batch_size: int = 32,
+) -> torch.Tensor:
     """s_i = 100 * cos(E_image_i, E_prompt_i) for each pair, float64 [N] on the CPU."""
     if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; CLIP score pairs them "
-                         f"one to one")
+        raise ValueError(
+            f"got {len(images)} images but {len(prompts)} prompts; CLIP score pairs them one to one"
+        )
     param = next(model.parameters())
     scores = []
     with torch.inference_mode():
@@ -44,14 +50,24 @@ def mean_score(scores: torch.Tensor) -> float:
     return max(scores.double().mean().item(), 0.0)
 
 
-def clip_score(images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, prompts: Sequence[str],
-               model: CLIPModel, tokenizer: Tokenizer, batch_size: int = 32) -> float:
+def clip_score(
+    images: Sequence[Image.Image | torch.Tensor] | torch.Tensor,
+    prompts: Sequence[str],
+    model: CLIPModel,
+    tokenizer: Tokenizer,
+    batch_size: int = 32,
+) -> float:
     """CLIP score of images (PIL or uint8 [3, H, W]) against their prompts."""
     return mean_score(similarities(images, prompts, model, tokenizer, batch_size))
 
 
-def score_folder(image_dir: str | Path, manifest_path: str | Path, weights_path: str | Path,
-                 device: str | torch.device = "cpu", batch_size: int = 32) -> float:
+def score_folder(
+    image_dir: str | Path,
+    manifest_path: str | Path,
+    weights_path: str | Path,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+) -> float:
     """CLIP score of the images `{index:05d}.png` in `image_dir` against the manifest's prompts, with the
     ViT-B/32 weights at `weights_path` (openai/clip-vit-base-patch32 `model.safetensors`)."""
     entries = read_manifest(manifest_path)
@@ -59,8 +75,10 @@ def score_folder(image_dir: str | Path, manifest_path: str | Path, weights_path:
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
         listed = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images in {manifest_path} are missing "
-                                f"from {image_dir}: {listed}")
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(paths)} images in {manifest_path} are missing "
+            f"from {image_dir}: {listed}"
+        )
     model, tokenizer = load_clip(weights_path, device), Tokenizer.sd1()
     scores = []
     for start in range(0, len(paths), batch_size):  # one batch of images in memory at a time

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluate.images import PROTOCOLS, image_batches, list_images
-from evaluate.inception import FIDInception  # also evaluate.fid.FIDInception
+from evaluation.images import image_batches, list_images
+from evaluation.inception import FIDInception  # also evaluation.fid.FIDInception
+from evaluation.runs import PROTOCOLS
 
 WEIGHTS_ENV = "FEWSTEP_INCEPTION_WEIGHTS"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"

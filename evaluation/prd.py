@@ -93,7 +93,7 @@ def compute_prd(
     if len(eval_feats) != len(ref_feats):
         raise ValueError(
             f"PRD needs equal sample counts, got {len(eval_feats)} evaluated and {len(ref_feats)} reference; "
-            "subsample the larger set (evaluate.prd.equal_size)"
+            "subsample the larger set (evaluation.prd.equal_size)"
         )
     rng = np.random.default_rng(seed)
     union = np.concatenate([eval_feats, ref_feats])

@@ -1,14 +1,14 @@
 """The paper-style results table of generation runs, as Markdown.
 
-    python -m evaluate.table runs/paper-5 runs/paper-8 runs/karras-2m-20 [--protocol paper|clean]
+    python -m evaluation.table runs/paper-5 runs/paper-8 runs/karras-2m-20 [--protocol paper|clean]
 
-Each RUN_DIR is a folder `python -m evaluate.generate --out RUN_DIR` made: its `run.json` gives the
+Each RUN_DIR is a folder `python -m evaluation.generate --out RUN_DIR` made: its `run.json` gives the
 method (the plan's name), NFE and guidance. The metrics are the JSON files that these commands write
 into it (the convention of this table):
 
-    python -m evaluate.metrics fid --generated RUN_DIR --reference REF_DIR --json RUN_DIR/fid.json
-    python -m evaluate.metrics clip --images RUN_DIR --manifest M --weights CLIP --json RUN_DIR/clip.json
-    python -m evaluate.metrics prd --generated RUN_DIR --reference REF_DIR --json RUN_DIR/prd.json
+    python -m evaluation.metrics fid --generated RUN_DIR --reference REF_DIR --json RUN_DIR/fid.json
+    python -m evaluation.metrics clip --images RUN_DIR --manifest M --weights CLIP --json RUN_DIR/clip.json
+    python -m evaluation.metrics prd --generated RUN_DIR --reference REF_DIR --json RUN_DIR/prd.json
 
 A metric whose file is missing shows as "-". The PRD columns (F_8, F_1/8) appear when a run has
 prd.json. FID and PRD are read for one protocol (--protocol, default the paper's).
@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluate.generate import RUN_FILE, RUN_FORMAT
-from evaluate.images import PROTOCOLS
-from run_sample import OneLineParser
+import cli
+from evaluation.runs import PROTOCOLS, RUN_FILE, read_run
 
-PROG = "python -m evaluate.table"
+PROG = "python -m evaluation.table"
 METRIC_FILES = {"fid": "fid.json", "clip": "clip.json", "prd": "prd.json"}
 MISSING = "-"
 
@@ -47,13 +46,16 @@ class Row:
 def read_row(run_dir: str | Path, protocol: str = "paper") -> Row:
     """The table row of `run_dir`: run.json and whichever metric files are there."""
     run_dir = Path(run_dir)
-    run = _read_json(run_dir / RUN_FILE, "run")
+    run = read_run(run_dir / RUN_FILE, "write it again with python -m evaluation.generate")
     if run is None:
         raise ValueError(
-            f"{run_dir} has no {RUN_FILE}; pass folders written by python -m evaluate.generate --out DIR"
+            f"{run_dir} has no {RUN_FILE}; pass folders written by python -m evaluation.generate --out DIR"
         )
-    if run.get("format") != RUN_FORMAT or not all(k in run for k in ("method", "nfe", "guidance")):
-        raise ValueError(f"{run_dir / RUN_FILE} is not a run record of format {RUN_FORMAT}")
+    if not all(k in run for k in ("method", "nfe", "guidance")):
+        raise ValueError(
+            f"{run_dir / RUN_FILE} lacks method, nfe or guidance; "
+            "write it again with python -m evaluation.generate"
+        )
     paths = {metric: run_dir / name for metric, name in METRIC_FILES.items()}
     records = {metric: _read_json(path, metric) for metric, path in paths.items()}
     fid = clip = prd = None
@@ -101,15 +103,15 @@ def _number_text(value: float | None, decimals: int) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict | None:
-    """The JSON object in `path` (run.json, or the result of metric `what`); None if there is no such file."""
-    command = "python -m evaluate.generate" if what == "run" else f"python -m evaluate.metrics {what} --json"
+    """The JSON object in `path` (the result of metric `what`); None if there is no such file."""
+    command = f"python -m evaluation.metrics {what} --json"
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); write it again with {command}") from None
-    if not isinstance(record, dict) or (what != "run" and record.get("metric") != what):
+    if not isinstance(record, dict) or record.get("metric") != what:
         raise ValueError(f"{path} is not a {what} record; write it with {command}")
     return record
 
@@ -117,7 +119,7 @@ def _read_json(path: Path, what: str) -> dict | None:
 def _number(value: object, what: str, path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(
-            f"{path}: {what} is {value!r}, not a number; rewrite it with python -m evaluate.metrics"
+            f"{path}: {what} is {value!r}, not a number; rewrite it with python -m evaluation.metrics"
         )
     return float(value)
 
@@ -126,11 +128,11 @@ def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:
     """record[key][protocol]; None, with a note on stderr, when the file holds other protocols only."""
     values = record.get(key)
     if not isinstance(values, dict):
-        raise ValueError(f"{path} has no {key!r} values; rewrite it with python -m evaluate.metrics")
+        raise ValueError(f"{path} has no {key!r} values; rewrite it with python -m evaluation.metrics")
     if protocol not in values:
         print(
             f"{PROG}: note: {path} has no {protocol}-protocol value (it has {', '.join(values)}); "
-            f"rerun python -m evaluate.metrics {key} with --protocol {protocol} or both",
+            f"rerun python -m evaluation.metrics {key} with --protocol {protocol} or both",
             file=sys.stderr,
         )
         return None
@@ -138,9 +140,9 @@ def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders made by python -m evaluate.generate"
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders made by python -m evaluation.generate"
     )
     p.add_argument(
         "--protocol",
@@ -154,13 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table; exit status 2 with a one-line message when a run folder or file is unusable."""
     args = build_parser().parse_args(argv)
-    try:
-        rows = [read_row(run_dir, args.protocol) for run_dir in args.run_dirs]
-    except (ValueError, OSError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    print(markdown(rows), end="")
-    return 0
+    return cli.run(PROG, show, args)
+
+
+def show(args: argparse.Namespace) -> None:
+    print(markdown([read_row(run_dir, args.protocol) for run_dir in args.run_dirs]), end="")
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ class CLIPVisionConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size "
-                             f"{self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
     @classmethod
     def vit_b32(cls) -> CLIPVisionConfig:
@@ -82,16 +83,24 @@ class VisionTransformer(nn.Module):
         self.config = config
         self.embeddings = VisionEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.encoder = Encoder(config.layers, config.hidden_size, config.heads, config.intermediate_size,
-                               config.activation, config.layer_norm_eps)
+        self.encoder = Encoder(
+            config.layers,
+            config.hidden_size,
+            config.heads,
+            config.intermediate_size,
+            config.activation,
+            config.layer_norm_eps,
+        )
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalized pixels -> pooled [B, D]."""
         size = self.config.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixels must have shape [batch, 3, {size}, {size}], got {list(pixels.shape)}; "
-                             f"use evaluate.clip.preprocess")
+            raise ValueError(
+                f"pixels must have shape [batch, 3, {size}, {size}], got {list(pixels.shape)}; "
+                f"use evaluation.clip.preprocess"
+            )
         x = self.encoder(self.pre_layrnorm(self.embeddings(pixels)), causal=False)
         return self.post_layernorm(x[:, 0])
 
@@ -102,8 +111,10 @@ class CLIPModel(nn.Module):
     def __init__(self, text: CLIPTextConfig, vision: CLIPVisionConfig):
         super().__init__()
         if text.projection_dim != vision.projection_dim:
-            raise ValueError(f"text projection_dim {text.projection_dim} != vision projection_dim "
-                             f"{vision.projection_dim}; both towers must project to the same space")
+            raise ValueError(
+                f"text projection_dim {text.projection_dim} != vision projection_dim "
+                f"{vision.projection_dim}; both towers must project to the same space"
+            )
         self.text_config, self.vision_config = text, vision
         self.text_model = TextTransformer(text)
         self.text_projection = nn.Linear(text.hidden_size, text.projection_dim, bias=False)
@@ -125,8 +136,12 @@ class CLIPModel(nn.Module):
         return self.text_projection(self.text_model.pooled(ids))
 
 
-def load_clip(weights_path: str | Path, device: str | torch.device = "cpu",
-              text: CLIPTextConfig | None = None, vision: CLIPVisionConfig | None = None) -> CLIPModel:
+def load_clip(
+    weights_path: str | Path,
+    device: str | torch.device = "cpu",
+    text: CLIPTextConfig | None = None,
+    vision: CLIPVisionConfig | None = None,
+) -> CLIPModel:
     """A CLIPModel (ViT-B/32 unless configs are given) from an HF-layout `model.safetensors`, in float32."""
     text, vision = text or CLIPTextConfig.vit_b32(), vision or CLIPVisionConfig.vit_b32()
     state = safetensors.torch.load_file(str(weights_path))
@@ -134,10 +149,12 @@ def load_clip(weights_path: str | Path, device: str | torch.device = "cpu",
         model = CLIPModel(text, vision)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise ValueError(f"{weights_path} does not fit CLIP ({text.hidden_size}-wide text, "
-                         f"{vision.hidden_size}-wide vision) in the transformers CLIPModel layout: missing "
-                         f"{missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); "
-                         f"pass openai/clip-vit-base-patch32's model.safetensors")
+        raise ValueError(
+            f"{weights_path} does not fit CLIP ({text.hidden_size}-wide text, "
+            f"{vision.hidden_size}-wide vision) in the transformers CLIPModel layout: missing "
+            f"{missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); "
+            f"pass openai/clip-vit-base-patch32's model.safetensors"
+        )
     return model.float().to(device).eval()
 
 
@@ -173,6 +190,8 @@ def _to_pil(image: Image.Image | torch.Tensor) -> Image.Image:
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"images must be PIL images or uint8 tensors [3, H, W], got {type(image).__name__}")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise TypeError(f"image tensors must be uint8 [3, H, W] with values 0..255 (as torchmetrics takes "
-                        f"them), got {image.dtype} {list(image.shape)}")
+        raise TypeError(
+            f"image tensors must be uint8 [3, H, W] with values 0..255 (as torchmetrics takes "
+            f"them), got {image.dtype} {list(image.shape)}"
+        )
     return Image.fromarray(rearrange(image, "c h w -> h w c").cpu().numpy())
