@@ -13,8 +13,8 @@ Without `accelerate`, diffusers builds every module with random weights before l
 it with accelerate without installing it here: `pip install --target DIR accelerate psutil pyyaml
 --no-deps` and run this script with PYTHONPATH=DIR.
 
-    python benchmarks/load.py                    # float16 file -> float16 and float32 models
-    python benchmarks/load.py --keep /tmp/sd15   # keep the written files there
+    python -m benchmarks.load                    # float16 file -> float16 and float32 models
+    python -m benchmarks.load --keep /tmp/sd15   # keep the written files there
 
 Targets: our peak <= 1.3 x the loaded tensors' bytes, and faster than diffusers.
 """
@@ -32,9 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -77,7 +74,7 @@ def sd15_shapes() -> dict[str, tuple[int, ...]]:
 def write_single_file(path: Path) -> int:
     """Random float16 weights (N(0, 0.02^2)), plus alphas_cumprod and position_ids as in the official
     file; written tensor by tensor so the script itself stays small. Returns the weights' bytes."""
-    from checkpoints import sd15_alphas_cumprod
+    from tests.checkpoints import sd15_alphas_cumprod
 
     shapes = sd15_shapes()
     entries, offset = {}, 0
@@ -112,9 +109,10 @@ def write_single_file(path: Path) -> int:
 def write_diffusers_configs(folder: Path) -> None:
     """SD 1.5's model_index.json and component configs (no weights), for from_single_file(config=...)."""
     import transformers
-    from checkpoints import MODEL_INDEX, SCHEDULER_CONFIG
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from reference import clip, unet, vae
+
+    from tests.checkpoints import MODEL_INDEX, SCHEDULER_CONFIG
+    from tests.reference import clip, unet, vae
 
     with torch.device("meta"):
         UNet2DConditionModel(**unet.sd15_config(unet.FULL), sample_size=64).save_config(folder / "unet")
@@ -193,7 +191,8 @@ def child(loader: str, path: Path, dtype: torch.dtype, config: Path) -> dict:
 def measure(loader: str, path: Path, dtype_name: str, config: Path) -> dict:
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.load",
         "--child",
         loader,
         "--path",

@@ -6,8 +6,8 @@ alternate, so that a change in machine load hits every variant alike; the median
 process CPU time are printed with the ratios ours / diffusers (< 1: ours is faster). On a shared
 machine the CPU-time ratio is the steadier one.
 
-    python benchmarks/unet_speed.py                          # full size, float32, CPU
-    python benchmarks/unet_speed.py --device cuda --dtype bf16 --compile
+    python -m benchmarks.unet_speed                          # full size, float32, CPU
+    python -m benchmarks.unet_speed --device cuda --dtype bf16 --compile
 """
 
 from __future__ import annotations
@@ -16,18 +16,12 @@ import argparse
 import copy
 import functools
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project, and the tests' reference helpers
-
-from reference.unet import FULL, diffusers_unet, ldm_state_dict, sd15_config, unet_config  # noqa: E402
-
-from model.unet import UNet  # noqa: E402
+from model.unet import UNet
+from tests.reference.unet import FULL, diffusers_unet, ldm_state_dict, sd15_config, unet_config
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,5 +1,5 @@
 """Random-weight SD 1.x checkpoints in the official layouts, for the tests of weights/, run_sample.py and
-evaluate/:
+evaluation/:
 
     path = write_checkpoint(tmp_path, "single")        # an LDM single file, tiny
     folder = write_checkpoint(tmp_path, "diffusers")   # a diffusers folder, tiny
@@ -27,10 +27,11 @@ from typing import Literal, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from reference import clip, unet, vae
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import CLIPTextModel
+
+from tests.reference import clip, unet, vae
 
 Layout = Literal["single", "diffusers"]
 Size = Literal["tiny", "full"]
@@ -41,7 +42,7 @@ TINY_TEXT = dict(
 WIDTHS = {"tiny": (unet.SMALL, vae.SMALL, TINY_TEXT), "full": (unet.FULL, vae.FULL, clip.SD1_TEXT)}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-# SD 1.5's scheduler/scheduler_config.json (sd-model-facts.md section 6).
+# SD 1.5's scheduler/scheduler_config.json (docs/model-facts.md section 6).
 SCHEDULER_CONFIG = {
     "_class_name": "PNDMScheduler",
     "beta_start": 0.00085,

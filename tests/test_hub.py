@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
-from http_server import FakeHub, git_sha1
 
+from tests.http_server import FakeHub, git_sha1
 from weights import hub as hub_module
 from weights.errors import WeightsError
 from weights.hub import hub_cache_dir, hub_file, is_local_path, parse_hub_spec

@@ -22,7 +22,7 @@ SD = DiscreteSchedule.sd()
 
 
 def test_sd_table_matches_the_published_end_points():
-    # sd-model-facts section 6: ac[0] = 0.99915, ac[999] = 0.0046601, sigma range 0.029167 .. 14.61464.
+    # docs/model-facts.md section 6: ac[0] = 0.99915, ac[999] = 0.0046601, sigma range 0.029167 .. 14.61464.
     assert SD.alphas_cumprod[0].item() == pytest.approx(0.99915, abs=5e-6)
     assert SD.alphas_cumprod[-1].item() == pytest.approx(0.0046601, rel=1e-4)
     assert SD.sigma_min == pytest.approx(0.029167, rel=1e-4)

@@ -10,15 +10,12 @@ import warnings
 
 import pytest
 import torch
-from reference.clip import B32_TEXT, BIGG_TEXT, SD1_TEXT, SMALL_TEXT, hf_text_model
 
+from tests.helpers import rel_err
+from tests.reference.clip import B32_TEXT, BIGG_TEXT, SD1_TEXT, SMALL_TEXT, hf_text_model
 from text_encoder import CLIPTextConfig, CLIPTextModel, Tokenizer
 
 PROMPTS = ["a photo of a cat", "", "An astronaut riding a horse on Mars, highly detailed, 8k"]
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def ours_from(hf_model, **config) -> CLIPTextModel:
@@ -109,8 +106,11 @@ def test_full_size_sd1_text_encoder_matches_transformers():
 
 @pytest.mark.parametrize(
     "ours, hf_config, projection_dim",
-    [(CLIPTextConfig.sd1(), SD1_TEXT, None), (CLIPTextConfig.vit_b32(), B32_TEXT, 512),
-     (CLIPTextConfig.bigg(), BIGG_TEXT, 1280)],
+    [
+        (CLIPTextConfig.sd1(), SD1_TEXT, None),
+        (CLIPTextConfig.vit_b32(), B32_TEXT, 512),
+        (CLIPTextConfig.bigg(), BIGG_TEXT, 1280),
+    ],
     ids=["sd1", "vit_b32", "bigg"],
 )
 def test_preset_configs_have_the_official_names_and_shapes(ours, hf_config, projection_dim):

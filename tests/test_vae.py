@@ -16,7 +16,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-from reference.vae import (
+
+from tests.helpers import rel_err
+from tests.reference.vae import (
     FULL,
     SMALL,
     diffusers_config,
@@ -26,15 +28,10 @@ from reference.vae import (
     vae_config,
     with_deprecated_attention_names,
 )
-
 from vae import AutoencoderKL, VAEConfig
 
 SMALL_CONFIG = vae_config(SMALL)
 TOL = 1e-5
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.fixture(scope="module")

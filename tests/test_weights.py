@@ -20,22 +20,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import (
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+
+import weights
+from model.unet import UNet, UNetConfig
+from schedule import DiscreteSchedule
+from tests.checkpoints import (
     TINY_TEXT,
     reference_models,
     sd15_alphas_cumprod,
     single_file_tensors,
     write_checkpoint,
 )
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from reference import unet as ref_unet
-from reference import vae as ref_vae
-from reference.vae import with_deprecated_attention_names
-from safetensors.torch import save_file
-
-import weights
-from model.unet import UNet, UNetConfig
-from schedule import DiscreteSchedule
+from tests.helpers import rel_err
+from tests.reference import unet as ref_unet
+from tests.reference import vae as ref_vae
+from tests.reference.vae import with_deprecated_attention_names
 from text_encoder import CLIPTextConfig, CLIPTextModel, Tokenizer
 from vae import AutoencoderKL as VAEAutoencoderKL
 from vae import VAEConfig
@@ -43,10 +44,6 @@ from weights import WeightsError, detect, keymaps
 
 TOL = 1e-5
 PROMPTS = ["a photo of a cat", "", "An astronaut riding a horse on Mars, highly detailed"]
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Models are built at a reduced size (or the full official one) with every parameter re-randomised,
 layer norms included, so that no parameter can be silently ignored by the code under test. The
 tokenizer files (`vocab.json`, `merges.txt`) are derived here from the vendored gz independently of
-`text_encoder/tokenizer.py`, from the facts in sd-model-facts.md section 5.
+`text_encoder/tokenizer.py`, from the facts in docs/model-facts.md section 5.
 """
 
 from __future__ import annotations
@@ -19,22 +19,62 @@ from torch import nn
 VOCAB_GZ = Path(__file__).resolve().parents[2] / "text_encoder" / "bpe_simple_vocab_16e6.txt.gz"
 
 # A small text tower in the official layout: full vocabulary and 77 positions, tiny width and depth.
-SMALL_TEXT = dict(vocab_size=49408, max_position_embeddings=77, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=3, num_attention_heads=2, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+SMALL_TEXT = dict(
+    vocab_size=49408,
+    max_position_embeddings=77,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 # CLIP ViT-L/14 text (SD 1.5 `text_encoder/config.json`).
-SD1_TEXT = dict(vocab_size=49408, max_position_embeddings=77, hidden_size=768, intermediate_size=3072,
-                num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+SD1_TEXT = dict(
+    vocab_size=49408,
+    max_position_embeddings=77,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 # OpenCLIP ViT-bigG/14 text (SDXL `text_encoder_2/config.json`, with projection_dim 1280).
-BIGG_TEXT = dict(SD1_TEXT, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                 num_attention_heads=20, hidden_act="gelu")
+BIGG_TEXT = dict(
+    SD1_TEXT,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
+)
 # openai/clip-vit-base-patch32 `config.json`.
-B32_TEXT = dict(vocab_size=49408, max_position_embeddings=77, hidden_size=512, intermediate_size=2048,
-                num_hidden_layers=12, num_attention_heads=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-B32_VISION = dict(image_size=224, patch_size=32, num_channels=3, hidden_size=768, intermediate_size=3072,
-                  num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+B32_TEXT = dict(
+    vocab_size=49408,
+    max_position_embeddings=77,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+B32_VISION = dict(
+    image_size=224,
+    patch_size=32,
+    num_channels=3,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 # A small vision tower that still takes 224-pixel images in 32-pixel patches (7 x 7 + 1 tokens).
-SMALL_VISION = dict(B32_VISION, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=2)
+SMALL_VISION = dict(
+    B32_VISION, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2
+)
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -56,14 +96,20 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def hf_text_model(config: dict, projection_dim: int | None = None, eos_token_id: int = 2, seed: int = 0,
-                  randomize: bool = True):
+def hf_text_model(
+    config: dict,
+    projection_dim: int | None = None,
+    eos_token_id: int = 2,
+    seed: int = 0,
+    randomize: bool = True,
+):
     """transformers `CLIPTextModel` (or `CLIPTextModelWithProjection` with a projection), eager
     attention, random weights. eos_token_id 2 is the legacy value of the SD configs (eos found by
     argmax); 49407 makes transformers search for the first eos id instead."""
     extra = {"projection_dim": projection_dim} if projection_dim else {}
-    cfg = transformers.CLIPTextConfig(**config, **extra, eos_token_id=eos_token_id,
-                                      attn_implementation="eager")
+    cfg = transformers.CLIPTextConfig(
+        **config, **extra, eos_token_id=eos_token_id, attn_implementation="eager"
+    )
     cls = transformers.CLIPTextModelWithProjection if projection_dim else transformers.CLIPTextModel
     model = cls(cfg)
     return randomize_(model, seed).eval() if randomize else model

@@ -1,5 +1,5 @@
 """Reference U-Nets (diffusers `UNet2DConditionModel`) with random weights, the matching `UNetConfig`,
-and an independent diffusers -> LDM key map for the U-Net written from sd-model-facts.md section 1.3.
+and an independent diffusers -> LDM key map for the U-Net written from docs/model-facts.md section 1.3.
 
 Typical use in other tests:
 
@@ -128,7 +128,7 @@ _RESNET = {
 
 
 def _ldm_key(key: str, blocks: int, up_has_attention: list[bool]) -> str:
-    """One diffusers U-Net key -> LDM (sd-model-facts.md 1.3); `blocks` = layers_per_block + 1."""
+    """One diffusers U-Net key -> LDM (docs/model-facts.md section 1.3); `blocks` = layers_per_block + 1."""
     key = re.sub(r"^conv_in\.", "input_blocks.0.0.", key)
     key = re.sub(r"^time_embedding\.linear_([12])\.", lambda m: f"time_embed.{2 * int(m[1]) - 2}.", key)
     key = re.sub(r"^add_embedding\.linear_([12])\.", lambda m: f"label_emb.0.{2 * int(m[1]) - 2}.", key)

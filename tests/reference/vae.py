@@ -1,5 +1,5 @@
 """Reference VAEs (diffusers `AutoencoderKL`) with random weights, the matching `VAEConfig`, and
-an independent diffusers <-> LDM key map for the VAE written from sd-model-facts.md section 3.
+an independent diffusers <-> LDM key map for the VAE written from docs/model-facts.md section 3.
 
 Typical use in other tests:
 

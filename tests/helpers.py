@@ -1,0 +1,23 @@
+"""Helpers the tests share: the error measure of the parity checks, and reading back PNGs."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |ours - ref| / max |ref|, computed in float64 (the measure every parity tolerance is stated in)."""
+    ours, ref = ours.double(), ref.double()
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def text_chunks(path: Path) -> dict[str, str]:
+    with Image.open(path) as image:
+        return dict(image.text)
