@@ -1,4 +1,4 @@
-"""The CLIP text transformer (sd-model-facts.md section 4), with the Hugging Face transformers parameter
+"""The CLIP text transformer (docs/model-facts.md section 4), with the Hugging Face transformers parameter
 names, so an HF or SD single-file state dict loads with no key map once its prefix is stripped:
 
     text_model.embeddings.{token_embedding, position_embedding}.weight
@@ -6,7 +6,7 @@ names, so an HF or SD single-file state dict loads with no key map once its pref
     text_model.final_layer_norm
     text_projection.weight                  (only with a projection, as in CLIPTextModelWithProjection)
 
-The encoder blocks are shared with the CLIP vision tower (evaluate/clip.py), which uses them unmasked.
+The encoder blocks are shared with the CLIP vision tower (evaluation/clip.py), which uses them unmasked.
 """
 
 from __future__ import annotations
@@ -51,8 +51,14 @@ class CLIPTextConfig:
     @classmethod
     def bigg(cls) -> CLIPTextConfig:
         """OpenCLIP ViT-bigG/14's text tower (SDXL's second encoder) in the HF layout."""
-        return cls(hidden_size=1280, intermediate_size=5120, layers=32, heads=20, activation="gelu",
-                   projection_dim=1280)
+        return cls(
+            hidden_size=1280,
+            intermediate_size=5120,
+            layers=32,
+            heads=20,
+            activation="gelu",
+            projection_dim=1280,
+        )
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +87,10 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        q, k, v = (rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         # causal: token i attends to tokens 0..i only (the text tower); the vision tower sees all patches
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
@@ -146,8 +154,14 @@ class TextTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = TextEmbeddings(config)
-        self.encoder = Encoder(config.layers, config.hidden_size, config.heads, config.intermediate_size,
-                               config.activation, config.layer_norm_eps)
+        self.encoder = Encoder(
+            config.layers,
+            config.hidden_size,
+            config.heads,
+            config.intermediate_size,
+            config.activation,
+            config.layer_norm_eps,
+        )
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, ids: torch.Tensor, layer: int = -1, final_norm: bool = True) -> torch.Tensor:
@@ -156,8 +170,10 @@ class TextTransformer(nn.Module):
         self._check(ids)
         n = self.config.layers
         if not -(n + 1) <= layer <= n:
-            raise ValueError(f"layer {layer} is out of range: hidden states are indexed {-(n + 1)}..{n} "
-                             f"(0 = embeddings, {n} or -1 = last layer)")
+            raise ValueError(
+                f"layer {layer} is out of range: hidden states are indexed {-(n + 1)}..{n} "
+                f"(0 = embeddings, {n} or -1 = last layer)"
+            )
         x = self.encoder(self.embeddings(ids), causal=True, depth=layer % (n + 1))
         return self.final_layer_norm(x) if final_norm else x
 
@@ -169,8 +185,10 @@ class TextTransformer(nn.Module):
         if ids.dtype not in (torch.long, torch.int):
             raise TypeError(f"token ids must be an integer tensor (torch.long), got {ids.dtype}")
         if ids.ndim != 2 or ids.shape[1] > self.config.max_positions:
-            raise ValueError(f"token ids must have shape [batch, <= {self.config.max_positions}], "
-                             f"got {list(ids.shape)}; the Tokenizer returns [batch, 77]")
+            raise ValueError(
+                f"token ids must have shape [batch, <= {self.config.max_positions}], "
+                f"got {list(ids.shape)}; the Tokenizer returns [batch, 77]"
+            )
 
 
 class CLIPTextModel(nn.Module):
@@ -184,7 +202,8 @@ class CLIPTextModel(nn.Module):
         self.text_model = TextTransformer(config)
         self.text_projection = (
             nn.Linear(config.hidden_size, config.projection_dim, bias=False)
-            if config.projection_dim is not None else nn.Identity()
+            if config.projection_dim is not None
+            else nn.Identity()
         )
 
     def forward(self, ids: torch.Tensor, layer: int = -1, final_norm: bool = True) -> torch.Tensor:

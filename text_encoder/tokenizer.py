@@ -1,4 +1,4 @@
-"""The CLIP byte-pair-encoding tokenizer (sd-model-facts.md section 5), built on the `tokenizers` library.
+"""The CLIP byte-pair-encoding tokenizer (docs/model-facts.md section 5), built on the `tokenizers` library.
 
 Prompts are cleaned in Python exactly as SD 1.5's reference tokenizer (transformers' pure-Python
 `CLIPTokenizer` with ftfy installed) cleans them; the split, byte mapping and BPE merges then run in
@@ -36,8 +36,11 @@ def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> character table: the printable Latin-1 bytes stand for themselves, the other 68
     bytes map to chr(256 + n) in increasing byte order, so BPE never sees whitespace or control bytes.
     The table's order is the order of the first 256 vocabulary entries."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {b: chr(b) for b in printable}
     others = [b for b in range(256) if b not in table]
     table.update({b: chr(256 + n) for n, b in enumerate(others)})
@@ -51,8 +54,9 @@ def clean(text: str) -> str:
 
 
 def vendored_vocab() -> Vocab:
-    """Vocabulary and ranked merges from the vendored gz (facts section 5): 256 byte characters, the same
-    with the end-of-word mark `</w>`, one entry per merge, then bos and eos: 49,408 entries."""
+    """Vocabulary and ranked merges from the vendored gz (docs/model-facts.md section 5): 256 byte
+    characters, the same with the end-of-word mark `</w>`, one entry per merge, then bos and eos:
+    49,408 entries."""
     lines = gzip.decompress(VOCAB_GZ.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1 : N_MERGES + 1]]  # line 0 is a version header
     chars = list(bytes_to_unicode().values())
@@ -75,13 +79,21 @@ def build_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tokenizer
         if special not in vocab:
             raise ValueError(f"the vocabulary has no {special} entry; it is not a CLIP vocabulary")
     bpe = tokenizers.Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="",
-                   fuse_unk=False, unk_token=EOS_TOKEN)
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            end_of_word_suffix="</w>",
+            continuing_subword_prefix="",
+            fuse_unk=False,
+            unk_token=EOS_TOKEN,
+        )
     )
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     # Special tokens typed in a prompt map to their own ids, as in the reference.
     bpe.add_special_tokens([BOS_TOKEN, EOS_TOKEN])
     return bpe

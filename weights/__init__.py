@@ -1,6 +1,6 @@
 """Official SD 1.x checkpoints into this project's models: `weights.load(path)`.
 
-Two layouts are read (sd-model-facts.md sections 1, 3, 4, 7, 8):
+Two layouts are read (docs/model-facts.md sections 1, 3, 4, 7, 8):
 
 - an LDM single file `*.safetensors`: `model.diffusion_model.*` (U-Net), `first_stage_model.*` (VAE),
   `cond_stage_model.transformer.*` (CLIP text, HF names), plus schedule buffers such as `alphas_cumprod`;

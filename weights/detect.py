@@ -1,8 +1,8 @@
 """What a checkpoint is, and the configurations of its models read off the tensor shapes.
 
 Shapes fix everything but the head counts (a [C, C] attention projection splits into any number of
-heads): SD 1.x has 8 U-Net heads and 64-wide CLIP heads (sd-model-facts.md 1.1, 4.1), and a diffusers
-folder states them in its config.json files. Shapes here use the LDM names (see keymaps).
+heads): SD 1.x has 8 U-Net heads and 64-wide CLIP heads (docs/model-facts.md sections 1.1, 4.1), and
+a diffusers folder states them in its config.json files. Shapes here use the LDM names (see keymaps).
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
 
 
 def unet_config(shapes: Shapes, num_heads: int = SD1_UNET_HEADS) -> UNetConfig:
-    """UNetConfig from LDM-named U-Net shapes (facts 1.2): widths from the ResBlock convs, a level ends
-    at each downsampler (`input_blocks.i.0.op`), depths from the transformer block indices."""
+    """UNetConfig from LDM-named U-Net shapes (docs/model-facts.md section 1.2): widths from the ResBlock
+    convs, a level ends at each downsampler (`input_blocks.i.0.op`), depths from the transformer block
+    indices."""
     conv_in = _need(shapes, "input_blocks.0.0.weight", "U-Net")
     model_channels, in_channels = conv_in[0], conv_in[1]
     levels: list[list[int]] = []  # the input block indices of each level's ResBlocks
@@ -165,7 +166,7 @@ def unet_config(shapes: Shapes, num_heads: int = SD1_UNET_HEADS) -> UNetConfig:
 
 
 def vae_config(shapes: Shapes, scaling_factor: float = SD1_LATENT_SCALE) -> VAEConfig:
-    """VAEConfig from LDM-named VAE shapes (facts section 3)."""
+    """VAEConfig from LDM-named VAE shapes (docs/model-facts.md section 3)."""
     conv_in = _need(shapes, "encoder.conv_in.weight", "VAE")
     levels = _indices(shapes, r"encoder\.down\.(\d+)\.")
     widths = [_need(shapes, f"encoder.down.{i}.block.0.conv1.weight", "VAE")[0] for i in levels]
@@ -211,7 +212,8 @@ def clip_config(
 
 def unet_heads(config: Mapping) -> int:
     """Head count from a diffusers unet/config.json: `num_attention_heads` when set, else the misnamed
-    `attention_head_dim`, which SD 1.x configs use for the head COUNT (facts gotcha 1)."""
+    `attention_head_dim`, which SD 1.x configs use for the head COUNT (docs/model-facts.md section 9,
+    item 1)."""
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", SD1_UNET_HEADS)
     if isinstance(heads, list):
         if len(set(heads)) != 1:
@@ -221,7 +223,7 @@ def unet_heads(config: Mapping) -> int:
 
 
 def schedule_from_config(config: Mapping, source: object) -> DiscreteSchedule:
-    """The training schedule from a diffusers scheduler_config.json (betas, facts section 6)."""
+    """The training schedule from a diffusers scheduler_config.json (betas, docs/model-facts.md section 6)."""
     prediction = config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise WeightsError(

@@ -1,7 +1,7 @@
 """File keys -> this project's parameter names, which are the LDM checkpoint keys without their prefix.
 
 An LDM single file only adds one prefix per model. A diffusers folder names the U-Net and VAE tensors
-differently (sd-model-facts.md sections 1.3 and 3) and the text encoder the same (HF `text_model.*`).
+differently (docs/model-facts.md sections 1.3 and 3) and the text encoder the same (HF `text_model.*`).
 Keys no rule applies to come back unchanged, so they show up as unexpected under their own names.
 """
 
@@ -16,7 +16,7 @@ PREFIXES = {
     "text_encoder": "cond_stage_model.transformer.",
 }
 
-# Tensors of the training wrapper, not of any module (facts section 8). alphas_cumprod is read
+# Tensors of the training wrapper, not of any module (docs/model-facts.md section 8). alphas_cumprod is read
 # separately into the schedule.
 SCHEDULE_BUFFERS = frozenset(
     {
@@ -95,7 +95,7 @@ def _indices(keys: Iterable[str], pattern: str) -> set[int]:
 
 
 def diffusers_unet(keys: Iterable[str]) -> dict[str, str]:
-    """diffusers U-Net key -> LDM name, for every key (facts 1.3).
+    """diffusers U-Net key -> LDM name, for every key (docs/model-facts.md section 1.3).
 
     With L ResBlocks per level, each level fills L + 1 input blocks (the last one its downsampler)
     and L + 1 output blocks; an up block's upsampler follows its transformer when it has one.
@@ -128,8 +128,8 @@ def diffusers_unet(keys: Iterable[str]) -> dict[str, str]:
 
 
 def diffusers_vae(keys: Iterable[str]) -> dict[str, str]:
-    """diffusers AutoencoderKL key -> LDM name, for every key (facts section 3). diffusers numbers the
-    decoder's levels in execution order, LDM by resolution: up_blocks.k is up.(n - 1 - k)."""
+    """diffusers AutoencoderKL key -> LDM name, for every key (docs/model-facts.md section 3). diffusers
+    numbers the decoder's levels in execution order, LDM by resolution: up_blocks.k is up.(n - 1 - k)."""
     keys = list(keys)
     levels = max(_indices(keys, r"decoder\.up_blocks\.(\d+)\."), default=0) + 1
 
