@@ -12,6 +12,7 @@ from typing import Any
 import cli
 import pipeline
 from schedule import DISCRETIZATIONS
+from schedule.discretizations import SPACINGS
 from solvers import SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from weights.hub import SD15_FILE
@@ -27,8 +28,18 @@ KNOBS = {
         "the paper's Karras exponent of sigma_stop, eq. (19) (its recipe: 5 for 5-6 steps, 7 for 8)",
         cli.positive_float,
     ),
-    "rho": ("the Karras discretization's exponent (default 7)", cli.positive_float),
-}
+    "rho": ("the exponent of karras (default 7) and of polyexponential (default 1)", cli.positive_float),
+    "alpha": ("the beta discretization's alpha of Beta(alpha, beta) (default 0.6)", cli.positive_float),
+    "beta": ("the beta discretization's beta (default 0.6)", cli.positive_float),
+    "coeff": ("the GITS row's DP coefficient, 0.8 to 1.5 by 0.05 (default 1.2)", cli.positive_float),
+    "threshold": ("linear_quadratic: 1 - sigma/sigma_max where its linear part ends (default 0.025)",
+                  cli.positive_float),
+    "linear": ("linear_quadratic: steps in its linear part (default N // 2)", cli.positive_int),
+    "spacing": (f"the diffusers discretization's timestep_spacing: {', '.join(SPACINGS)} (default linspace)",
+                cli.one_of(SPACINGS, "spacing")),
+    "offset": ("the diffusers discretization's steps_offset (default 1, as in SD's configs)",
+               cli.nonnegative_int),
+}  # fmt: skip
 
 
 def freeu_values(text: str) -> tuple[float, ...]:
@@ -75,7 +86,9 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
         help=f"place the plan's steps anew: {', '.join(DISCRETIZATIONS)} (default: the plan's sigmas)",
     )
     for knob, (text, kind) in KNOBS.items():
-        how.add_argument(f"--{knob}", type=kind, metavar="X", help=f"{text} (default: the plan's)")
+        how.add_argument(
+            f"--{knob}", type=kind, metavar="X", help=f"{text}; a knob of the plan's discretization"
+        )
     how.add_argument(
         "--guidance",
         type=cli.nonnegative_float,

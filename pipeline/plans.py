@@ -110,7 +110,10 @@ def build_plan(
         changes.append(f"discretization={discretization}")
     if knobs:
         recipe = _turn_knobs(recipe, dict(knobs))
-        changes += [f"{name}={value:g}" for name, value in knobs.items()]
+        changes += [
+            f"{name}={value}" if isinstance(value, str) else f"{name}={value:g}"
+            for name, value in knobs.items()
+        ]
     sigmas = base.sigmas if recipe is base.discretization else recipe.sigmas(schedule)
     parts: dict[str, Any] = {"sigmas": sigmas, "discretization": recipe}
     if solver is not None:

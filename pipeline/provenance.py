@@ -145,7 +145,7 @@ def png_metadata(plan: Plan, settings: Settings) -> dict[str, str]:
     line = {
         "Steps": plan.steps,
         "Sampler": sampler_label(plan),
-        "Schedule type": "custom" if plan.discretization is None else plan.discretization.kind,
+        "Schedule type": "custom" if plan.discretization is None else plan.discretization.display,
         "CFG scale": guidance,
         "Seed": settings.seed,
         "Size": f"{settings.width}x{settings.height}",

@@ -6,8 +6,8 @@ of its knobs, named after its paper's symbols, that computes its sigmas on a noi
 keeps the record beside the sigmas it made, so a run's PNG says how its steps were placed and a
 command line can sweep any knob (`--p2 5`, `--rho 9`) the way EDM's `generate.py` sweeps `--rho`.
 
-`DISCRETIZATIONS` is the one table of them: a new kind is a dataclass with `kind`, `N` and
-`sigmas(schedule)`, added there.
+`DISCRETIZATIONS` is the one table of them: a new kind is a dataclass with `kind`, `display` (the
+PNG's "Schedule type", A1111's name where A1111 has one), `N` and `sigmas(schedule)`, added there.
 """
 
 from __future__ import annotations
@@ -20,13 +20,42 @@ from typing import Any, ClassVar
 
 import torch
 
+from schedule.gits_tables import GITS_STEPS
 from schedule.noise import DiscreteSchedule, NoiseSchedule
-from schedule.spacing import append_zero, ays, exponential, karras, paper_sigmas, uniform
+from schedule.spacing import (
+    append_zero,
+    ays,
+    beta_sigmas,
+    exponential,
+    gits,
+    karras,
+    kl_optimal,
+    multistep_timesteps,
+    paper_sigmas,
+    polyexponential,
+    sgm_uniform,
+    simple,
+    uniform,
+)
+
+SPACINGS = ("linspace", "leading", "trailing")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _table(schedule: NoiseSchedule, kind: str) -> DiscreteSchedule:
+    """The schedule as a DDPM table; the discretizations that pick table entries need one."""
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(f"the {kind} discretization needs a DiscreteSchedule (a DDPM table)")
+    return schedule
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -53,6 +82,7 @@ class Paper:
     """
 
     kind: ClassVar[str] = "paper"
+    display: ClassVar[str] = "paper"
     N: int
     stop: int = 2
     p1: float = 1.2  # eq. (18): the exponent in time
@@ -99,6 +129,7 @@ class Karras:
     k-diffusion's and diffusers' N-step Karras schedule."""
 
     kind: ClassVar[str] = "karras"
+    display: ClassVar[str] = "Karras"
     N: int
     rho: float = 7.0
 
@@ -119,6 +150,7 @@ class Exponential:
     """Uniform in log sigma (uniform log-SNR, DPM-Solver's own choice), then a last step to 0."""
 
     kind: ClassVar[str] = "exponential"
+    display: ClassVar[str] = "Exponential"
     N: int
 
     def __post_init__(self) -> None:
@@ -138,15 +170,15 @@ class Linspace:
     diffusers' "linspace" Euler schedule)."""
 
     kind: ClassVar[str] = "linspace"
+    display: ClassVar[str] = "Uniform"
     N: int
 
     def __post_init__(self) -> None:
         _check_int("N", self.N, 1)
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("the linspace discretization needs a DiscreteSchedule (a DDPM table)")
-        return _then_zero(self.N, schedule, lambda n: uniform(n, schedule, "linspace"))
+        table = _table(schedule, self.kind)
+        return _then_zero(self.N, table, lambda n: uniform(n, table, "linspace"))
 
     def describe(self) -> str:
         return f"linspace N={self.N}, then 0"
@@ -158,6 +190,7 @@ class AYS:
     interpolated to N steps, its last value replaced by 0 (as diffusers and ComfyUI run it)."""
 
     kind: ClassVar[str] = "ays"
+    display: ClassVar[str] = "Align Your Steps"
     N: int
     model: str = "sd1"
 
@@ -167,10 +200,212 @@ class AYS:
             raise ValueError(f"model must be a model kind such as 'sd1', got {self.model!r}")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        return torch.cat([ays(self.N, self.model)[:-1], torch.zeros(1, dtype=torch.float64)])
+        return _last_zero(ays(self.N, self.model))
 
     def describe(self) -> str:
         return f"ays N={self.N} ({self.model} table), last value 0"
+
+
+@dataclass(frozen=True)
+class GITS:
+    """GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"): the
+    published SD row for N steps searched with DP coefficient `coeff` (schedule.gits_tables; 2 to 20
+    steps, stretched log-linearly beyond), its last value replaced by 0, as ComfyUI's GITSScheduler
+    and stable-diffusion.cpp run it."""
+
+    kind: ClassVar[str] = "gits"
+    display: ClassVar[str] = "GITS"
+    N: int
+    coeff: float = 1.2
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 2)
+        _check_choice("coeff", self.coeff, tuple(GITS_STEPS))
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        return _last_zero(gits(self.N, _table(schedule, self.kind), self.coeff))
+
+    def describe(self) -> str:
+        return f"gits N={self.N} coeff={self.coeff:g}, last value 0"
+
+
+@dataclass(frozen=True)
+class Beta:
+    """Beta sampling (Lee et al. 2024, arXiv 2407.12173), ComfyUI's and A1111's "beta": N table entries at
+    the Beta(alpha, beta) quantiles of DDPM time, then 0. (diffusers' use_beta_sigmas spreads the same
+    quantiles linearly in sigma instead: another schedule.)"""
+
+    kind: ClassVar[str] = "beta"
+    display: ClassVar[str] = "Beta"
+    N: int
+    alpha: float = 0.6
+    beta: float = 0.6
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_positive("alpha", self.alpha)
+        _check_positive("beta", self.beta)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        return _then_zero(self.N, table, lambda n: beta_sigmas(n, table, self.alpha, self.beta))
+
+    def describe(self) -> str:
+        return f"beta N={self.N} alpha={self.alpha:g} beta={self.beta:g}, then 0"
+
+
+@dataclass(frozen=True)
+class Simple:
+    """ComfyUI's "simple" (sd.cpp's too): N evenly strided entries of the DDPM table from the top, then 0."""
+
+    kind: ClassVar[str] = "simple"
+    display: ClassVar[str] = "Simple"
+    N: int
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        return _then_zero(self.N, table, lambda n: simple(n, table))
+
+    def describe(self) -> str:
+        return f"simple N={self.N}, then 0"
+
+
+@dataclass(frozen=True)
+class SGMUniform:
+    """ComfyUI's and sd.cpp's "sgm_uniform": N times uniform from t_max towards 0 (N + 1 spaced, the last
+    dropped), then 0."""
+
+    kind: ClassVar[str] = "sgm_uniform"
+    display: ClassVar[str] = "SGM Uniform"
+    N: int
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        return _then_zero(self.N, table, lambda n: sgm_uniform(n, table))
+
+    def describe(self) -> str:
+        return f"sgm_uniform N={self.N}, then 0"
+
+
+@dataclass(frozen=True)
+class KLOptimal:
+    """ "kl_optimal" (A1111, ComfyUI, sd.cpp): uniform in arctan(sigma) over the schedule's range, the
+    Align-Your-Steps paper's optimum for unit-variance Gaussian data (Sabour et al. 2024), then 0."""
+
+    kind: ClassVar[str] = "kl_optimal"
+    display: ClassVar[str] = "KL Optimal"
+    N: int
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        lo, hi = schedule.sigma_min, schedule.sigma_max
+        return _then_zero(self.N, schedule, lambda n: kl_optimal(n, lo, hi))
+
+    def describe(self) -> str:
+        return f"kl_optimal N={self.N}, then 0"
+
+
+@dataclass(frozen=True)
+class Polyexponential:
+    """k-diffusion's `get_sigmas_polyexponential` (ComfyUI's PolyexponentialScheduler): log sigma moves
+    as the ramp to the power rho over the schedule's range (rho = 1: exponential), then 0."""
+
+    kind: ClassVar[str] = "polyexponential"
+    display: ClassVar[str] = "Polyexponential"
+    N: int
+    rho: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_positive("rho", self.rho)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        lo, hi = schedule.sigma_min, schedule.sigma_max
+        return _then_zero(self.N, schedule, lambda n: polyexponential(n, lo, hi, self.rho))
+
+    def describe(self) -> str:
+        return f"polyexponential N={self.N} rho={self.rho:g}, then 0"
+
+
+@dataclass(frozen=True)
+class LinearQuadratic:
+    """ComfyUI's "linear_quadratic" (from genmo's Mochi): sigma / sigma_max = 1 - s_i, s_i linear from 0 to
+    `threshold` over the first `linear` steps (default N // 2), then the quadratic that reaches 1 at
+    step N with matching slope; it ends at 0. Made for flow models; it spends the linear steps near
+    sigma_max."""
+
+    kind: ClassVar[str] = "linear_quadratic"
+    display: ClassVar[str] = "Linear Quadratic"
+    N: int
+    threshold: float = 0.025  # ComfyUI's threshold_noise
+    linear: int | None = None  # ComfyUI's linear_steps
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_positive("threshold", self.threshold)
+        if not self.threshold < 1:
+            raise ValueError(f"threshold must be below 1 (a fraction of sigma_max), got {self.threshold!r}")
+        if self.linear is not None and self.N > 1:
+            _check_int("linear", self.linear, 1)
+            if self.linear >= self.N:
+                raise ValueError(f"linear must leave a quadratic step: 1 <= linear < N = {self.N}")
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        n = self.N
+        if n == 1:
+            return torch.tensor([schedule.sigma_max, 0.0], dtype=torch.float64)
+        linear, threshold = n // 2 if self.linear is None else self.linear, self.threshold
+        quadratic = n - linear
+        gap = linear - threshold * n
+        a = gap / (linear * quadratic**2)
+        b = threshold / linear - 2 * gap / quadratic**2
+        i = torch.arange(n + 1, dtype=torch.float64)
+        s = torch.where(i < linear, i * threshold / linear, a * i**2 + b * i + a * linear**2)
+        s[n] = 1.0
+        return schedule.sigma_max * (1 - s)
+
+    def describe(self) -> str:
+        linear = self.N // 2 if self.linear is None else self.linear
+        return f"linear_quadratic N={self.N} threshold={self.threshold:g} linear={linear}, ends at 0"
+
+
+@dataclass(frozen=True)
+class Diffusers:
+    """The timesteps of diffusers' multistep schedulers (DPMSolverMultistep, UniPC, DEIS) with
+    timestep_spacing `spacing` and steps_offset `offset` (SD's configs: 1), then 0 (their
+    final_sigmas_type "zero"). Euler's spacings are `linspace` here and `schedule.uniform`."""
+
+    kind: ClassVar[str] = "diffusers"
+    display: ClassVar[str] = "diffusers"
+    N: int
+    spacing: str = "linspace"
+    offset: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("N", self.N, 1)
+        _check_choice("spacing", self.spacing, SPACINGS)
+        _check_int("offset", self.offset, 0)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        t = multistep_timesteps(self.N, int(table.t_max), self.spacing, self.offset)
+        return append_zero(table.sigma(t))
+
+    def describe(self) -> str:
+        return f"diffusers N={self.N} spacing={self.spacing} offset={self.offset}, then 0"
+
+
+def _last_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """A published row's last value replaced by 0 (diffusers', ComfyUI's and sd.cpp's AYS and GITS)."""
+    return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
 
 
 def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Tensor]) -> torch.Tensor:
@@ -181,8 +416,26 @@ def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Ten
     return append_zero(place(n - 1))
 
 
-Discretization = Paper | Karras | Exponential | Linspace | AYS
-DISCRETIZATIONS: dict[str, type] = {cls.kind: cls for cls in (Paper, Karras, Exponential, Linspace, AYS)}
+Discretization = (
+    Paper
+    | Karras
+    | Exponential
+    | Linspace
+    | AYS
+    | GITS
+    | Beta
+    | Simple
+    | SGMUniform
+    | KLOptimal
+    | Polyexponential
+    | LinearQuadratic
+    | Diffusers
+)
+DISCRETIZATIONS: dict[str, type] = {
+    cls.kind: cls
+    for cls in (Paper, Karras, Exponential, Linspace, AYS, GITS, Beta, Simple, SGMUniform, KLOptimal,
+                Polyexponential, LinearQuadratic, Diffusers)
+}  # fmt: skip
 
 
 def discretization(kind: str, N: int, **knobs: Any) -> Discretization:

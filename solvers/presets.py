@@ -4,8 +4,11 @@
   the recipe table of docs/recipe.md section 3, as the authors' code runs it.
 - `paper-N` for other N: the paper's rule (see `paper_rule`).
 - Baselines `{discretization}-{solver}-{N}` ending at sigma = 0 like k-diffusion and diffusers:
-  discretization karras (rho 7) | exponential | linspace | ays; solver by its short name in the solver
-  table (euler | heun | 1s | 2s | 2m | 3m). `karras-2m-20` is the paper's "Original DPM++2M(20)".
+  every discretization of schedule.DISCRETIZATIONS but the paper's, with its default knobs (karras:
+  rho 7); solver by its short name in the solver table (euler | heun | 1s | 2s | 2m | 3m | ...).
+  `karras-2m-20` is the paper's "Original DPM++2M(20)"; `*-3m-N` is the published DPM-Solver++(3M).
+
+Discretizations that depend on the model (AYS's table) take its kind: "sd1" (default) or "sdxl".
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schedule import DiscreteSchedule, Discretization, NoiseSchedule, Paper, discretization
+from schedule import DISCRETIZATIONS, DiscreteSchedule, Discretization, NoiseSchedule, Paper, discretization
+from schedule.discretizations import knobs as knob_names
 from solvers.plan import Plan
 from solvers.table import SOLVERS, by_short
 
@@ -24,8 +28,9 @@ from solvers.table import SOLVERS, by_short
 PAPER_FREEU = {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
 XL_FREEU_V2 = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2, "version": 2, "placement": "channels"}
 
-BASELINE_DISCRETIZATIONS = ("karras", "exponential", "linspace", "ays")
+BASELINE_DISCRETIZATIONS = tuple(kind for kind in DISCRETIZATIONS if kind != "paper")
 DEFAULT_GUIDANCE = 7.5
+DEFAULT_MODEL = "sd1"
 
 
 def window(steps: str, setting: Any, n: int) -> tuple[Any, ...]:
@@ -93,10 +98,15 @@ def paper_recipe(steps: int) -> Recipe:
     return PAPER_RECIPES.get(f"paper-{steps}") or paper_rule(steps)
 
 
-def discretization_for(kind: str, steps: int) -> Discretization:
+def discretization_for(kind: str, steps: int, model: str = DEFAULT_MODEL) -> Discretization:
     """A named discretization for `steps` steps as the presets use it: "paper" is the paper's tuned
-    row or rule; the baselines have their default knobs."""
-    return paper_recipe(steps).discretization if kind == "paper" else discretization(kind, steps)
+    row or rule; the baselines have their default knobs, and those with a `model` knob (AYS) the
+    table of `model`, the model kind ("sd1", "sdxl")."""
+    if kind == "paper":
+        return paper_recipe(steps).discretization
+    if kind in DISCRETIZATIONS and "model" in knob_names(kind):
+        return discretization(kind, steps, model=model)
+    return discretization(kind, steps)
 
 
 def preset_names() -> list[str]:
@@ -111,10 +121,12 @@ def preset(
     steps: int | None = None,
     guidance: float = DEFAULT_GUIDANCE,
     schedule: NoiseSchedule | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> Plan:
     """The named Plan. `preset("paper", steps=N)` is `preset(f"paper-{N}")`.
 
-    `schedule` is the model's noise schedule sigma(t) (default: SD's); guidance is the same on every step.
+    `schedule` is the model's noise schedule sigma(t) (default: SD's) and `model` its kind (for AYS's
+    table); guidance is the same on every step.
     """
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if name == "paper" and steps is not None:
@@ -127,7 +139,7 @@ def preset(
         return paper_rule(_steps(m.group(1), name)).plan(name, guidance, schedule)
     m = re.fullmatch(rf"({'|'.join(BASELINE_DISCRETIZATIONS)})-(\w+)-(\d+)", name)
     if m and any(s.short == m.group(2) for s in SOLVERS.values()):
-        d = discretization(m.group(1), _steps(m.group(3), name))
+        d = discretization_for(m.group(1), _steps(m.group(3), name), model)
         return Plan(
             d.sigmas(schedule), by_short(m.group(2)).name, guidance, None, "keep", name, discretization=d
         )

@@ -11,9 +11,14 @@ from schedule import (
     DiscreteSchedule,
     append_zero,
     ays,
+    beta_sigmas,
     exponential,
     karras,
+    kl_optimal,
     paper_sigmas,
+    polyexponential,
+    sgm_uniform,
+    simple,
     time_uniform,
     uniform,
 )
@@ -121,6 +126,11 @@ def test_fitted_vpsde_is_not_sds_table_mid_trajectory():
     lambda n: uniform(n, SD, "leading"),
     lambda n: ays(n),
     lambda n: paper_sigmas(SD, n, n + 4, 7, n + 1),
+    lambda n: simple(n, SD),
+    lambda n: sgm_uniform(n, SD),
+    lambda n: kl_optimal(n, 0.03, 14.6),
+    lambda n: polyexponential(n, 0.03, 14.6, rho=2.0),
+    lambda n: beta_sigmas(n, SD),
 ])  # fmt: skip
 @pytest.mark.parametrize("n", [1, 5, 8, 20])
 def test_every_placement_returns_n_plus_one_descending_float64_sigmas_without_a_zero(place, n):

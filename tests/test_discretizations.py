@@ -1,0 +1,533 @@
+"""The discretizations users ask for, each against its reference list or formula (ComfyUI's published
+GITS rows, diffusers' multistep timesteps, k-diffusion's polyexponential, scipy's Beta quantiles), and
+the table that makes them usable by plans, presets and command lines."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from schedule import (
+    DISCRETIZATIONS,
+    GITS,
+    VPSDE,
+    Beta,
+    DiscreteSchedule,
+    LinearQuadratic,
+    beta_sigmas,
+    discretization,
+    gits,
+    kl_optimal,
+    multistep_timesteps,
+    polyexponential,
+    sgm_uniform,
+    simple,
+)
+from schedule.discretizations import from_dict, to_dict
+from schedule.gits_tables import GITS_STEPS
+from schedule.spacing import beta_ppf
+from solvers import preset
+from solvers.presets import discretization_for
+
+SD = DiscreteSchedule.sd()
+
+# ComfyUI's published GITS rows (comfy_extras/nodes_gits.py NOISE_LEVELS): coeff 1.20, 2 to 20 steps,
+# and the three rows stable-diffusion.cpp's copy of the table gets wrong (0.80 at 16 and 18 steps,
+# 1.15 at 19: duplicated neighbours).
+GITS_PUBLISHED = {
+    (1.2, n): row
+    for n, row in enumerate(
+        [
+            [14.61464119, 0.803307, 0.02916753],
+            [14.61464119, 1.56271636, 0.52423614, 0.02916753],
+            [14.61464119, 2.36326075, 0.92192322, 0.36617002, 0.02916753],
+            [14.61464119, 2.84484982, 1.24153244, 0.59516323, 0.25053367, 0.02916753],
+            [14.61464119, 5.85520077, 2.05039096, 0.95350921, 0.45573691, 0.17026083, 0.02916753],
+            [14.61464119, 5.85520077, 2.45070267, 1.24153244, 0.64427125, 0.29807833, 0.09824532, 0.02916753],
+            [
+                14.61464119,
+                5.85520077,
+                2.45070267,
+                1.36964464,
+                0.803307,
+                0.45573691,
+                0.25053367,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                5.85520077,
+                2.84484982,
+                1.61558151,
+                0.95350921,
+                0.59516323,
+                0.36617002,
+                0.19894916,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                5.85520077,
+                2.84484982,
+                1.67050016,
+                1.08895338,
+                0.74807048,
+                0.50118381,
+                0.32104823,
+                0.19894916,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                5.85520077,
+                2.95596409,
+                1.84880662,
+                1.24153244,
+                0.83188516,
+                0.59516323,
+                0.41087446,
+                0.27464288,
+                0.17026083,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                5.85520077,
+                3.07277966,
+                1.98035145,
+                1.36964464,
+                0.95350921,
+                0.69515091,
+                0.50118381,
+                0.36617002,
+                0.25053367,
+                0.17026083,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                6.77309084,
+                3.46139455,
+                2.36326075,
+                1.56271636,
+                1.08895338,
+                0.803307,
+                0.59516323,
+                0.45573691,
+                0.34370604,
+                0.25053367,
+                0.17026083,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                6.77309084,
+                3.46139455,
+                2.45070267,
+                1.61558151,
+                1.162866,
+                0.86115354,
+                0.64427125,
+                0.50118381,
+                0.38853383,
+                0.29807833,
+                0.22545385,
+                0.17026083,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.12350607,
+                1.51179266,
+                1.08895338,
+                0.83188516,
+                0.64427125,
+                0.50118381,
+                0.38853383,
+                0.29807833,
+                0.22545385,
+                0.17026083,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.12350607,
+                1.51179266,
+                1.08895338,
+                0.83188516,
+                0.64427125,
+                0.50118381,
+                0.41087446,
+                0.32104823,
+                0.25053367,
+                0.19894916,
+                0.13792117,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.12350607,
+                1.51179266,
+                1.08895338,
+                0.83188516,
+                0.64427125,
+                0.50118381,
+                0.41087446,
+                0.34370604,
+                0.27464288,
+                0.22545385,
+                0.17026083,
+                0.13792117,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.19988537,
+                1.61558151,
+                1.20157266,
+                0.92192322,
+                0.72133851,
+                0.57119018,
+                0.45573691,
+                0.36617002,
+                0.29807833,
+                0.25053367,
+                0.19894916,
+                0.17026083,
+                0.13792117,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.19988537,
+                1.61558151,
+                1.24153244,
+                0.95350921,
+                0.74807048,
+                0.59516323,
+                0.4783645,
+                0.38853383,
+                0.32104823,
+                0.27464288,
+                0.22545385,
+                0.19894916,
+                0.17026083,
+                0.13792117,
+                0.09824532,
+                0.02916753,
+            ],
+            [
+                14.61464119,
+                7.49001646,
+                4.65472794,
+                3.07277966,
+                2.19988537,
+                1.61558151,
+                1.24153244,
+                0.95350921,
+                0.74807048,
+                0.59516323,
+                0.50118381,
+                0.41087446,
+                0.34370604,
+                0.29807833,
+                0.25053367,
+                0.22545385,
+                0.19894916,
+                0.17026083,
+                0.13792117,
+                0.09824532,
+                0.02916753,
+            ],
+        ],
+        start=2,
+    )
+}
+GITS_PUBLISHED[0.8, 16] = [
+    14.61464119,
+    13.76078796,
+    12.96784878,
+    12.2308979,
+    11.54541874,
+    10.90732002,
+    10.31284904,
+    9.24142551,
+    8.75849152,
+    8.30717278,
+    7.49001646,
+    6.14220476,
+    4.86714602,
+    3.1956799,
+    1.98035145,
+    0.86115354,
+    0.02916753,
+]
+GITS_PUBLISHED[0.8, 18] = [
+    14.61464119,
+    13.76078796,
+    12.96784878,
+    12.2308979,
+    11.54541874,
+    10.90732002,
+    10.31284904,
+    9.75859547,
+    9.24142551,
+    8.75849152,
+    8.30717278,
+    7.49001646,
+    6.77309084,
+    5.85520077,
+    4.65472794,
+    3.07277966,
+    1.84880662,
+    0.83188516,
+    0.02916753,
+]
+GITS_PUBLISHED[1.15, 19] = [
+    14.61464119,
+    7.49001646,
+    4.86714602,
+    3.1956799,
+    2.45070267,
+    1.84880662,
+    1.41535246,
+    1.12534678,
+    0.89115214,
+    0.72133851,
+    0.59516323,
+    0.50118381,
+    0.41087446,
+    0.34370604,
+    0.27464288,
+    0.22545385,
+    0.17026083,
+    0.13792117,
+    0.09824532,
+    0.02916753,
+]
+
+
+@pytest.mark.parametrize("key", sorted(GITS_PUBLISHED), ids=str)
+def test_gits_rows_are_comfyuis_published_sigmas(key):
+    # The rows are stored as points of GITS' 101-point time grid; the published values were computed
+    # from SD's float32 table, whose sigma_min is 1.3e-5 above the float64 one: 3e-5 relative.
+    coeff, n = key
+    assert np.allclose(gits(n, SD, coeff).numpy(), GITS_PUBLISHED[key], rtol=3e-5, atol=0)
+
+
+def test_every_gits_row_has_its_step_count_and_descends_from_t_max_to_t_0():
+    assert sorted(GITS_STEPS) == [round(0.8 + 0.05 * k, 2) for k in range(15)]
+    for rows in GITS_STEPS.values():
+        assert [len(row) for row in rows] == [n + 1 for n in range(2, 21)]
+        assert all(row[0] == 0 and row[-1] == 100 and list(row) == sorted(set(row)) for row in rows)
+
+
+def test_gits_beyond_20_steps_stretches_the_20_step_row_log_linearly_like_comfyui():
+    # ComfyUI's loglinear_interp: np.interp of log sigma on linspace(0, 1) grids. 1e-12: rounding.
+    row = np.array(GITS_PUBLISHED[1.2, 20])
+    xs, new_xs = np.linspace(0, 1, len(row)), np.linspace(0, 1, 31)
+    expected = np.exp(np.interp(new_xs, xs, np.log(row[::-1])))[::-1]
+    assert np.allclose(gits(30, SD).numpy(), expected, rtol=3e-5, atol=0)
+    plan = GITS(N=30).sigmas(SD)
+    assert plan[-1] == 0 and torch.equal(plan[:-1], gits(30, SD)[:-1])
+
+
+def test_gits_refuses_what_was_not_published():
+    with pytest.raises(ValueError, match="N must be an integer >= 2"):
+        GITS(N=1)
+    with pytest.raises(ValueError, match=r"coeff must be one of 0\.8, 0\.85"):
+        GITS(N=5, coeff=1.22)
+    with pytest.raises(ValueError, match="the gits discretization needs a DiscreteSchedule"):
+        GITS(N=5).sigmas(VPSDE())
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.6, 0.6), (0.5, 0.7), (2.0, 1.0), (1.0, 1.0)])
+def test_beta_picks_the_table_entries_comfyui_picks(alpha, beta):
+    """ComfyUI's beta_scheduler: t = rint(scipy.stats.beta.ppf(1 - linspace(0, 1, N, endpoint=False))
+    * 999), then sigma = table[t] and 0: the same entries, so the same values exactly, for N = 1..60.
+
+    Where 999 ppf is exactly k + 1/2 (a symmetric Beta's median; Beta(2, 1) at q = 1/36; the uniform
+    Beta(1, 1) often) ours goes to the even neighbour, as rint does when scipy returns the tie exactly;
+    where scipy's last-bit round-off misses it ComfyUI lands on the other neighbour."""
+    stats = pytest.importorskip("scipy.stats")
+    for n in range(1, 61):
+        exact = stats.beta.ppf(1 - np.linspace(0, 1, n, endpoint=False), alpha, beta) * SD.t_max
+        t = torch.tensor(np.rint(exact)).long()
+        ours = Beta(N=n, alpha=alpha, beta=beta).sigmas(SD)
+        assert ours[-1] == 0
+        for k, (ours_k, t_k, exact_k) in enumerate(zip(ours[:-1], t, exact, strict=True)):
+            if abs(exact_k % 1 - 0.5) < 1e-9:
+                assert SD.t(ours_k.item()) == pytest.approx(
+                    math.floor(exact_k) + (math.floor(exact_k) % 2), abs=1e-6
+                )
+            else:
+                assert ours_k == SD.sigmas[t_k], (n, k)
+
+
+def test_beta_quantile_equals_scipys():
+    # Bisection on the incomplete beta function's continued fraction: 1e-12 absolute in the range the
+    # discretization uses (scipy itself is only good to ~1e-10 in the extreme tails).
+    special = pytest.importorskip("scipy.special")
+    for a, b in [(0.6, 0.6), (0.3, 2.0), (2.0, 5.0), (1.0, 1.0), (3.0, 0.7)]:
+        for q in np.linspace(0.01, 0.99, 37):
+            assert beta_ppf(q, a, b) == pytest.approx(special.betaincinv(a, b, q), abs=1e-12)
+    assert beta_ppf(0.5, 0.6, 0.6) == pytest.approx(0.5, abs=1e-15)
+
+
+def test_beta_refuses_steps_that_would_share_a_timestep():
+    with pytest.raises(ValueError, match="puts two of 300 steps on one timestep"):
+        beta_sigmas(299, SD, 0.6, 0.6)
+
+
+def test_simple_and_sgm_uniform_follow_comfyuis_formulas():
+    # simple: sigmas[-(1 + int(k * K / N))]; sgm_uniform: sigma(linspace(999, 0, N + 1)[:-1]), both
+    # then 0. simple picks table entries (exact); sgm_uniform interpolates (1e-12: rounding).
+    for n in range(1, 30):
+        stride = len(SD.sigmas) / n
+        expected = [float(SD.sigmas[-(1 + int(k * stride))]) for k in range(n)] + [0.0]
+        assert discretization("simple", n).sigmas(SD).tolist() == expected
+        t = torch.linspace(SD.t_max, 0, n + 1, dtype=torch.float64)[:-1]
+        ours = discretization("sgm_uniform", n).sigmas(SD)
+        assert torch.allclose(ours[:-1], SD.sigma(t), rtol=1e-12, atol=0) and ours[-1] == 0
+    assert torch.equal(simple(4, SD), discretization("simple", 5).sigmas(SD)[:-1])
+    assert torch.equal(sgm_uniform(4, SD), discretization("sgm_uniform", 5).sigmas(SD)[:-1])
+
+
+def test_kl_optimal_is_uniform_in_arctan_sigma():
+    # ComfyUI / A1111: tan(k/(N-1) atan(sigma_min) + (1 - k/(N-1)) atan(sigma_max)), then 0.
+    for n in range(2, 25):
+        k = torch.arange(n, dtype=torch.float64) / (n - 1)
+        expected = torch.tan(k * math.atan(SD.sigma_min) + (1 - k) * math.atan(SD.sigma_max))
+        ours = discretization("kl_optimal", n).sigmas(SD)
+        assert torch.allclose(ours[:-1], expected, rtol=1e-12, atol=0) and ours[-1] == 0
+    step = (math.atan(0.1) - math.atan(10)) / 3
+    assert torch.allclose(kl_optimal(3, 0.1, 10.0).atan().diff(), torch.full((3,), step, dtype=torch.float64))
+    assert discretization("kl_optimal", 1).sigmas(SD).tolist() == [SD.sigma_max, 0.0]
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.5, 2.0])
+def test_polyexponential_equals_k_diffusion(rho):
+    # k-diffusion builds its ramp with torch.linspace in float32: 2e-6 relative.
+    from tests.reference.samplers import k_diffusion
+
+    for n in (1, 5, 8, 20):
+        ref = k_diffusion().get_sigmas_polyexponential(n, SD.sigma_min, SD.sigma_max, rho)
+        ours = discretization("polyexponential", n, rho=rho).sigmas(SD)
+        assert torch.allclose(ours, ref.double(), rtol=2e-6, atol=0)
+    assert torch.allclose(
+        polyexponential(6, 0.1, 10.0),
+        torch.exp(torch.linspace(math.log(10), math.log(0.1), 7, dtype=torch.float64)),
+        rtol=1e-12,
+    )  # fmt: skip  (rho = 1 is exponential)
+
+
+def _comfy_linear_quadratic(steps, sigma_max, threshold_noise=0.025, linear_steps=None):
+    """ComfyUI's linear_quadratic_schedule (from genmo's Mochi), in float64."""
+    if steps == 1:
+        return [sigma_max, 0.0]
+    if linear_steps is None:
+        linear_steps = steps // 2
+    linear = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+    threshold_noise_step_diff = linear_steps - threshold_noise * steps
+    quadratic_steps = steps - linear_steps
+    quadratic_coef = threshold_noise_step_diff / (linear_steps * quadratic_steps**2)
+    linear_coef = threshold_noise / linear_steps - 2 * threshold_noise_step_diff / (quadratic_steps**2)
+    const = quadratic_coef * (linear_steps**2)
+    quadratic = [quadratic_coef * (i**2) + linear_coef * i + const for i in range(linear_steps, steps)]
+    return [(1.0 - s) * sigma_max for s in linear + quadratic + [1.0]]
+
+
+def test_linear_quadratic_follows_comfyuis_formula():
+    for n in range(1, 25):
+        expected = _comfy_linear_quadratic(n, SD.sigma_max)
+        assert np.allclose(LinearQuadratic(N=n).sigmas(SD).numpy(), expected, rtol=1e-12, atol=1e-15)
+    expected = _comfy_linear_quadratic(10, SD.sigma_max, 0.05, 3)
+    assert np.allclose(
+        LinearQuadratic(N=10, threshold=0.05, linear=3).sigmas(SD).numpy(), expected, rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="linear must leave a quadratic step"):
+        LinearQuadratic(N=4, linear=4)
+
+
+@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                       "DEISMultistepScheduler"])  # fmt: skip
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_diffusers_spacing_equals_its_multistep_schedulers_timesteps(scheduler, spacing, offset):
+    # The integer timesteps exactly; the sigmas to 1e-4 (diffusers' float32 alphas_cumprod, see
+    # test_schedule.test_discrete_schedule_equals_diffusers_sigmas). Euler spaces differently (uniform).
+    diffusers = pytest.importorskip("diffusers")
+    ref = getattr(diffusers, scheduler)(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        timestep_spacing=spacing, steps_offset=offset)  # fmt: skip
+    for n in (1, 2, 3, 5, 8, 10, 20, 25, 50):
+        ref.set_timesteps(n)
+        assert multistep_timesteps(n, 999, spacing, offset).long().tolist() == ref.timesteps.tolist()
+        ours = discretization("diffusers", n, spacing=spacing, offset=offset).sigmas(SD)
+        if scheduler != "DEISMultistepScheduler":  # DEIS repeats its last sigma instead of a 0
+            assert torch.allclose(ours.float(), ref.sigmas.float(), rtol=1e-4, atol=0)
+
+
+def test_ays_takes_the_models_own_table():
+    # SDXL's AYS table differs from SD 1.5's; the preset path takes the model kind.
+    sd1, sdxl = discretization_for("ays", 10), discretization_for("ays", 10, model="sdxl")
+    assert (sd1.model, sdxl.model) == ("sd1", "sdxl")
+    assert sdxl.sigmas(SD)[1].item() == pytest.approx(6.315) and sd1.sigmas(SD)[1].item() == pytest.approx(
+        6.475
+    )
+    assert preset("ays-2m-10", model="sdxl").sigmas == tuple(sdxl.sigmas(SD).tolist())
+    assert preset("ays-2m-10").discretization.model == "sd1"
+
+
+@pytest.mark.parametrize("kind", sorted(DISCRETIZATIONS))
+@pytest.mark.parametrize("n", [2, 5, 8, 20])
+def test_every_discretization_makes_n_steps_that_strictly_decrease_and_round_trip(kind, n):
+    d = discretization_for(kind, n)
+    sigmas = d.sigmas(SD)
+    assert sigmas.shape == (n + 1,) and sigmas.dtype == torch.float64 and (sigmas.diff() < 0).all()
+    assert (sigmas[-1] > 0) == (kind == "paper")  # only the paper keeps x_N at sigma_stop > 0
+    assert from_dict(to_dict(d)) == d and d.describe().startswith(kind)
+    assert preset(f"{kind}-2m-{n}").sigmas == tuple(sigmas.tolist()) if kind != "paper" else True
+
+
+@pytest.mark.parametrize(
+    "kind, knobs, message",
+    [
+        ("beta", {"alpha": 0}, "alpha must be a finite number > 0"),
+        ("diffusers", {"spacing": "middle"}, "spacing must be one of linspace, leading, trailing"),
+        ("diffusers", {"offset": -1}, "offset must be an integer >= 0"),
+        ("linear_quadratic", {"threshold": 1.5}, "threshold must be below 1"),
+        ("polyexponential", {"rho": float("nan")}, "rho must be a finite number > 0"),
+    ],
+)
+def test_a_bad_knob_is_refused_with_its_name_whether_from_a_flag_or_a_file(kind, knobs, message):
+    with pytest.raises(ValueError, match=message):
+        discretization(kind, 5, **knobs)
+    with pytest.raises(ValueError, match=message):
+        from_dict({"kind": kind, "N": 5, **knobs})
