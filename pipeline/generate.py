@@ -1,11 +1,13 @@
 """Text to image: conditioning, initial noise, the guided denoiser, `sample`, decode.
 
 One image: noise from its own seed -> x = noise * sigma_0 -> `solvers.sample` along the Plan with
-the classifier-free-guided `model.Denoiser` -> `vae.decode(x / scaling_factor)` -> uint8 pixels.
+the classifier-free-guided `model.Denoiser` (stochastic rules drawing from the image's own step-noise
+stream) -> `vae.decode(x / scaling_factor)` -> uint8 pixels.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -16,7 +18,7 @@ import weights
 from model import Denoiser
 from pipeline.batching import Batch
 from pipeline.provenance import Settings
-from solvers import Plan, StepInfo, guided, sample
+from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
 
 LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
@@ -60,6 +62,25 @@ def initial_noise(
     then moved, so an image does not depend on its batch or on the device."""
     noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
     return torch.stack(noise).to(device)
+
+
+def step_noise_seed(seed: int) -> int:
+    """The seed of an image's step-noise stream, a fixed function of its seed (the first 8 bytes of
+    sha256("fewstep-sd step noise <seed>")), so the stream is not its initial noise's stream."""
+    return int.from_bytes(hashlib.sha256(f"fewstep-sd step noise {seed}".encode()).digest()[:8], "little")
+
+
+def step_noise(seeds: Sequence[int]) -> NoiseSource:
+    """The noise stochastic rules add, drawn like the initial noise: each image's from its own CPU
+    float32 generator (seeded by `step_noise_seed`), then moved, so an image does not depend on its
+    batch or on the device."""
+    generators = [torch.Generator().manual_seed(step_noise_seed(s)) for s in seeds]
+
+    def draw(like: torch.Tensor) -> torch.Tensor:
+        noise = [torch.randn(tuple(like.shape[1:]), generator=g) for g in generators]
+        return torch.stack(noise).to(like.device, like.dtype)
+
+    return draw
 
 
 def conditioning(
@@ -123,7 +144,7 @@ def generate(
     with torch.inference_mode():
         denoise = denoiser(sd, *conditioning(sd, prompts, negative_prompt))
         noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
-        x = sample(denoise, noise * plan.sigmas[0], plan, checked)
+        x = sample(denoise, noise * plan.sigmas[0], plan, checked, noise=step_noise(seeds))
         if not torch.isfinite(x).all():
             raise SamplingError(
                 f"the latents became non-finite after step {plan.steps} of {plan.steps}; try --dtype float32"

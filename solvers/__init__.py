@@ -1,20 +1,28 @@
 """Step rules, the sampling loop, plans and presets, guidance. Solvers only see a callable
 `denoise(x, sigma, **options) -> x0`; they know nothing of networks."""
 
-from solvers import steps  # noqa: F401  (declares the built-in rules in the solver table)
+# Importing the rule modules declares the built-in rules in the solver table, in this order.
+from solvers import steps  # noqa: F401
+
+# isort: split
+from solvers import adams, stochastic, unipc  # noqa: F401
 from solvers.guidance import guided
-from solvers.loop import StepInfo, sample
+from solvers.loop import NoiseSource, StepInfo, generator_noise, sample
 from solvers.plan import Plan, PlanError
 from solvers.presets import Recipe, preset, preset_names
-from solvers.table import SOLVERS, Solver, solver
+from solvers.table import SOLVERS, Past, Solver, Step, solver
 
 __all__ = [
     "SOLVERS",
+    "NoiseSource",
+    "Past",
     "Plan",
     "PlanError",
     "Recipe",
     "Solver",
+    "Step",
     "StepInfo",
+    "generator_noise",
     "guided",
     "preset",
     "preset_names",

@@ -1,16 +1,19 @@
-"""Truncation-error analysis of plans on an exact model, no network needed.
+"""Truncation-error analysis of every solver x discretization on exact models, no network needed.
 
     python -m solvers.analyze [--samples 256] [--plot curves.png]
 
-On a Gaussian mixture under SD's noise table it prints (1) the RMSE of each preset and baseline at
-5, 6, 8, 10 and 20 steps against the exact ODE solution, and (2) the per-interval local
-truncation error of the paper's 8-step schedule and of Karras rho = 7 at 8 steps, measured as in
-the paper's section 3.1: one step against 200 sub-steps of the same solver on the same interval.
+(1) Every ODE solver x every discretization at 4, 5, 6, 8, 10 and 20 NFE on a Gaussian mixture under
+SD's noise table: RMSE against the exact ODE solution from the same x_T, at sigma = 0 and at the
+plan's own last sigma. (2) Every stochastic solver x discretization on a Gaussian: the distance of the
+exact law of its output from the exact law, likewise. (3) The per-interval local truncation error of
+the paper's 8-step schedule and of Karras rho = 7 at 8 steps, measured as in the paper's section 3.1:
+one step against 200 sub-steps of the same solver on the same interval.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -20,16 +23,24 @@ import torch
 from torch import Tensor
 
 import cli
-from schedule import DiscreteSchedule, append_zero, exponential, karras
-from solvers.analytic import GaussianMixture
+from schedule import DISCRETIZATIONS, DiscreteSchedule, append_zero, exponential, karras
+from solvers.analytic import Gaussian, GaussianMixture
 from solvers.loop import sample
 from solvers.plan import Plan
-from solvers.presets import preset
-from solvers.table import SOLVERS
+from solvers.presets import discretization_for, preset
+from solvers.table import SOLVERS, Past, Step
 
 Model = Callable[..., Tensor]
-STEP_COUNTS = (5, 6, 8, 10, 20)
-BASELINES = ("karras-1s", "karras-2m", "ays-2m")
+NFE_COUNTS = (4, 5, 6, 8, 10, 20)
+NOTES = (
+    "to x(0): RMSE of the plan's output against the exact ODE solution at sigma = 0 from the same x_T "
+    "(what the decoded image shows);",
+    "/ x(end): the same against the exact solution at the plan's own last sigma, where that is > 0 "
+    "(the steps' error without the noise left at sigma_end, which the paper decodes as is);",
+    "W2: Wasserstein-2 distance (per dimension, RMS) of the exact law of a stochastic solver's output "
+    "from the data law, computed exactly on a Gaussian (the output is affine in x_T and the noise);",
+    "-: no plan of that discretization has exactly that NFE with that solver (2-call solvers).",
+)
 
 
 def rmse(a: Tensor, b: Tensor) -> float:
@@ -44,20 +55,25 @@ def trajectory(model, x: Tensor, sigmas: Sequence[float]) -> list[Tensor]:
     return points
 
 
+def _no_noise() -> Tensor:
+    raise ValueError("local truncation errors are defined for ODE solvers only")
+
+
 def local_errors(model, x: Tensor, sigmas: Sequence[float], solver: str, substeps: int = 200) -> list[float]:
     """Per-interval local truncation error: from the exact x(sigma_i), one solver step against
     `substeps` steps of the same solver, uniform in log sigma, on the same interval (paper sec. 3.1).
 
-    Multistep solvers get the exact earlier estimates D(x(sigma_j); sigma_j) as their history. An
-    interval into sigma = 0 is sub-stepped down to 1e-4 * sigma_i and then into 0.
+    Multistep solvers get the exact earlier x(sigma_j) and D(x(sigma_j); sigma_j) as their history.
+    An interval into sigma = 0 is sub-stepped down to 1e-4 * sigma_i and then into 0.
     """
     exact = trajectory(model, x, sigmas)
     errors = []
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        history = [(sigmas[j], model(exact[j], sigmas[j])) for j in range(i)]
+        history = tuple(Past(sigmas[j], exact[j], model(exact[j], sigmas[j])) for j in range(i))
         denoised = model(exact[i], s)
-        one = denoised if s_next == 0 else SOLVERS[solver].rule(exact[i], denoised, s, s_next, history, model)
+        step = Step(i, len(sigmas) - 1, s, s_next, history, model, _no_noise)
+        one = denoised if s_next == 0 else SOLVERS[solver].rule(exact[i], denoised, step)
         fine_end = s_next if s_next > 0 else 1e-4 * s
         fine_sigmas = exponential(substeps if s_next > 0 else substeps - 1, fine_end, s)
         fine_sigmas = fine_sigmas if s_next > 0 else append_zero(fine_sigmas)
@@ -74,24 +90,106 @@ def convergence_order(step_counts: Sequence[int], errors: Sequence[float]) -> fl
     return float((dh * (log_e - log_e.mean())).sum() / (dh**2).sum())
 
 
-def error_table(model, x: Tensor, schedule: DiscreteSchedule, step_counts=STEP_COUNTS) -> list[dict]:
-    """RMSE of each plan's output to the exact x(0) and to the exact x at the plan's last sigma."""
-    plans = [
-        preset(name, schedule=schedule)
-        for n in step_counts
-        for name in (f"paper-{n}", *(f"{b}-{n}" for b in BASELINES))
-    ]
-    ends = sorted({p.sigmas[-1] for p in plans} | {0.0}, reverse=True)
-    exact = dict(
-        zip(ends, trajectory(model, x, [schedule.sigma_max, *ends])[1:], strict=True)
-    )  # one chained solve
-    rows = []
-    for plan in plans:
-        out = sample(model, x.clone(), plan)
-        end = plan.sigmas[-1]
-        rows.append({"plan": plan.name, "steps": plan.steps, "nfe": plan.nfe, "sigma_end": end,
-                     "rmse_x0": rmse(out, exact[0.0]), "rmse_end": rmse(out, exact[end])})  # fmt: skip
-    return rows
+@functools.cache
+def _sigmas(kind: str, steps: int, schedule: DiscreteSchedule, model: str) -> tuple[float, ...] | None:
+    try:
+        return tuple(discretization_for(kind, steps, model).sigmas(schedule).tolist())
+    except ValueError:  # e.g. GITS has no 1-step row, beta merges steps at large N
+        return None
+
+
+def plan_at_nfe(
+    solver: str, kind: str, nfe: int, schedule: DiscreteSchedule, model: str = "sd1"
+) -> Plan | None:
+    """The plan of discretization `kind` with `solver` on every step that makes exactly `nfe`
+    denoiser calls (a step into 0 makes one), or None if none does."""
+    for steps in range(1, nfe + 1):
+        sigmas = _sigmas(kind, steps, schedule, model)
+        if sigmas is None:
+            continue
+        plan = Plan(sigmas, solver, 1.0, name=f"{kind}-{SOLVERS[solver].short}-{steps}")
+        if plan.nfe == nfe:
+            return plan
+    return None
+
+
+def ode_table(
+    model, x: Tensor, schedule: DiscreteSchedule, kinds=tuple(DISCRETIZATIONS), nfe_counts=NFE_COUNTS
+) -> dict[tuple[str, str], dict[int, tuple[float, float | None]]]:
+    """(kind, solver) -> NFE -> (RMSE to the exact x(0), RMSE to the exact x at the plan's last sigma
+    or None when that sigma is 0), for every deterministic solver."""
+    solvers = [name for name, entry in SOLVERS.items() if not entry.stochastic]
+    plans = {
+        (kind, solver, nfe): plan_at_nfe(solver, kind, nfe, schedule)
+        for kind in kinds
+        for solver in solvers
+        for nfe in nfe_counts
+    }
+    ends = sorted({p.sigmas[-1] for p in plans.values() if p is not None} | {0.0}, reverse=True)
+    exact = dict(zip(ends, trajectory(model, x, [schedule.sigma_max, *ends])[1:], strict=True))
+    table: dict[tuple[str, str], dict[int, tuple[float, float | None]]] = {}
+    for (kind, solver, nfe), plan in plans.items():
+        row = table.setdefault((kind, solver), {})
+        if plan is not None:
+            out, end = sample(model, x.clone(), plan), plan.sigmas[-1]
+            row[nfe] = (rmse(out, exact[0.0]), rmse(out, exact[end]) if end > 0 else None)
+    return table
+
+
+def moment_matched(mixture: GaussianMixture) -> Gaussian:
+    """The Gaussian with the mixture's mean and (per-dimension) variance."""
+    w = mixture.weights[:, None]
+    mean = (w * mixture.means).sum(0)
+    return Gaussian(mean, (w * (mixture.var[:, None] + mixture.means**2)).sum(0) - mean**2)
+
+
+def exact_law(gaussian: Gaussian, plan: Plan) -> tuple[Tensor, Tensor]:
+    """Mean and variance of the output of `plan` from x_T ~ N(mean, var + sigma_0^2), exactly.
+
+    The Gaussian's D is affine in x, so the output is y = y_0 + a (x_T - mean) + sum_k g_k z_k in every
+    dimension: one batch of N + 2 rows gives y_0 (x_T = mean, no noise), a (x_T = mean + 1) and each
+    g_k (the k-th noise draw 1 on its own row).
+    """
+    rows = plan.steps + 2
+    x = gaussian.mean.expand(rows, -1).clone()
+    x[1] += 1
+    draws = iter(range(2, rows))
+
+    def impulse(like: Tensor) -> Tensor:
+        z = torch.zeros_like(like)
+        z[next(draws)] = 1
+        return z
+
+    y = sample(gaussian, x, plan, noise=impulse)
+    a, g = y[1] - y[0], y[2:] - y[0]
+    return y[0], a**2 * (gaussian.var + plan.sigmas[0] ** 2) + (g**2).sum(0)
+
+
+def w2_to_data(gaussian: Gaussian, plan: Plan, sigma: float = 0.0) -> float:
+    """W2 (per-dimension RMS) between the exact law of the plan's output and the data law noised to sigma."""
+    mean, var = exact_law(gaussian, plan)
+    target = (gaussian.var + sigma**2).sqrt()
+    return float((((mean - gaussian.mean) ** 2 + (var.sqrt() - target) ** 2).mean()).sqrt())
+
+
+def sde_table(
+    gaussian: Gaussian, schedule: DiscreteSchedule, kinds=tuple(DISCRETIZATIONS), nfe_counts=NFE_COUNTS
+) -> dict[tuple[str, str], dict[int, tuple[float, float | None]]]:
+    """(kind, solver) -> NFE -> (W2 to the data law, W2 to the law at the plan's last sigma or None),
+    for every stochastic solver."""
+    table: dict[tuple[str, str], dict[int, tuple[float, float | None]]] = {}
+    for kind in kinds:
+        for solver in (name for name, entry in SOLVERS.items() if entry.stochastic):
+            row = table.setdefault((kind, solver), {})
+            for nfe in nfe_counts:
+                plan = plan_at_nfe(solver, kind, nfe, schedule)
+                if plan is not None:
+                    end = plan.sigmas[-1]
+                    row[nfe] = (
+                        w2_to_data(gaussian, plan),
+                        w2_to_data(gaussian, plan, end) if end > 0 else None,
+                    )
+    return table
 
 
 def lte_curves(
@@ -110,6 +208,19 @@ def lte_curves(
     return curves
 
 
+def format_table(table: dict, nfe_counts: Sequence[int] = NFE_COUNTS) -> list[str]:
+    """One line per (discretization, solver), one cell per NFE: "x0" or "x0/end"."""
+    lines = [f"{'discretization':<17}{'solver':<18}" + "".join(f"{f'NFE {n}':>16}" for n in nfe_counts)]
+    for (kind, solver), row in table.items():
+        cells = []
+        for n in nfe_counts:
+            to_0, to_end = row.get(n, (None, None))
+            cell = "-" if to_0 is None else f"{to_0:.4f}" + ("" if to_end is None else f"/{to_end:.4f}")
+            cells.append(f"{cell:>16}")
+        lines.append(f"{kind:<17}{solver:<18}" + "".join(cells))
+    return lines
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -121,27 +232,32 @@ def _pyplot():
     return plt
 
 
-def _plot(path: str, rows: list[dict], curves: dict, solver: str) -> None:
+def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for family in ("paper", *BASELINES):
-        pts = [(r["steps"], r["rmse_x0"]) for r in rows if r["plan"].rsplit("-", 1)[0] == family]
-        left.loglog(*zip(*pts, strict=True), "o-", label=family)
-    left.set(xlabel="steps", ylabel="RMSE to exact x(0)", title="Global error, Gaussian mixture")
-    left.set_xticks(STEP_COUNTS, [str(n) for n in STEP_COUNTS])
-    left.minorticks_off()
-    left.legend()
+    kinds = list(dict.fromkeys(kind for kind, _ in ode))
+    columns = 4
+    fig, axes = plt.subplots(math.ceil((len(kinds) + 1) / columns), columns, figsize=(18, 14), squeeze=False)
+    panels = axes.flatten()
+    for panel, kind in zip(panels, kinds, strict=False):
+        for (k, solver_name), row in [*ode.items(), *sde.items()]:
+            points = [(n, cell[0]) for n, cell in sorted(row.items())]
+            if k == kind and points:
+                style = "--" if SOLVERS[solver_name].stochastic else "-"
+                panel.loglog(*zip(*points, strict=True), style, marker=".", label=solver_name)
+        panel.set(title=kind, xlabel="NFE", ylabel="RMSE to x(0) (dashed: W2)")
+        panel.set_xticks(NFE_COUNTS, [str(n) for n in NFE_COUNTS])
+        panel.minorticks_off()
+    panels[0].legend(fontsize=6, ncol=2)
+    lte = panels[len(kinds)]
     for label, (sigmas, errs) in curves.items():
-        right.loglog(sigmas, errs, "o-", label=label)
-    right.invert_xaxis()
-    right.set(
-        xlabel="sigma at interval start",
-        ylabel="local error (RMSE)",
-        title=f"Local truncation error, {solver}",
-    )
-    right.legend()
+        lte.loglog(sigmas, errs, "o-", label=label)
+    lte.invert_xaxis()
+    lte.set(xlabel="sigma at interval start", ylabel="local error (RMSE)", title=f"Local error, {solver}")
+    lte.legend()
+    for panel in panels[len(kinds) + 1 :]:
+        panel.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--lte-solver",
         default="dpmpp_1s",
-        type=cli.one_of(lambda: sorted(SOLVERS), "solver"),
+        type=cli.one_of(lambda: sorted(n for n, s in SOLVERS.items() if not s.stochastic), "ODE solver"),
         metavar="NAME",
         help="solver for the local-error curves (default: dpmpp_1s)",
     )
@@ -171,19 +287,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def analyze(args: argparse.Namespace) -> None:
     if args.plot:
         _pyplot()  # refuse before the work, not after it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tens of thousands of tiny calls: a thread pool only adds overhead
+    try:
+        _report(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _report(args: argparse.Namespace) -> None:
     schedule = DiscreteSchedule.sd()
     model = GaussianMixture.default(dim=args.dim, seed=args.seed)
     x = model.sample(args.samples, schedule.sigma_max, torch.Generator().manual_seed(args.seed + 1))
+    gaussian = moment_matched(model)
     print(f"Gaussian mixture ({len(model.weights)} components, dim {args.dim}), {args.samples} samples, "
           f"SD noise table sigma {schedule.sigma_max:.4f} -> {schedule.sigma_min:.4f}")  # fmt: skip
-    print("Analytic denoiser: guidance and FreeU in the plans have no effect here.\n")
+    print("Analytic denoisers: guidance and FreeU in the plans have no effect here.")
+    print(*(f"  {note}" for note in NOTES), sep="\n")
 
-    rows = error_table(model, x, schedule)
-    print(f"{'plan':<14}{'NFE':>4}{'sigma_end':>11}{'RMSE to x(0)':>14}{'RMSE to x(end)':>16}")
-    for r in rows:
-        print(
-            f"{r['plan']:<14}{r['nfe']:>4}{r['sigma_end']:>11.4f}{r['rmse_x0']:>14.5f}{r['rmse_end']:>16.5f}"
-        )
+    ode = ode_table(model, x, schedule)
+    print("\nODE solvers on the mixture, RMSE to x(0) [/ x(end)]:")
+    print(*format_table(ode), sep="\n")
+    sde = sde_table(gaussian, schedule)
+    print("\nStochastic solvers on the Gaussian with the mixture's mean and variance, W2 to the data law")
+    print("[/ the law at sigma_end]:")
+    print(*format_table(sde), sep="\n")
 
     curves = lte_curves(model, x, schedule, args.lte_solver)
     print(f"\nLocal truncation error per interval ({args.lte_solver}, one step vs 200 sub-steps):")
@@ -192,7 +320,7 @@ def analyze(args: argparse.Namespace) -> None:
         for s, e in zip(sigmas, errs, strict=True):
             print(f"    from sigma {s:8.4f}: {e:.5f}")
     if args.plot:
-        _plot(args.plot, rows, curves, args.lte_solver)
+        _plot(args.plot, ode, sde, curves, args.lte_solver)
         print(f"\nwrote {args.plot}")
 
 

@@ -26,7 +26,10 @@ from solvers.guidance import check_guidance
 from solvers.table import SOLVERS
 
 FINAL_POLICIES = ("keep", "denoise")
-PLAN_FORMAT = 2  # format 1 (guidance and freeu as top-level lists, no discretization) is still read
+# Format 3: "dpmpp_3m" is the published DPM-Solver++(3M). Formats 1 (guidance and freeu as top-level
+# lists, no discretization) and 2 are still read; their "dpmpp_3m" was the exact-quadratic rule.
+PLAN_FORMAT = 3
+RENAMED_SOLVERS = {1: {"dpmpp_3m": "dpmpp_3m_exact"}, 2: {"dpmpp_3m": "dpmpp_3m_exact"}}
 OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {"guidance": check_guidance}
 
 
@@ -207,9 +210,8 @@ class Plan:
         sigmas = data["sigmas"]
         if not isinstance(sigmas, list) or not all(_is_number(s) for s in sigmas):
             raise PlanError(f"plan sigmas must be a list of numbers, got {_short(sigmas)}")
-        return cls(
-            sigmas, data["solver"], final=data["final"], name=data["name"], discretization=recipe, **options
-        )
+        solver = _renamed(data["solver"], data["format"])
+        return cls(sigmas, solver, final=data["final"], name=data["name"], discretization=recipe, **options)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -237,7 +239,16 @@ class Plan:
 _LAYOUTS = {
     1: {"format", "name", "sigmas", "solver", "guidance", "freeu", "final"},
     2: {"format", "name", "sigmas", "solver", "options", "final", "discretization"},
+    3: {"format", "name", "sigmas", "solver", "options", "final", "discretization"},
 }
+
+
+def _renamed(solver: Any, plan_format: int) -> Any:
+    """A stored solver entry (a name or a list of them) under the name it has now."""
+    if isinstance(solver, list):
+        return [_renamed(s, plan_format) for s in solver]
+    names = RENAMED_SOLVERS.get(plan_format, {})
+    return names.get(solver, solver) if isinstance(solver, str) else solver
 
 
 def _is_number(value: Any) -> bool:

@@ -1,7 +1,12 @@
-"""The one solver table: every solver declared once, where its step rule is defined.
+"""The one solver table, and the one interface every step rule has.
 
     @solver(calls=1, order=2, short="2m", display="DPM++ 2M")
-    def dpmpp_2m(x, denoised, sigma, sigma_next, history, denoise): ...
+    def dpmpp_2m(x, denoised, step): ...
+
+A rule is a plain function `rule(x, denoised, step) -> x_next`: x and D(x; sigma) at this step, already
+evaluated by the loop, and `step`, the frozen record below, which holds everything else a rule may read.
+Variants of one rule (UniPC's bh1 / bh2 and orders, an SDE's eta) are registered with `register` as
+`functools.partial`s of it, each under its own name.
 
 Plan validation, NFE counting, preset names (`karras-2m-20`), command-line choices and the PNG's
 sampler text all read `SOLVERS`, so a rule registered anywhere (a test, a notebook) is usable by all
@@ -12,10 +17,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor
 
-Rule = Callable[..., Tensor]
+
+class Past(NamedTuple):
+    """An earlier step as the loop saw it: its sigma, the x it started from, and D(x; sigma)."""
+
+    sigma: float
+    x: Tensor
+    denoised: Tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a rule knows of the step it takes from `sigma` to `sigma_next` (> 0; the loop itself
+    returns D on a step into 0).
+
+    - index, steps: i of the plan's N steps, for rules that lower their order on the last steps;
+    - history: the earlier steps, most recent last (multistep predictor-correctors read x_j, D_j);
+    - denoise(x, sigma) -> D with this step's options bound, for rules that evaluate again (Heun, 2S);
+    - noise() -> a standard-normal tensor like x, for stochastic rules (drawn per image by the caller).
+    """
+
+    index: int
+    steps: int
+    sigma: float
+    sigma_next: float
+    history: tuple[Past, ...]
+    denoise: Callable[[Tensor, float], Tensor]
+    noise: Callable[[], Tensor]
+
+
+Rule = Callable[[Tensor, Tensor, Step], Tensor]
 
 
 @dataclass(frozen=True)
@@ -23,9 +58,10 @@ class Solver:
     name: str  # the rule's name, as plans store it: "dpmpp_2m"
     rule: Rule
     calls: int  # denoiser calls of a step into sigma_next > 0, the loop's own call included
-    order: int  # order of the global error once the rule has its full history
+    order: int  # order of the global error once the rule has its full history (weak order if stochastic)
     short: str  # its part of a preset name: "2m" in karras-2m-20
     display: str  # A1111's sampler name where A1111 has one: "DPM++ 2M"
+    stochastic: bool = False  # draws step.noise(): sample() then needs a noise source
 
 
 SOLVERS: dict[str, Solver] = {}
@@ -42,11 +78,13 @@ def register(entry: Solver) -> Solver:
     return entry
 
 
-def solver(*, calls: int, order: int, short: str, display: str) -> Callable[[Rule], Rule]:
+def solver(
+    *, calls: int, order: int, short: str, display: str, stochastic: bool = False
+) -> Callable[[Rule], Rule]:
     """Decorator: register the decorated step rule under its function name."""
 
     def declare(rule: Rule) -> Rule:
-        register(Solver(rule.__name__, rule, calls, order, short, display))
+        register(Solver(rule.__name__, rule, calls, order, short, display, stochastic))
         return rule
 
     return declare

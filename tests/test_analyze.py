@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from schedule import DiscreteSchedule
-from solvers import analyze
+from schedule import DISCRETIZATIONS, DiscreteSchedule, karras
+from solvers import SOLVERS, Plan, analyze, generator_noise, sample
 from solvers.analytic import GaussianMixture
 
 SD = DiscreteSchedule.sd()
@@ -47,16 +47,47 @@ def test_local_errors_vanish_with_finer_steps(mixture_and_start):
     assert 3 < coarse / fine < 5
 
 
-def test_analyze_command_prints_the_table_and_draws_the_curves(tmp_path, capsys):
+def test_analyze_command_prints_every_solver_and_discretization_and_draws_the_curves(tmp_path, capsys):
+    # One row per discretization x solver (the rows were paper-N and three baselines before the
+    # solver menu grew), a column per NFE, what each number measures, and the local-error curves.
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"
-    analyze.main(["--samples", "8", "--dim", "4", "--plot", str(png)])
+    assert analyze.main(["--samples", "8", "--dim", "4", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    for n in analyze.STEP_COUNTS:
-        for name in (f"paper-{n}", f"karras-2m-{n}", f"karras-1s-{n}", f"ays-2m-{n}"):
-            assert f"\n{name} " in out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("discretization"))
+    assert header.split()[3::2] == [str(n) for n in analyze.NFE_COUNTS]
+    for kind in DISCRETIZATIONS:
+        for solver in SOLVERS:
+            [row] = [line for line in lines if line.split()[:2] == [kind, solver]]
+            assert len(row.split()) == 2 + len(analyze.NFE_COUNTS)
+    for note in analyze.NOTES:
+        assert note in out
+    paper_8 = next(line for line in lines if line.split()[:2] == ["paper", "dpmpp_2m"]).split()[5]
+    karras_8 = next(line for line in lines if line.split()[:2] == ["karras", "dpmpp_2m"]).split()[5]
+    assert "/" in paper_8 and "/" not in karras_8  # the paper stops at sigma_stop > 0, Karras at 0
     assert "Local truncation error per interval (dpmpp_1s" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_nfe_that_no_plan_of_a_2_call_solver_makes_is_left_out():
+    # Heun into 0: 2 (N - 1) + 1 calls, so only odd NFE; ending at sigma_stop > 0: 2 N, only even.
+    assert analyze.plan_at_nfe("heun", "karras", 5, SD).steps == 3
+    assert analyze.plan_at_nfe("heun", "karras", 4, SD) is None
+    assert analyze.plan_at_nfe("heun", "paper", 4, SD).steps == 2
+    assert analyze.plan_at_nfe("dpmpp_2m", "gits", 1, SD) is None  # GITS starts at 2 steps
+
+
+def test_the_exact_law_of_a_gaussian_run_matches_many_samples():
+    # The affine-propagation law against 20000 sampled runs of Euler a: agreement within the
+    # sampling error (4 standard errors of the mean and of the variance).
+    gaussian = analyze.moment_matched(GaussianMixture.default(dim=3))
+    plan = Plan(karras(6, SD.sigma_min, SD.sigma_max), "euler_a", 1.0)
+    mean, var = analyze.exact_law(gaussian, plan)
+    x = gaussian.sample(20000, SD.sigma_max, torch.Generator().manual_seed(0))
+    out = sample(gaussian, x, plan, noise=generator_noise(torch.Generator().manual_seed(1)))
+    assert ((out.mean(0) - mean).abs() < 4 * (var / 20000).sqrt()).all()
+    assert ((out.var(0) - var).abs() < 4 * var * (2 / 20000) ** 0.5).all()
 
 
 def test_convergence_order_fits_the_slope():

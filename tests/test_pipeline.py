@@ -1,6 +1,7 @@
 """pipeline/ as a library: plans from presets and overrides, Settings and PNG metadata, atomic PNG
 writes, initial noise, batches."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipeline import (
     read_plan_file,
     save_png,
 )
+from pipeline.generate import step_noise, step_noise_seed
 from schedule import DiscreteSchedule, Exponential, Karras, Paper, append_zero, karras, time_uniform
 from solvers import Plan, PlanError, preset
 from solvers.presets import PAPER_FREEU
@@ -43,6 +45,19 @@ def test_initial_noise_of_an_image_depends_only_on_its_seed():
     together = initial_noise([5, 6, 7], (4, 8, 8))
     assert torch.equal(together[1], initial_noise([6], (4, 8, 8))[0])
     assert torch.equal(together[0], torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(5)))
+
+
+def test_step_noise_of_an_image_depends_only_on_its_seed_and_is_not_its_initial_noise():
+    # Each image's own CPU float32 stream, seeded from its seed through a fixed derivation.
+    like = torch.zeros(3, 4, 8, 8, dtype=torch.float64)
+    together, alone = step_noise([5, 6, 7]), step_noise([6])
+    first, second = together(like), together(like)
+    assert first.dtype == torch.float64 and not torch.equal(first, second)  # every draw is new
+    assert torch.equal(first[1], alone(like[:1])[0]) and torch.equal(second[1], alone(like[:1])[0])
+    assert not torch.allclose(first[0].float(), initial_noise([5], (4, 8, 8))[0])
+    assert step_noise_seed(5) == int.from_bytes(
+        hashlib.sha256(b"fewstep-sd step noise 5").digest()[:8], "little"
+    )
 
 
 def test_steps_pick_the_paper_preset_and_5_is_the_default():

@@ -73,7 +73,8 @@ def test_json_round_trip_is_exact_for_every_preset():
 
 def test_json_names_every_sigma_solver_option_and_the_discretization():
     data = json.loads(preset("paper-xl-6").to_json())
-    assert data["format"] == 2 and data["name"] == "paper-xl-6" and data["final"] == "keep"
+    # format 3 since "dpmpp_3m" became the published rule (was 2)
+    assert data["format"] == 3 and data["name"] == "paper-xl-6" and data["final"] == "keep"
     options = data["options"]
     assert (
         len(data["sigmas"]) == 7
@@ -89,6 +90,25 @@ def test_format_1_json_reads_as_the_same_plan_without_a_discretization():
            "guidance": list(plan.guidance), "freeu": list(plan.freeu), "final": plan.final}  # fmt: skip
     again = Plan.from_json(json.dumps(old))
     assert again == plan.replace(discretization=None) and again.discretization is None
+
+
+@pytest.mark.parametrize("plan_format", [1, 2])
+def test_dpmpp_3m_of_a_format_1_or_2_plan_reads_as_the_exact_quadratic_rule_it_meant(plan_format):
+    # Until format 3 "dpmpp_3m" named the exact-quadratic rule; a stored plan must keep its pixels.
+    plan = Plan([3.0, 2.0, 1.0, 0.5], ["dpmpp_2m", "dpmpp_3m_exact", "dpmpp_3m_exact"], 1.0)
+    stored = {**plan.to_dict(), "format": plan_format, "solver": ["dpmpp_2m", "dpmpp_3m", "dpmpp_3m"]}
+    if plan_format == 1:
+        options = stored.pop("options")
+        stored = {**stored, "guidance": options["guidance"], "freeu": options["freeu"]}
+        del stored["discretization"]
+    assert Plan.from_json(json.dumps(stored)) == plan
+    single = {**stored, "solver": "dpmpp_3m"}
+    assert Plan.from_json(json.dumps(single)).solver == ("dpmpp_3m_exact",) * 3
+
+
+def test_dpmpp_3m_of_a_format_3_plan_is_the_published_rule():
+    plan = preset("karras-3m-8")
+    assert plan.solver == ("dpmpp_3m",) * 8 and Plan.from_json(plan.to_json()).solver == ("dpmpp_3m",) * 8
 
 
 def test_any_option_is_stored_per_step_and_round_trips():
@@ -117,7 +137,7 @@ def test_a_discretization_must_have_the_plans_step_count():
     [
         ("{", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
-        ('{"format": 3}', "unsupported plan format 3; this version reads formats 1, 2"),
+        ('{"format": 4}', "unsupported plan format 4; this version reads formats 1, 2, 3"),
         ('{"format": 1, "sigmas": [1, 0]}', "plan keys must be"),
         ('{"format": 2, "sigmas": [1, 0]}', "plan keys must be"),
     ],

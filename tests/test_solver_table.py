@@ -19,24 +19,43 @@ def midpoint_euler():
     Euler from there with the slope seen at the midpoint (2 calls per step)."""
 
     @solver(calls=2, order=2, short="me", display="Midpoint Euler")
-    def midpoint_euler(x, denoised, sigma, sigma_next, history, denoise):
+    def midpoint_euler(x, denoised, step):
+        sigma, sigma_next = step.sigma, step.sigma_next
         sigma_mid = math.sqrt(sigma * sigma_next)
         x_mid = x + (sigma_mid - sigma) * (x - denoised) / sigma
-        return x + (sigma_next - sigma) * (x_mid - denoise(x_mid, sigma_mid)) / sigma_mid
+        return x + (sigma_next - sigma) * (x_mid - step.denoise(x_mid, sigma_mid)) / sigma_mid
 
     yield midpoint_euler
     del SOLVERS["midpoint_euler"]
 
 
 def test_every_built_in_rule_is_declared_with_its_calls_order_and_names():
+    # "dpmpp_3m" is the published DPM-Solver++(3M) (second order); the exact-quadratic rule this
+    # name held before plan format 3 is "dpmpp_3m_exact". A1111's "UniPC" is bh1, order 3.
+    unipc = {f"unipc_{v}_{p}": (1, p + 1, f"unipc_{v}_{p}", f"UniPC {v} order {p}")
+             for v in ("bh1", "bh2") for p in (1, 2, 3)}  # fmt: skip
+    unipc["unipc_bh1_3"] = (1, 4, "unipc_bh1_3", "UniPC")
     assert {name: (s.calls, s.order, s.short, s.display) for name, s in SOLVERS.items()} == {
         "euler": (1, 1, "euler", "Euler"),
         "heun": (2, 2, "heun", "Heun"),
         "dpmpp_1s": (1, 1, "1s", "DPM++ 1S"),
         "dpmpp_2s": (2, 2, "2s", "DPM++ 2S"),
         "dpmpp_2m": (1, 2, "2m", "DPM++ 2M"),
-        "dpmpp_3m": (1, 3, "3m", "DPM++ 3M"),
+        "dpmpp_3m": (1, 2, "3m", "DPM++ 3M"),
+        "dpmpp_3m_exact": (1, 3, "3m_exact", "DPM++ 3M exact"),
+        "deis_2": (1, 2, "deis_2", "DEIS 2"),
+        "deis_3": (1, 3, "deis_3", "DEIS 3"),
+        "ipndm": (1, 2, "ipndm", "iPNDM"),
+        "ipndm_v": (1, 2, "ipndm_v", "iPNDM-v"),
+        "euler_a": (1, 1, "euler_a", "Euler a"),
+        "dpmpp_2m_sde": (1, 2, "2m_sde", "DPM++ 2M SDE"),
+        "dpmpp_2m_sde_heun": (1, 2, "2m_sde_heun", "DPM++ 2M SDE Heun"),
+        "dpmpp_3m_sde": (1, 2, "3m_sde", "DPM++ 3M SDE"),
+        **unipc,
     }
+    assert [name for name, s in SOLVERS.items() if s.stochastic] == [
+        "euler_a", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"
+    ]  # fmt: skip
 
 
 def test_a_registered_rule_is_usable_by_plans_nfe_and_presets(midpoint_euler):
