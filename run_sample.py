@@ -27,6 +27,7 @@ from cli.generation import add_image_flags, add_model_flags, add_plan_flags, pla
 from pipeline import Settings
 from schedule import DiscreteSchedule
 from solvers import Plan, StepInfo
+from solvers.export import listing
 
 PROG = "run_sample.py"
 
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_image_flags(p)
     how = add_plan_flags(p, default_note=", unless --preset, --plan or --replay gives the plan")
+    how.add_argument(
+        "--print-plan",
+        action="store_true",
+        help="print the resolved plan as JSON and as the sigma lists ComfyUI, stable-diffusion.cpp and "
+        "diffusers take, then exit without loading weights (placed on SD's standard noise table)",
+    )
     how.add_argument(
         "--replay",
         metavar="IMAGE.png",
@@ -119,7 +126,6 @@ def run(args: argparse.Namespace) -> None:
             return flag
         return getattr(replayed, name) if replayed is not None else default
 
-    prompts = _read_prompts(args, replayed)
     size = pipeline.FAMILIES["sd1"].size
     height, width = pick(args.height, "height", size), pick(args.width, "width", size)
     pipeline.check_size(height, width)
@@ -130,7 +136,12 @@ def run(args: argparse.Namespace) -> None:
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before minutes go into loading weights
+    # Refuse a bad plan before minutes go into loading weights.
+    plan = plan_for(schedule=DiscreteSchedule.sd())
+    if args.print_plan:
+        print(listing(plan))
+        return
+    prompts = _read_prompts(args, replayed)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
     each = [prompt for prompt in prompts for _ in range(args.num_images)]
     jobs = [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k

@@ -27,7 +27,7 @@ from pipeline import (
 from pipeline.provenance import project_version
 from run_sample import main
 from schedule import DiscreteSchedule, Karras
-from solvers import Plan, preset
+from solvers import SOLVERS, Plan, preset
 from solvers.presets import PAPER_FREEU
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
 from tests.helpers import pixels, text_chunks
@@ -315,6 +315,51 @@ def test_plan_file_is_run_as_saved(checkpoints, tmp_path, capsys):
     )
 
 
+def test_a_stochastic_solver_draws_each_images_noise_from_its_seed_and_replays_bitwise(
+    checkpoints, tmp_path, capsys
+):
+    """Euler a adds noise at every step, drawn per image from a stream seeded by its own seed: alone or
+    as row 1 of a batch the image comes out the same within one 8-bit level (batched GEMMs round
+    differently, as above), and its replay is bitwise."""
+    common = ["--preset", "karras-euler_a-3", "--prompt", CAT]
+    batch, alone, again = tmp_path / "batch", tmp_path / "alone", tmp_path / "again"
+    three = ["--seed", "30", "--num-images", "3", "--batch-size", "3"]
+    assert run(capsys, *sample_args(checkpoints["single"], batch, *common, *three))[0] == 0
+    assert run(capsys, *sample_args(checkpoints["single"], alone, *common, "--seed", "31"))[0] == 0
+    name = "31-a-photo-of-a-cat.png"
+    assert np.abs(pixels(batch / name).astype(int) - pixels(alone / name).astype(int)).max() <= 1
+    assert not np.array_equal(pixels(batch / name), pixels(batch / "30-a-photo-of-a-cat.png"))
+    assert run(capsys, "--replay", str(alone / name), "--out", str(again))[0] == 0
+    assert np.array_equal(pixels(again / name), pixels(alone / name))
+    assert "Sampler: Euler a, Schedule type: Karras" in text_chunks(alone / name)[PARAMETERS_KEY]
+
+
+def test_print_plan_shows_the_json_and_each_tools_sigma_list_without_weights(tmp_path, capsys):
+    code, out, _ = run(
+        capsys, "--print-plan", "--steps", "5", "--weights", str(tmp_path / "none.safetensors")
+    )
+    assert code == 0
+    lines = out.splitlines()
+    plan = Plan.from_json(lines[0])
+    assert plan == preset("paper-5")
+    values = ", ".join(np.format_float_positional(s, trim="-") for s in plan.sigmas)
+    assert lines[lines.index("ComfyUI ManualSigmas:") + 1] == f"  {values}"
+    assert lines[lines.index("stable-diffusion.cpp --sigmas:") + 1] == f'  "{values.replace(", ", ",")}"'
+    assert json.loads(lines[lines.index("diffusers sigmas=:") + 1]) == list(plan.sigmas)
+    assert sum(line.startswith("  note: ") for line in lines) == 3
+    assert lines[-1].startswith("final=keep: the lists end at sigma_N = 0.131981 > 0")
+
+
+def test_print_plan_of_a_final_denoise_plan_ends_the_lists_with_a_step_into_0(capsys):
+    code, out, _ = run(
+        capsys, "--print-plan", "--preset", "paper-8", "--final", "denoise", "--solver", "unipc_bh2_3"
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert Plan.from_json(lines[0]).solver == ("unipc_bh2_3",) * 8
+    assert json.loads(lines[lines.index("diffusers sigmas=:") + 1])[-2:] == [preset("paper-8").sigmas[-1], 0]
+
+
 # -- errors: one line on stderr, exit status 2 -----------------------------------------------------------
 
 
@@ -392,15 +437,20 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
             "argument --width: 4 is not a positive multiple of 8 (the VAE's downsampling factor); use e.g. 8",
         ),
         (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
-        (
+        (  # every solver of the table (tests/test_solver_table.py pins its contents), in its order
             ["--solver", "dpmpp_9m"],
             "argument --solver: unknown solver 'dpmpp_9m'; choose from euler, heun, "
-            "dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m",
+            f"dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m, {', '.join(list(SOLVERS)[6:])}",
         ),
         (
             ["--discretization", "cosine"],
             "argument --discretization/--schedule: unknown discretization 'cosine'; choose from paper, "
-            "karras, exponential, linspace, ays",
+            "karras, exponential, linspace, ays, gits, beta, simple, sgm_uniform, kl_optimal, "
+            "polyexponential, linear_quadratic, diffusers",
+        ),
+        (
+            ["--spacing", "middle"],
+            "argument --spacing: unknown spacing 'middle'; choose from linspace, leading, trailing",
         ),
         (
             ["--dtype", "float8"],
@@ -513,6 +563,14 @@ def test_help_explains_every_flag(capsys):
         "--out",
         "--weights",
         "--trajectory",
+        "--print-plan",
+        "--alpha",
+        "--beta",
+        "--coeff",
+        "--spacing",
+        "--offset",
+        "--threshold",
+        "--linear",
         "--debug",
     ):
         assert flag in text
