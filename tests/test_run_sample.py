@@ -136,6 +136,17 @@ def test_settings_chunk_holds_everything_replay_needs(cat):
         "batch_index": 0,
         "version": project_version(),
         "torch_version": torch.__version__,
+        # SD 1.x text to image: no size conditioning, no separate VAE, no init image
+        "size_conditioning": None,
+        "empty_negative": "encode",
+        "vae": None,
+        "vae_sha256": None,
+        "vae_dtype": "float32",
+        "init_image": None,
+        "init_image_sha256": None,
+        "strength": None,
+        "strength_cut": None,
+        "quantization": "round",
     }
     assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
 
@@ -335,7 +346,8 @@ def test_missing_weights(tmp_path, capsys):
     missing = tmp_path / "nothing.safetensors"
     assert one_line_error(capsys, *sample_args(missing, tmp_path / "out", "--prompt", CAT)) == (
         f"run_sample.py: error: weights {missing} not found: pass --weights PATH to a .safetensors file or "
-        f"diffusers folder, or a Hub id such as {SD15_REPO}"
+        f"diffusers folder, a Hub id such as {SD15_REPO}, or a short name: sd15, sdxl, dreamshaper-xl, "
+        "sdxl-vae-fp16-fix"
     )
 
 
@@ -353,16 +365,17 @@ def test_wrong_file(tmp_path, capsys):
 
 
 def test_unsupported_model_kind(tmp_path, capsys):
-    path = tmp_path / "xl.safetensors"
+    """SDXL is supported now; SD 2.x (OpenCLIP ViT-H under cond_stage_model.model.) is not."""
+    path = tmp_path / "sd2.safetensors"
     save_file(
         {
-            "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2),
-            "conditioner.embedders.0.w": torch.zeros(2),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2),
+            "cond_stage_model.model.positional_embedding": torch.zeros(2),
         },
         path,
     )
     error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
-    assert error.startswith(f"run_sample.py: error: {path} looks like SDXL")
+    assert error.startswith(f"run_sample.py: error: {path} looks like Stable Diffusion 2.x")
 
 
 def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
@@ -505,6 +518,16 @@ def test_help_explains_every_flag(capsys):
         "--seed",
         "--num-images",
         "--batch-size",
+        "--vae",
+        "--vae-dtype",
+        "--empty-negative",
+        "--original-size",
+        "--crop-top-left",
+        "--target-size",
+        "--quantize",
+        "--init-image",
+        "--strength",
+        "--strength-cut",
         "--height",
         "--width",
         "--device",
