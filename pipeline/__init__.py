@@ -9,7 +9,7 @@ metadata, replay, atomic writes). `run_sample.py` and `evaluation/` are command 
 
     sd, path = pipeline.load_model("sdxl", "cuda", torch.float16, vae="sdxl-vae-fp16-fix")
     plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule, family=pipeline.family(sd))
-    images = pipeline.generate(sd, plan, ["a cat"], [42], height=1024, width=1024)   # paper-xl-8
+    images = pipeline.generate(sd, plan, ["a cat"], [42])     # paper-xl-8, uint8 [1, 3, 1024, 1024]
 """
 
 from model import SizeConditioning

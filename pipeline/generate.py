@@ -114,15 +114,16 @@ def generate(
     seeds: Sequence[int],
     *,
     negative_prompt: str = "",
-    height: int = 512,
-    width: int = 512,
+    height: int | None = None,
+    width: int | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     size: SizeConditioning | None = None,
     empty_negative: str | None = None,
     init: img2img.InitImage | None = None,
     quantization: str = "round",
 ) -> torch.Tensor:
-    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU.
+    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU
+    (default: the family's size, 512 for SD 1.x, 1024 for SDXL).
 
     `sd` is a loaded `weights.StableDiffusion`. The latents stay float32 through the solver (the
     Denoiser casts to the model's dtype); guidance is D_u + w (D_c - D_u) with the negative prompt
@@ -133,6 +134,7 @@ def generate(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    height, width = height or family(sd).size, width or family(sd).size
     check_size(height, width)
     if init is not None:
         init.check_size(height, width)

@@ -80,12 +80,16 @@ class Settings:
     empty_negative: str = "encode"  # an empty negative prompt as the encoded "" or "zeros"
     vae: str | None = None  # --vae as given: a separate VAE that replaced the bundled one
     vae_sha256: str | None = None
-    vae_dtype: str | None = None  # None: the model's dtype
+    vae_dtype: str | None = None  # None (older PNGs): the model's dtype
     init_image: str | None = None  # --init-image as given
     init_image_sha256: str | None = None
     strength: float | None = None
     strength_cut: str | None = None  # how the strength cut the plan: "steps" | "time" (pipeline/img2img.py)
     quantization: str = "round"  # pixels: "round" (diffusers) | "truncate" (the authors' code)
+
+    def __post_init__(self) -> None:
+        if self.vae_dtype is None:  # what an older PNG means: the VAE ran in the model's dtype
+            object.__setattr__(self, "vae_dtype", self.dtype)
 
     def size(self) -> SizeConditioning | None:
         return (

@@ -186,6 +186,19 @@ def single_file_tensors(refs: References, dtype: torch.dtype = torch.float32) ->
     return tensors | extras
 
 
+def save_variant(directory: Path, refs: References, changes: dict[str, Tensor | None]) -> Path:
+    """The references' single file with some tensors replaced (None: removed), as variant.safetensors."""
+    tensors = single_file_tensors(refs)
+    for key, value in changes.items():
+        if value is None:
+            del tensors[key]
+        else:
+            tensors[key] = value
+    path = Path(directory) / "variant.safetensors"
+    save_file(tensors, path)
+    return path
+
+
 def _save(tensors: dict[str, Tensor], path: Path) -> None:
     """Write to a new file and rename it into place: a model loaded from an earlier file at `path` maps
     that file's pages, which an in-place overwrite would pull from under it."""

@@ -51,3 +51,13 @@ def mapped_shapes(layout, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple
     """The parameter shapes a layout's rules (weights/keymaps.py) make of a file's tensor shapes."""
     rules = layout(shapes)
     return {target.name: target.shape(shapes[key]) for key, targets in rules.items() for target in targets}
+
+
+def run_main(main, capsys, *argv: str) -> tuple[int, str, str]:
+    """A command's main() as the shell sees it: exit status (argparse exits by SystemExit), stdout, stderr."""
+    try:
+        code = main([*argv])
+    except SystemExit as exited:
+        code = exited.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

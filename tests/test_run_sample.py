@@ -30,7 +30,7 @@ from schedule import DiscreteSchedule, Karras
 from solvers import Plan, preset
 from solvers.presets import PAPER_FREEU
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
-from tests.helpers import pixels, text_chunks
+from tests.helpers import pixels, run_main, text_chunks
 from tests.http_server import FakeHub
 from weights.errors import WeightsError
 from weights.fingerprint import cache_file, file_sha256, weights_sha256
@@ -61,13 +61,7 @@ def env(tmp_path_factory, monkeypatch):
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """main() as the shell sees it: exit status (argparse exits by SystemExit), stdout, stderr."""
-    try:
-        code = main([*argv])
-    except SystemExit as exited:
-        code = exited.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(main, capsys, *argv)
 
 
 def sample_args(weights: Path, out: Path, *extra: str) -> list[str]:

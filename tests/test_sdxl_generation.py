@@ -3,10 +3,13 @@ StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline and StableDiffusionI
 same initial noise, sigmas and strength; the family-aware presets; run_sample.py end to end on tiny
 random-weight SDXL checkpoints in both layouts, on the CPU in float32, 64 x 64 px.
 
-Parity tolerance for final latents: max |ours - diffusers| / max |diffusers| <= 1e-5. Both run
-the same Euler steps and the same networks; they differ by float32 rounding: diffusers keeps the
-sigmas in float32 (ours float64), guides on eps rather than on x0 (the same affine map in another
-order) and gets t from the float32 sigma. Measured: up to 6e-7.
+Parity tolerance for final latents: max |ours - diffusers| / max |diffusers| <= 3e-5. Both run the
+same Euler steps on the same networks and differ by float32 rounding only (the attention kernels'
+order, diffusers' float32 sigmas, guidance on eps rather than on x0), which the random-weight U-Net
+amplifies from step to step and guidance w multiplies: measured 1.6e-6 at w = 1 and 4e-6 to 6.6e-6
+at w = 5.5 (text to image, 4 steps), 1.5e-6 (SD 1.5) and 2.4e-6 (SDXL) for image to image (w = 4,
+3 steps). Changing the size conditioning by one pixel moves the latents by 1e-2, so 3e-5 still
+catches any conditioning error.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from tests.checkpoints import (
     reference_models,
     write_checkpoint,
 )
-from tests.helpers import pixels, rel_err, text_chunks
+from tests.helpers import pixels, rel_err, run_main, text_chunks
 from tests.reference import vae as ref_vae
 from weights.fingerprint import file_sha256
 
-TOL = 1e-5
+TOL = 3e-5
 SIZE = ["--height", "64", "--width", "64"]
 CAT = "a photo of a cat"
 SDXL, SD1 = pipeline.FAMILIES["sdxl"], pipeline.FAMILIES["sd1"]
@@ -241,12 +244,7 @@ def test_sdxls_vae_decodes_in_float32_when_the_model_is_float16():
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main([*argv])
-    except SystemExit as exited:
-        code = exited.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(main, capsys, *argv)
 
 
 def args(weights_path, out, *extra: str) -> list[str]:
@@ -461,3 +459,28 @@ def test_sdxl_in_float16_decodes_with_a_float32_vae(checkpoints, tmp_path, capsy
     )
     settings = pipeline.read_replay(png)[0]
     assert (settings.dtype, settings.vae_dtype) == ("float16", "float32")
+
+
+def test_evaluation_runs_sdxl_at_its_size_with_its_settings(checkpoints, tmp_path, capsys):
+    from evaluation.generate import RUN_FILE
+    from evaluation.generate import main as evaluate
+
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_text(json.dumps({"index": 0, "prompt": CAT, "seed": 5, "reference": None}) + "\n")
+    out = tmp_path / "run"
+    argv = ["--manifest", str(manifest), "--out", str(out), "--weights", str(checkpoints["single"]), *SIZE]
+    code, _, err = run_main(
+        evaluate, capsys, *argv, "--steps", "8", "--quantize", "truncate", "--device", "cpu"
+    )
+    assert code == 0, err
+    record = json.loads((out / RUN_FILE).read_text())
+    assert (record["method"], record["size_conditioning"], record["empty_negative"]) == (
+        "paper-xl-8",
+        [1024, 1024, 0, 0, 1024, 1024],
+        "zeros",
+    )
+    assert record["quantization"] == "truncate"
+    again = made(
+        capsys, tmp_path / "again", "--replay", str(out / "00000.png"), "--out", str(tmp_path / "again")
+    )
+    assert np.array_equal(pixels(again), pixels(out / "00000.png"))

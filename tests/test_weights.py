@@ -29,6 +29,7 @@ from schedule import DiscreteSchedule
 from tests.checkpoints import (
     TINY_TEXT,
     reference_models,
+    save_variant,
     sd15_alphas_cumprod,
     single_file_tensors,
     write_checkpoint,
@@ -435,19 +436,6 @@ def header_only(tmp_path: Path, shapes: dict[str, list[int]]) -> Path:
 )
 def test_other_models_are_named_and_refused(tmp_path, shapes, match):
     refused(header_only(tmp_path, shapes), match)
-
-
-def save_variant(tmp_path: Path, refs, changes: dict[str, torch.Tensor | None]) -> Path:
-    """The tiny single file with some tensors replaced (None: removed)."""
-    tensors = single_file_tensors(refs)
-    for key, value in changes.items():
-        if value is None:
-            del tensors[key]
-        else:
-            tensors[key] = value
-    path = tmp_path / "variant.safetensors"
-    save_file(tensors, path)
-    return path
 
 
 UNET = "model.diffusion_model."

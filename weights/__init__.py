@@ -50,6 +50,7 @@ from weights.kinds import KINDS, UNET_PREFIX, VAE_PREFIX, Kind
 
 __all__ = ["StableDiffusion", "WeightsError", "fetch_folder", "folder_files", "hub_file", "kind", "load"]
 
+MODULES = {"unet": UNet, "vae": AutoencoderKL}  # the text encoders: CLIPTextModel
 WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}  # else "model"
 HALF = (torch.float16, torch.bfloat16)
 SHOWN = 5  # key names quoted in an error message
@@ -115,7 +116,14 @@ class _Part:
     component: str
     header: Header
     rules: keymaps.Rules  # file key -> targets
-    shown_prefix: str | None  # how missing names are quoted: prefix + name; None: they are not file keys
+    shown_prefix: str | None  # missing names are quoted as prefix + name; None: the layout renames keys
+
+
+def _part(component: str, header: Header, rules: keymaps.Rules, prefix: str = "") -> _Part:
+    """A model under `prefix` in a file, by its layout's rules for the keys without the prefix."""
+    renames = any(t.name != key for key, targets in rules.items() for t in targets)
+    rules = {prefix + key: targets for key, targets in rules.items()}
+    return _Part(component, header, rules, None if renames else prefix)
 
 
 @dataclass
@@ -130,7 +138,7 @@ class _Checkpoint:
 
 
 def kind(path: str | Path) -> str:
-    """ "sd1" or "sdxl": what `load(path)` would load, read off the file's header or the folder's
+    """The kind, "sd1" or "sdxl", that `load(path)` would load, read off the file's header or the folder's
     config.json files alone (no tensor is read). Raises WeightsError as `load` does for other models."""
     source = _existing(path)
     if source.is_dir():
@@ -179,17 +187,12 @@ def load(
     if problem:
         raise WeightsError(f"{source} mixes models: {problem}")
 
-    configs = checkpoint.configs
     with empty_modules():
-        modules = {
-            c: (UNet if c == "unet" else AutoencoderKL if c == "vae" else CLIPTextModel)(configs[c])
-            for c in checkpoint.parts
-        }
+        modules = {c: MODULES.get(c, CLIPTextModel)(checkpoint.configs[c]) for c in checkpoint.parts}
     for part in checkpoint.parts.values():
         _check_tensors(part, modules[part.component], checkpoint.kind)
     dtypes = {c: vae_dtype if c == "vae" else dtype for c in modules}
     _fill(list(checkpoint.parts.values()), modules, dtypes, torch.device(device), checkpoint.kind)
-    second = "text_encoder_2" in modules
     return StableDiffusion(
         checkpoint.kind.name,
         checkpoint.tokenizers["text_encoder"],
@@ -199,7 +202,7 @@ def load(
         checkpoint.schedule,
         source,
         checkpoint.tokenizers.get("text_encoder_2"),
-        modules["text_encoder_2"] if second else None,
+        modules.get("text_encoder_2"),
         vae_source,
     )
 
@@ -246,9 +249,7 @@ def _single_file(path: Path, bundled_vae: bool) -> _Checkpoint:
                 f"{path} has no {kind.label_of(component)} (no key starts with {prefix}); "
                 f"pass a complete {kind.label} checkpoint"
             )
-        rules = {prefix + key: targets for key, targets in layouts[component](keys[component]).items()}
-        identity = layouts[component] is not keymaps.open_clip_text
-        parts[component] = _Part(component, header, rules, prefix if identity else None)
+        parts[component] = _part(component, header, layouts[component](keys[component]), prefix)
     shapes = {c: _shapes(part) for c, part in parts.items()}
     detect.refuse_other_unets(shapes["unet"], path)
     with _naming(path):
@@ -290,9 +291,7 @@ def _diffusers_folder(folder: Path, dtype: torch.dtype, bundled_vae: bool) -> _C
     configs_json = {c: _json(folder / c / "config.json") for c in components}
     headers = {c: read_header(_weights_file(folder, c, dtype)) for c in components}
     layouts = {"unet": keymaps.diffusers_unet, "vae": keymaps.diffusers_vae}
-    parts = {
-        c: _Part(c, headers[c], layouts.get(c, keymaps.hf_text)(_kept(headers[c])), "") for c in components
-    }
+    parts = {c: _part(c, headers[c], layouts.get(c, keymaps.hf_text)(_kept(headers[c]))) for c in components}
     shapes = {c: _shapes(part) for c, part in parts.items()}
     detect.refuse_other_unets(shapes["unet"], folder)
     with _naming(folder):
@@ -413,7 +412,7 @@ def _separate_vae(source: Path, kind: Kind, dtype: torch.dtype) -> tuple[_Part, 
         )
     names = [key.removeprefix(prefix) for key in keys]
     layout = keymaps.diffusers_vae if keymaps.is_diffusers_vae(names) else keymaps.ldm_vae
-    part = _Part("vae", header, {prefix + n: t for n, t in layout(names).items()}, prefix)
+    part = _part("vae", header, layout(names), prefix)
     with _naming(source):
         return part, detect.vae_config(_shapes(part), scaling_factor)
 

@@ -1,5 +1,6 @@
-"""Fetch one file of a Hugging Face Hub repo into the cache that huggingface_hub, diffusers and
-transformers share, so a file any of them downloaded is reused and the other way round.
+"""Fetch files of a Hugging Face Hub repo (one file, or the files of a diffusers folder that
+`weights.load` reads) into the cache that huggingface_hub, diffusers and transformers share, so a
+file any of them downloaded is reused and the other way round.
 
 Cache layout (huggingface_hub's), under `hub_cache_dir()`:
 
@@ -42,8 +43,13 @@ SDXL_FILE = "sd_xl_base_1.0.safetensors"  # fp16, 6.94 GB
 DREAMSHAPER_XL_REPO = "Lykon/dreamshaper-xl-1-0"  # a diffusers folder only (the paper's SDXL model)
 SDXL_VAE_FIX_REPO = "madebyollin/sdxl-vae-fp16-fix"
 SDXL_VAE_FIX_FILE = "sdxl_vae.safetensors"  # the file the paper's SDXL code loads (docs/model-facts.md 10.1)
-# The weights of a repo without a file name: its single file (None: the repo is a diffusers folder).
-SINGLE_FILES = {SD15_REPO: SD15_FILE, SDXL_REPO: SDXL_FILE, SDXL_VAE_FIX_REPO: SDXL_VAE_FIX_FILE}
+# The weights of a repo named without a file: its single file; any other repo is a diffusers folder.
+SINGLE_FILES = {
+    SD15_REPO: SD15_FILE,
+    SDXL_REPO: SDXL_FILE,
+    SDXL_VAE_FIX_REPO: SDXL_VAE_FIX_FILE,
+    "stabilityai/sdxl-vae": "sdxl_vae.safetensors",
+}
 SHORT_NAMES = {  # --weights / --vae NAME
     "sd15": SD15_REPO,
     "sdxl": SDXL_REPO,
