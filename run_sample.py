@@ -165,16 +165,16 @@ def run(args: argparse.Namespace) -> None:
     path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=vae_spec is None)
     family = pipeline.family_of(weights.kind(path), path)  # from the headers: before any tensor is read
     plan_for = partial(plan_for, family=family)
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
+    checked = plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
     refuse_size_flags(args, family)
-    default_size = family.size if init_pixels is None else None
-    height = pick(args.height, "height", default_size or init_pixels.shape[1])
-    width = pick(args.width, "width", default_size or init_pixels.shape[2])
+    default_height, default_width = (family.size,) * 2 if init_pixels is None else init_pixels.shape[1:]
+    height, width = pick(args.height, "height", default_height), pick(args.width, "width", default_width)
     pipeline.check_size(height, width)
     init = None
     if init_pixels is not None:
         init = pipeline.InitImage(init_pixels, strength, pick(args.strength_cut, "strength_cut", "steps"))
         init.check_size(height, width)
+        pipeline.img2img.cut(checked, init, DiscreteSchedule.sd())  # refuse a strength that keeps no step
     vae_dtype = pick(args.vae_dtype, "vae_dtype", None) or family.vae_dtype(dtype)
     compile_unet = pick(args.compile, "compile", False)
     sd, path = pipeline.load_model(

@@ -528,3 +528,12 @@ def test_a_folder_repo_without_a_required_file_is_refused_in_one_line(server, xl
     message = str(caught.value)
     assert "\n" not in message and "has none of text_encoder_2/model.safetensors" in message
     assert "not a complete diffusers folder" in message and "--weights PATH" in message
+
+
+def test_a_repo_named_alone_that_is_no_diffusers_folder_asks_for_its_file(server):
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(REPO)
+    assert str(caught.value) == (
+        f"{REPO} (revision main) has no unet/config.json, so it is not a diffusers folder: name its "
+        f"weights file, {REPO}/FILE.safetensors"
+    )

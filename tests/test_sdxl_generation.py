@@ -70,6 +70,21 @@ def env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def pipes(xl_refs, tmp_path_factory):
+    """diffusers' pipelines over the references, on Euler with given sigmas, built once."""
+    folder = tmp_path_factory.mktemp("pipelines")
+    return {
+        "sdxl": diffusers_pipeline(xl_refs, folder / "xl", scheduler=euler_scheduler()),
+        "sdxl-img2img": diffusers_pipeline(
+            xl_refs, folder / "xl-img2img", StableDiffusionXLImg2ImgPipeline, euler_scheduler()
+        ),
+        "sd1-img2img": diffusers_pipeline(
+            reference_models(), folder / "sd1-img2img", StableDiffusionImg2ImgPipeline, euler_scheduler()
+        ),
+    }
+
+
 def euler_scheduler() -> EulerDiscreteScheduler:
     """diffusers' Euler on given sigmas; "trailing" makes its initial noise scale sigma_0, as ours."""
     return EulerDiscreteScheduler(**{**SDXL_SCHEDULER_CONFIG_ARGS, "timestep_spacing": "trailing"})
@@ -91,14 +106,14 @@ def plan_of(sigmas, guidance: float = 5.5) -> Plan:
         ("single", "blurry", None),
     ],
 )
-def test_sdxl_latents_equal_diffusers_pipeline(models, xl_refs, tmp_path, layout, negative, empty_negative):
+def test_sdxl_latents_equal_diffusers_pipeline(models, xl_refs, pipes, layout, negative, empty_negative):
     """Four Euler steps of paper-xl-8's sigmas, guidance 5.5, size conditioning (1024, 1024, 0, 0,
     1024, 1024); diffusers' zeros for no negative prompt (force_zeros_for_empty_prompt) are our default
     for "", its encoded "" our empty_negative="encode"."""
     sd = models[layout]
     plan = plan_of(preset("paper-xl-8").sigmas[:5])
     noise = pipeline.initial_noise([7], (4, 8, 8))
-    pipe = diffusers_pipeline(xl_refs, tmp_path, scheduler=euler_scheduler())
+    pipe = pipes["sdxl"]
     with torch.no_grad():
         expected = pipe(
             [CAT],
@@ -123,12 +138,11 @@ def test_sdxl_latents_equal_diffusers_pipeline(models, xl_refs, tmp_path, layout
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sdxl"])
-def test_img2img_latents_equal_diffusers_img2img_pipeline(models, tmp_path, kind):
+def test_img2img_latents_equal_diffusers_img2img_pipeline(models, pipes, kind):
     """Strength 0.6 of a 5-step plan: diffusers keeps the last int(5 x 0.6) = 3 steps and noises the
     image's latent to that step's sigma with the generator of the seed, as ours does."""
     sd, refs = models["sd1" if kind == "sd1" else "single"], reference_models(kind=kind)
-    cls = StableDiffusionImg2ImgPipeline if kind == "sd1" else StableDiffusionXLImg2ImgPipeline
-    pipe = diffusers_pipeline(refs, tmp_path, cls=cls, scheduler=euler_scheduler())
+    pipe = pipes[f"{kind}-img2img"]
     plan = plan_of(preset("paper-8").sigmas[:6], guidance=4.0)
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     init = pipeline.InitImage(image, 0.6)
@@ -158,23 +172,17 @@ def test_img2img_latents_equal_diffusers_img2img_pipeline(models, tmp_path, kind
     assert rel_err(latents, expected) <= TOL
 
 
-@pytest.mark.parametrize("strength", [0.05, 0.3, 0.5, 0.61, 0.99, 1.0])
-def test_strength_cuts_the_plan_where_diffusers_strength_and_denoising_start_do(
-    models, xl_refs, tmp_path, strength
-):
-    pipe = diffusers_pipeline(
-        xl_refs, tmp_path, cls=StableDiffusionXLImg2ImgPipeline, scheduler=euler_scheduler()
-    )
-    plan = preset("paper-xl-8")
-    schedule = models["single"].schedule
-    for cut, denoising_start in (("steps", None), ("time", 1 - strength)):
-        pipe.scheduler.set_timesteps(sigmas=list(plan.sigmas))
-        _, kept = pipe.get_timesteps(plan.steps, strength, "cpu", denoising_start)
-        if kept == 0:
-            with pytest.raises(ValueError, match="keeps none of the plan's 8 steps"):
-                pipeline.img2img.start_step(plan, strength, cut, schedule)
-        else:
-            assert pipeline.img2img.start_step(plan, strength, cut, schedule) == plan.steps - kept, cut
+def test_strength_cuts_the_plan_where_diffusers_strength_and_denoising_start_do(models, pipes):
+    pipe, plan, schedule = pipes["sdxl-img2img"], preset("paper-xl-8"), models["single"].schedule
+    for strength in (0.05, 0.3, 0.5, 0.61, 0.99, 1.0):
+        for cut, denoising_start in (("steps", None), ("time", 1 - strength)):
+            pipe.scheduler.set_timesteps(sigmas=list(plan.sigmas))
+            _, kept = pipe.get_timesteps(plan.steps, strength, "cpu", denoising_start)
+            if kept == 0:
+                with pytest.raises(ValueError, match="keeps none of the plan's 8 steps"):
+                    pipeline.img2img.start_step(plan, strength, cut, schedule)
+            else:
+                assert pipeline.img2img.start_step(plan, strength, cut, schedule) == plan.steps - kept
 
 
 def test_an_empty_negative_prompt_is_zeros_for_sdxl_and_encoded_for_sd1(models):
@@ -426,7 +434,10 @@ def test_img2img_runs_part_of_the_plan_is_recorded_and_replays_bitwise(
     assert pipeline.read_replay(time_cut)[0].strength_cut == "time"
 
 
-def test_a_strength_that_keeps_no_step_is_refused_before_loading(checkpoints, xl_png, tmp_path, capsys):
+def test_a_strength_that_keeps_no_step_is_refused_before_loading(
+    checkpoints, xl_png, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(weights, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
     code, _, err = run(
         capsys,
         *args(checkpoints["single"], tmp_path, "--prompt", CAT, "--steps", "8"),

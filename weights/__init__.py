@@ -45,7 +45,7 @@ from weights.checkpoint import (
     unloaded,
 )
 from weights.errors import WeightsError
-from weights.hub import hub_file, hub_folder, is_local_path
+from weights.hub import NotOnHub, hub_file, hub_folder, is_local_path
 from weights.kinds import KINDS, UNET_PREFIX, VAE_PREFIX, Kind
 
 __all__ = ["StableDiffusion", "WeightsError", "fetch_folder", "folder_files", "hub_file", "kind", "load"]
@@ -342,7 +342,13 @@ def fetch_folder(
     """Download exactly the files `load(folder, dtype=dtype)` reads from a diffusers folder repo into
     the Hugging Face cache (`hub.hub_file`: resumable, sha256-checked); returns the snapshot folder.
     The kind is read off unet/config.json first, and every file comes from that file's commit."""
-    config = hub_file(repo_id, "unet/config.json", revision)
+    try:
+        config = hub_file(repo_id, "unet/config.json", revision)
+    except NotOnHub:
+        raise NotOnHub(
+            f"{repo_id} (revision {revision}) has no unet/config.json, so it is not a diffusers folder: "
+            f"name its weights file, {repo_id}/FILE.safetensors"
+        ) from None
     commit = config.parent.parent.name
     kind = detect.folder_kind({"unet": _json(config)}, False, repo_id)
     return hub_folder(repo_id, folder_files(kind.name, dtype, bundled_vae), commit)
