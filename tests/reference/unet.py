@@ -82,20 +82,23 @@ def diffusers_unet(config: dict, seed: int = 0) -> UNet2DConditionModel:
     """A float32 diffusers U-Net in eval mode with every parameter re-randomised: weights with
     std 1/sqrt(fan_in) (activations stay O(1) through the depth), norm scales around 1 and all
     biases non-zero, so a swapped, transposed or missing tensor changes the output. diffusers' own
-    initialisation is skipped (every parameter is drawn here; full-size SDXL has 2.6e9 of them)."""
+    initialisation is skipped, and each parameter is drawn in place (full-size SDXL has 2.6e9)."""
     with empty_modules():
         unet = UNet2DConditionModel(**config)
     unet = unet.to_empty(device="cpu").eval()
     g = torch.Generator().manual_seed(seed)
+
+    def draw(p: nn.Parameter) -> Tensor:  # the same numbers as torch.randn(p.shape, generator=g)
+        return torch.randn(p.shape, generator=g, out=p.data)
+
     for module in unet.modules():
         if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-            module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=g))
-            module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=g))
+            draw(module.weight).mul_(0.2).add_(1)
+            draw(module.bias).mul_(0.2)
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=g) / fan_in**0.5)
+            draw(module.weight).div_(module.weight[0].numel() ** 0.5)
             if module.bias is not None:
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=g))
+                draw(module.bias).mul_(0.1)
     return unet
 
 
