@@ -1,6 +1,8 @@
-"""Text to image with the paper's few-step samplers, every run replayable from its PNGs.
+"""Text to image (and image to image) with the paper's few-step samplers, every run replayable from
+its PNGs.
 
     python run_sample.py --steps 5 --prompt "a photo of a cat"
+    python run_sample.py --weights sdxl --vae sdxl-vae-fp16-fix --steps 8 --prompt "a photo of a cat"
 
 A command line over `pipeline/`: settle every setting (flags, else a replayed PNG's, else the
 defaults) and refuse bad ones before the weights load, then generate batch by batch and write
@@ -23,11 +25,21 @@ from tqdm import tqdm
 
 import cli
 import pipeline
-from cli.generation import add_image_flags, add_model_flags, add_plan_flags, plan_overrides
+import weights
+from cli.generation import (
+    add_image_flags,
+    add_init_image_flags,
+    add_model_flags,
+    add_plan_flags,
+    plan_overrides,
+    refuse_size_flags,
+    size_conditioning,
+)
 from pipeline import Settings
 from schedule import DiscreteSchedule
 from solvers import Plan, StepInfo
 from solvers.export import listing
+from weights.hub import is_local_path
 
 PROG = "run_sample.py"
 
@@ -41,7 +53,7 @@ class Job:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.Parser(
         prog=PROG,
-        description="Text to image with Stable Diffusion 1.5 and the paper's training-free few-step "
+        description="Text to image with Stable Diffusion 1.5 or SDXL and the paper's training-free few-step "
         "samplers. Each PNG stores its prompt, seed, settings and full sampling plan; --replay re-runs it.",
     )
     what = p.add_argument_group("what to draw")
@@ -62,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-images", type=cli.positive_int, default=1, metavar="N", help="images per prompt (default: 1)"
     )
     add_image_flags(p)
-    how = add_plan_flags(p, default_note=", unless --preset, --plan or --replay gives the plan")
+    add_init_image_flags(p)
+    how = add_plan_flags(
+        p, default_note=" for SD 1.x, 6 for SDXL, unless --preset, --plan or --replay gives the plan"
+    )
     how.add_argument(
         "--print-plan",
         action="store_true",
@@ -72,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--replay",
         metavar="IMAGE.png",
-        help="re-run the plan, prompt, seed, size, weights, dtype and compile flag stored in a PNG written "
-        "by this command; flags given as well override them",
+        help="re-run the plan, prompt, seed, size, weights, VAE, dtypes, init image and compile flag "
+        "stored in a PNG written by this command; flags given as well override them",
     )
     add_model_flags(p)
     out = p.add_argument_group("output")
@@ -116,6 +131,14 @@ def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[s
     raise ValueError('no prompt: pass --prompt "TEXT" (repeatable) or --prompts FILE')
 
 
+def _plan_to_print(spec: str | None, plan_for: partial) -> Plan:
+    """--print-plan loads no weights; local --weights (their headers only) pick their family's rows."""
+    if spec is None or not is_local_path(spec) or not Path(spec).expanduser().exists():
+        return plan_for(schedule=DiscreteSchedule.sd())
+    path = Path(spec).expanduser()
+    return plan_for(schedule=DiscreteSchedule.sd(), family=pipeline.family_of(weights.kind(path), path))
+
+
 def run(args: argparse.Namespace) -> None:
     """The command: settle and check every setting, then load the weights, then generate batch by batch."""
     replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
@@ -126,9 +149,6 @@ def run(args: argparse.Namespace) -> None:
             return flag
         return getattr(replayed, name) if replayed is not None else default
 
-    size = pipeline.FAMILIES["sd1"].size
-    height, width = pick(args.height, "height", size), pick(args.width, "width", size)
-    pipeline.check_size(height, width)
     device = pipeline.parse_device(args.device)
     dtype = pick(args.dtype, "dtype", pipeline.default_dtype(device))
     if dtype not in pipeline.DTYPES:
@@ -136,12 +156,16 @@ def run(args: argparse.Namespace) -> None:
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
-    # Refuse a bad plan before minutes go into loading weights.
-    plan = plan_for(schedule=DiscreteSchedule.sd())
+    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before minutes go into fetching weights
     if args.print_plan:
-        print(listing(plan))
+        print(listing(_plan_to_print(args.weights, plan_for)))
         return
     prompts = _read_prompts(args, replayed)
+    init_spec = pick(args.init_image, "init_image", None)
+    strength = pick(args.strength, "strength", None)
+    if (init_spec is None) != (strength is None):
+        raise ValueError("--init-image and --strength go together: give both, or neither for text to image")
+    init_pixels = None if init_spec is None else pipeline.read_image(init_spec)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
     each = [prompt for prompt in prompts for _ in range(args.num_images)]
     jobs = [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
@@ -156,12 +180,39 @@ def run(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     spec = pick(args.weights, "weights", pipeline.DEFAULT_WEIGHTS)
+    vae_spec = pick(args.vae, "vae", None)
+    path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=vae_spec is None)
+    family = pipeline.family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    plan_for = partial(plan_for, family=family)
+    checked = plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
+    refuse_size_flags(args, family)
+    default_height, default_width = (family.size,) * 2 if init_pixels is None else init_pixels.shape[1:]
+    height, width = pick(args.height, "height", default_height), pick(args.width, "width", default_width)
+    pipeline.check_size(height, width)
+    init = None
+    if init_pixels is not None:
+        init = pipeline.InitImage(init_pixels, strength, pick(args.strength_cut, "strength_cut", "steps"))
+        init.check_size(height, width)
+        pipeline.img2img.cut(checked, init, DiscreteSchedule.sd())  # refuse a strength that keeps no step
+    vae_dtype = pick(args.vae_dtype, "vae_dtype", None) or family.vae_dtype(dtype)
     compile_unet = pick(args.compile, "compile", False)
-    sd, path = pipeline.load_model(spec, device, pipeline.DTYPES[dtype], compile_unet)
+    sd, path = pipeline.load_model(
+        str(path),
+        device,
+        pipeline.DTYPES[dtype],
+        compile_unet,
+        vae=vae_spec,
+        vae_dtype=pipeline.DTYPES[vae_dtype],
+    )
     plan = plan_for(schedule=sd.schedule)  # on the model's own noise schedule (a file may store one)
+    size = (
+        size_conditioning(args, replayed.size() if replayed else None) if family.size_conditioning else None
+    )
     made = pipeline.run_settings(
         spec,
         path,
+        vae=None if vae_spec is None else (vae_spec, sd.vae_source),
+        init_image=None if init is None else (init_spec, Path(init_spec)),
         negative_prompt=pick(args.negative_prompt, "negative_prompt", ""),
         width=width,
         height=height,
@@ -169,13 +220,20 @@ def run(args: argparse.Namespace) -> None:
         device=device.type,
         compile=compile_unet,
         batch=rows,
+        size_conditioning=None if size is None else list(size.numbers()),
+        empty_negative=pick(args.empty_negative, "empty_negative", family.empty_negative),
+        vae_dtype=vae_dtype,
+        strength=strength,
+        strength_cut=None if init is None else init.cut,
+        quantization=pick(args.quantize, "quantization", "round"),
     )
     loaded = time.perf_counter() - started
     if replayed is not None:
         _note_differences(args.replay, replayed, made)
 
     started = time.perf_counter()
-    trajectories = _generate_all(sd, plan, pipeline.batches(jobs, rows, offset), made, out, args.trajectory)
+    batches = pipeline.batches(jobs, rows, offset)
+    trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory)
     elapsed = time.perf_counter() - started
     extra = f" and {trajectories} trajectories" if trajectories else ""
     print(
@@ -185,21 +243,33 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _generate_all(
-    sd, plan: Plan, batches: list[pipeline.Batch[Job]], made: Settings, out: Path, trajectory: bool
+    sd,
+    plan: Plan,
+    batches: list[pipeline.Batch[Job]],
+    made: Settings,
+    init: pipeline.InitImage | None,
+    out: Path,
+    trajectory: bool,
 ) -> int:
     """Generate and save every batch's own images (and their trajectories). Returns the trajectories saved."""
     saved_trajectories = 0
+    quantization, total = made.quantization, pipeline.img2img.cut(plan, init, sd.schedule).steps
     for b, batch in enumerate(batches):
         steps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        bar = tqdm(total=plan.steps, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr)
+        bar = tqdm(total=total, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr)
 
         def step(info: StepInfo, bar=bar, steps=steps) -> None:
             if trajectory:
-                steps.append((pipeline.decode(sd, info.x), pipeline.decode(sd, info.denoised)))
+                steps.append(
+                    (
+                        pipeline.decode(sd, info.x, quantization),
+                        pipeline.decode(sd, info.denoised, quantization),
+                    )
+                )
             bar.update(1)
 
         with bar:
-            images = pipeline.generate_batch(sd, plan, batch, made, callback=step)
+            images = pipeline.generate_batch(sd, plan, batch, made, callback=step, init=init)
         for settings, image in images:
             metadata = pipeline.png_metadata(plan, settings)
             saved = pipeline.save_png(
@@ -217,7 +287,17 @@ def _note_differences(png: str, stored: Settings, now: Settings) -> None:
     """Replays are bitwise only on the same weights, device type, dtype and versions: say what differs."""
     differing = [
         f"{name} {str(getattr(stored, name))[:10]} -> {str(getattr(now, name))[:10]}"
-        for name in ("weights_sha256", "device", "dtype", "compile", "version", "torch_version")
+        for name in (
+            "weights_sha256",
+            "vae_sha256",
+            "init_image_sha256",
+            "device",
+            "dtype",
+            "vae_dtype",
+            "compile",
+            "version",
+            "torch_version",
+        )
         if getattr(stored, name) != getattr(now, name)
     ]
     if differing:

@@ -1,22 +1,26 @@
-"""Time and peak memory of loading a full-size SD 1.5 single file: `weights.load` vs diffusers'
-`StableDiffusionPipeline.from_single_file`.
+"""Time and peak memory of loading a full-size single file, SD 1.5 or SDXL: `weights.load` vs diffusers'
+`StableDiffusionPipeline` / `StableDiffusionXLPipeline.from_single_file`.
 
-The script writes a random-weight SD 1.5 checkpoint in the official LDM layout (float16, about 2.1 GB,
-the size of `v1-5-pruned-emaonly-fp16.safetensors`) and the SD 1.5 diffusers configs (for diffusers'
-offline `config=` argument) to a temporary folder, then runs each loader in its own subprocess and
-reads that process's peak resident memory (VmHWM in /proc/self/status). A loader may map the file
-instead of reading it (diffusers does with `accelerate` installed, ours for tensors that need no
-conversion), deferring the reads to first use; so each process then touches every weight once, and
-both the load time and the time until every weight is resident are printed. The file is read from
-the page cache by every loader (it was just written), so the times compare the loaders, not the disk.
-Without `accelerate`, diffusers builds every module with random weights before loading; to measure
-it with accelerate without installing it here: `pip install --target DIR accelerate psutil pyyaml
---no-deps` and run this script with PYTHONPATH=DIR.
+The script writes a random-weight checkpoint in the official single-file layout (float16: SD 1.5
+about 2.1 GB, the size of `v1-5-pruned-emaonly-fp16.safetensors`; SDXL about 6.9 GB, the size of
+`sd_xl_base_1.0.safetensors`, bigG in open_clip's layout) and the model's diffusers configs (for
+diffusers' offline `config=` argument) to a temporary folder, then runs each loader in its own
+subprocess and reads that process's peak resident memory (VmHWM in /proc/self/status). A loader may
+map the file instead of reading it (diffusers does with `accelerate` installed, ours for tensors that
+need no conversion), deferring the reads to first use; so each process then touches every weight
+once, and both the load time and the time until every weight is resident are printed. The file is
+read from the page cache by every loader (it was just written), so the times compare the loaders,
+not the disk. Without `accelerate`, diffusers builds every module with random weights before
+loading; to measure it with accelerate without installing it here: `pip install --target DIR
+accelerate psutil pyyaml --no-deps` and run this script with PYTHONPATH=DIR.
 
-    python -m benchmarks.load                    # float16 file -> float16 and float32 models
+    python -m benchmarks.load                    # SD 1.5: float16 file -> float16 and float32 models
+    python -m benchmarks.load --model sdxl       # SDXL: 6.9 GB of disk, up to ~24 GB of memory
     python -m benchmarks.load --keep /tmp/sd15   # keep the written files there
 
-Targets: our peak <= 1.3 x the loaded tensors' bytes, and faster than diffusers.
+A measurement whose peak may exceed the memory available (PEAK_BOUND x the loaded tensors) is
+skipped with a note. Targets: our peak <= 1.3 x the loaded tensors' bytes, and
+faster than diffusers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# The largest peak / loaded-tensor ratio seen so far, to skip a measurement the machine cannot hold.
+PEAK_BOUND = {"ours": 1.3, "diffusers": 1.7}
 
 
 def status_bytes(field: str) -> int:
@@ -51,42 +57,52 @@ def module_bytes(*modules: torch.nn.Module) -> int:
 # --- writing the checkpoint -------------------------------------------------------------------------
 
 
-def sd15_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor of an SD 1.5 single file (LDM keys) with its shape, from the models built on meta."""
+def checkpoint_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the official single file (LDM / sgm keys) with its shape, from the models built
+    on meta; SDXL's bigG in open_clip's layout (tests/reference/clip.py's map)."""
     from model.unet import UNet, UNetConfig
+    from tests.reference import clip
     from text_encoder import CLIPTextConfig, CLIPTextModel
     from vae import AutoencoderKL, VAEConfig
-    from weights.keymaps import PREFIXES
+    from weights.kinds import KINDS
 
+    kind = KINDS[model]
+    prefixes = kind.prefixes()
     with torch.device("meta"):
-        models = {
-            "unet": UNet(UNetConfig.sd1()),
-            "vae": AutoencoderKL(VAEConfig.sd1()),
-            "text_encoder": CLIPTextModel(CLIPTextConfig.sd1()),
+        unet = UNet(UNetConfig.sd1() if model == "sd1" else UNetConfig.sdxl())
+        vae = AutoencoderKL(VAEConfig.sd1() if model == "sd1" else VAEConfig.sdxl())
+        shapes = {prefixes["unet"] + k: tuple(t.shape) for k, t in unet.state_dict().items()} | {
+            prefixes["vae"] + k: tuple(t.shape) for k, t in vae.state_dict().items()
         }
-    return {
-        PREFIXES[name] + key: tuple(t.shape)
-        for name, model in models.items()
-        for key, t in model.state_dict().items()
-    }
+        text = CLIPTextModel(CLIPTextConfig.sd1())
+        shapes |= {prefixes["text_encoder"] + k: tuple(t.shape) for k, t in text.state_dict().items()}
+        if model == "sdxl":
+            bigg = clip.hf_text_model(clip.BIGG_TEXT, 1280, randomize=False)
+            open_clip = clip.open_clip_state_dict(bigg)
+            shapes |= {prefixes["text_encoder_2"] + k: tuple(t.shape) for k, t in open_clip.items()}
+    return shapes
 
 
-def write_single_file(path: Path) -> int:
-    """Random float16 weights (N(0, 0.02^2)), plus alphas_cumprod and position_ids as in the official
-    file; written tensor by tensor so the script itself stays small. Returns the weights' bytes."""
+def extras(model: str) -> dict[str, torch.Tensor]:
+    """The non-weight tensors of the official files: SD 1.5's alphas_cumprod, CLIP's position_ids."""
     from tests.checkpoints import sd15_alphas_cumprod
+    from weights.kinds import KINDS
 
-    shapes = sd15_shapes()
+    clip_prefix = KINDS[model].prefixes()["text_encoder"]
+    positions = {clip_prefix + "text_model.embeddings.position_ids": torch.arange(77)[None]}
+    return positions | ({"alphas_cumprod": sd15_alphas_cumprod()} if model == "sd1" else {})
+
+
+def write_single_file(path: Path, model: str) -> int:
+    """Random float16 weights (N(0, 0.02^2)) and the official file's other tensors; written tensor by
+    tensor so the script itself stays small. Returns the weights' bytes."""
+    shapes, others = checkpoint_shapes(model), extras(model)
     entries, offset = {}, 0
     for key, shape in shapes.items():
         size = math.prod(shape) * 2
         entries[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
-    extras = {
-        "alphas_cumprod": sd15_alphas_cumprod(),
-        "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
-    }
-    for key, tensor in extras.items():
+    for key, tensor in others.items():
         dtype = {torch.float32: "F32", torch.int64: "I64"}[tensor.dtype]
         entries[key] = {
             "dtype": dtype,
@@ -101,40 +117,55 @@ def write_single_file(path: Path) -> int:
         f.write(struct.pack("<Q", len(header)) + header)
         for shape in shapes.values():
             f.write((0.02 * torch.randn(shape, generator=generator)).half().numpy().tobytes())
-        for tensor in extras.values():
+        for tensor in others.values():
             f.write(tensor.numpy().tobytes())
     return sum(math.prod(s) for s in shapes.values()) * 2
 
 
-def write_diffusers_configs(folder: Path) -> None:
-    """SD 1.5's model_index.json and component configs (no weights), for from_single_file(config=...)."""
+def write_diffusers_configs(folder: Path, model: str) -> None:
+    """The model's model_index.json and component configs (no weights), for from_single_file(config=...)."""
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from tests.checkpoints import MODEL_INDEX, SCHEDULER_CONFIG
+    from tests.checkpoints import MODEL_INDEX, SCHEDULER_CONFIG, SDXL_MODEL_INDEX, SDXL_SCHEDULER_CONFIG
     from tests.reference import clip, unet, vae
 
-    with torch.device("meta"):
-        UNet2DConditionModel(**unet.sd15_config(unet.FULL), sample_size=64).save_config(folder / "unet")
-        AutoencoderKL(**vae.diffusers_config(vae.FULL), sample_size=512).save_config(folder / "vae")
-    config = transformers.CLIPTextConfig(**clip.SD1_TEXT)
-    config.architectures = ["CLIPTextModel"]
-    config.save_pretrained(folder / "text_encoder")
-    (folder / "tokenizer").mkdir()
-    clip.write_tokenizer_files(folder / "tokenizer")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }
-    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps(special))
-    (folder / "tokenizer" / "tokenizer_config.json").write_text(
-        json.dumps(special | {"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
+    xl = model == "sdxl"
+    unet_config = (
+        unet.sdxl_config((320, 640, 1280), 64, context=2048, pooled=1280, time_dim=256, depths=(1, 2, 10))
+        if xl
+        else unet.sd15_config(unet.FULL)
     )
+    with torch.device("meta"):
+        UNet2DConditionModel(**unet_config, sample_size=128 if xl else 64).save_config(folder / "unet")
+        scale = 0.13025 if xl else 0.18215
+        AutoencoderKL(**vae.diffusers_config(vae.FULL, scale), sample_size=1024 if xl else 512).save_config(
+            folder / "vae"
+        )
+    texts = [("text_encoder", clip.SD1_TEXT, None, "CLIPTextModel")]
+    if xl:
+        texts.append(("text_encoder_2", clip.BIGG_TEXT, 1280, "CLIPTextModelWithProjection"))
+    for name, text, projection, architecture in texts:
+        config = transformers.CLIPTextConfig(**text, **({"projection_dim": projection} if projection else {}))
+        config.architectures = [architecture]
+        config.save_pretrained(folder / name)
+    for name, pad in [("tokenizer", "<|endoftext|>"), *([("tokenizer_2", "!")] if xl else [])]:
+        (folder / name).mkdir()
+        clip.write_tokenizer_files(folder / name)
+        special = {
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": pad,
+        }
+        (folder / name / "special_tokens_map.json").write_text(json.dumps(special))
+        (folder / name / "tokenizer_config.json").write_text(
+            json.dumps(special | {"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
+        )
     (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG))
-    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX))
+    scheduler = SDXL_SCHEDULER_CONFIG if xl else SCHEDULER_CONFIG
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    (folder / "model_index.json").write_text(json.dumps(SDXL_MODEL_INDEX if xl else MODEL_INDEX))
 
 
 # --- the measured loaders (each in a fresh process) -------------------------------------------------
@@ -153,18 +184,17 @@ def load(loader: str, path: Path, dtype: torch.dtype, config: Path) -> tuple[tor
         import weights
 
         sd = weights.load(path, dtype=dtype)
-        return sd.unet, sd.vae, sd.text_encoder
-    from diffusers import StableDiffusionPipeline
+        return tuple(m for m in (sd.unet, sd.vae, sd.text_encoder, sd.text_encoder_2) if m is not None)
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(path),
-        config=str(config),
-        local_files_only=True,
-        torch_dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
+    xl = json.loads((config / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    options = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_single_file(
+        str(path), config=str(config), local_files_only=True, torch_dtype=dtype, **options
     )
-    return pipe.unet, pipe.vae, pipe.text_encoder
+    return tuple(
+        m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m
+    )
 
 
 def child(loader: str, path: Path, dtype: torch.dtype, config: Path) -> dict:
@@ -172,7 +202,7 @@ def child(loader: str, path: Path, dtype: torch.dtype, config: Path) -> dict:
     if loader == "ours":
         import weights  # noqa: F401
     else:
-        from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: F401
         from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
     baseline = status_bytes("VmRSS")
     start = time.perf_counter()
@@ -208,10 +238,18 @@ def measure(loader: str, path: Path, dtype_name: str, config: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", choices=["sd15", "sdxl"], default="sd15", help="which single file")
     parser.add_argument("--keep", type=Path, help="write the files into this folder and keep them")
     parser.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
@@ -222,15 +260,19 @@ def main() -> None:
         print(json.dumps(child(args.child, args.path, DTYPES[args.dtype], args.config)))
         return
 
+    model = {"sd15": "sd1", "sdxl": "sdxl"}[args.model]
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        path, config = folder / "sd15-random-fp16.safetensors", folder / "sd15-diffusers-config"
+        path, config = (
+            folder / f"{args.model}-random-fp16.safetensors",
+            folder / f"{args.model}-diffusers-config",
+        )
         start = time.perf_counter()
         if not path.exists():
-            write_single_file(path)
+            write_single_file(path, model)
         if not config.exists():
-            write_diffusers_configs(config)
+            write_diffusers_configs(config, model)
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s")
 
         results = {}
@@ -240,15 +282,24 @@ def main() -> None:
             ("ours", "fp32"),
             ("diffusers", "fp32"),
         ):
+            needs = PEAK_BOUND[loader] * path.stat().st_size * (2 if dtype_name == "fp32" else 1)
+            if needs > available_bytes():
+                print(
+                    f"{loader:9s} fp16 file -> {dtype_name}: skipped, it may need {needs / 1e9:.1f} GB and "
+                    f"{available_bytes() / 1e9:.1f} GB are available"
+                )
+                continue
             result = results[loader, dtype_name] = measure(loader, path, dtype_name, config)
-            peak, baseline, model = result["peak"], result["baseline"], result["model"]
+            peak, baseline, size = result["peak"], result["baseline"], result["model"]
             print(
                 f"{loader:9s} fp16 file -> {dtype_name}: load {result['load']:5.1f} s, every weight "
                 f"resident after {result['resident']:5.1f} s; peak RSS {peak / 1e9:5.2f} GB = "
-                f"{peak / model:.2f} x the loaded tensors ({model / 1e9:.2f} GB), "
-                f"{(peak - baseline) / model:.2f} x counting from the {baseline / 1e9:.2f} GB before loading"
+                f"{peak / size:.2f} x the loaded tensors ({size / 1e9:.2f} GB), "
+                f"{(peak - baseline) / size:.2f} x counting from the {baseline / 1e9:.2f} GB before loading"
             )
         for dtype_name in DTYPES:
+            if ("ours", dtype_name) not in results or ("diffusers", dtype_name) not in results:
+                continue
             ours, theirs = results["ours", dtype_name], results["diffusers", dtype_name]
             print(
                 f"ours / diffusers (fp16 file -> {dtype_name}): "

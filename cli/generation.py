@@ -1,7 +1,8 @@
 """The flags every generating command shares (run_sample.py, python -m evaluation.generate), defined
 once: the plan and its overrides (every hyperparameter of the paper), the model and machine, the
-image size. Flags default to None, meaning "not given": a command fills in its own defaults (or a
-replayed image's settings) and says which in --help.
+images (size, SDXL's size conditioning, the empty negative prompt, the pixels' quantisation), and
+image to image (run_sample.py only). Flags default to None, meaning "not given": a command fills in
+its own defaults (or a replayed image's settings) and says which in --help.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from schedule import DISCRETIZATIONS
 from schedule.discretizations import SPACINGS
 from solvers import SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
-from weights.hub import SD15_FILE
+from weights.hub import SD15_FILE, SHORT_NAMES
 
 # Discretization knobs with a flag: name -> (help, argparse type).
 KNOBS = {
@@ -50,6 +51,21 @@ def freeu_values(text: str) -> tuple[float, ...]:
             f"give four numbers B1,B2,S1,S2 such as 1.1,1.2,0.9,0.2, got {text!r}"
         )
     return tuple(cli.nonnegative_float(part) for part in parts)
+
+
+def pair(text: str) -> tuple[int, int]:
+    """--original-size H,W and the like: two integers >= 0."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"give two integers such as 1024,1024, got {text!r}")
+    return cli.nonnegative_int(parts[0]), cli.nonnegative_int(parts[1])
+
+
+def strength(text: str) -> float:
+    try:
+        return pipeline.check_strength(cli.finite_float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def multiple_of_8(text: str) -> int:
@@ -144,10 +160,24 @@ def add_model_flags(parser: argparse.ArgumentParser, *, device_help: str = "") -
     machine = parser.add_argument_group("model and machine")
     machine.add_argument(
         "--weights",
-        metavar="PATH|HUB_ID",
-        help="a .safetensors file, a diffusers folder, or a Hub id org/name[@revision][/file] "
-        f"(default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, 4.27 GB, fetched once into the Hugging "
-        "Face cache)",
+        metavar="PATH|HUB_ID|NAME",
+        help="an SD 1.x or SDXL .safetensors file, a diffusers folder, a Hub id org/name[@revision][/file] "
+        f"(a repo without a file: its single file if it has a known one, else its diffusers folder), or a "
+        f"short name: {', '.join(SHORT_NAMES)} (default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, "
+        "4.27 GB, fetched once into the Hugging Face cache)",
+    )
+    machine.add_argument(
+        "--vae",
+        metavar="PATH|HUB_ID|NAME",
+        help="a separate VAE (file or diffusers folder) instead of the bundled one, e.g. sdxl-vae-fp16-fix, "
+        "which the paper's SDXL runs used (default: the bundled VAE)",
+    )
+    machine.add_argument(
+        "--vae-dtype",
+        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        metavar="NAME",
+        help="the VAE's dtype (default: --dtype, except float32 for SDXL in float16: the SDXL VAE "
+        "overflows in float16; float16 suits only the fp16-fix VAE)",
     )
     machine.add_argument("--device", help=f"torch device{device_help} (default: cuda if available, else cpu)")
     machine.add_argument(
@@ -174,11 +204,77 @@ def add_image_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     image.add_argument(
         "--negative-prompt", metavar="TEXT", help="the unconditional prompt of guidance (default: '')"
     )
+    image.add_argument(
+        "--empty-negative",
+        type=cli.one_of(pipeline.EMPTY_NEGATIVE, "choice"),
+        metavar="encode|zeros",
+        help="an empty negative prompt as the encoded '' or as zero embeddings (default: encode for "
+        "SD 1.x; zeros for SDXL, as the paper's code and diffusers' force_zeros_for_empty_prompt)",
+    )
+    sizes = ", ".join(f"{f.size} for {f.label}" for f in pipeline.FAMILIES.values())
     for side in ("height", "width"):
         image.add_argument(
-            f"--{side}",
-            type=multiple_of_8,
-            metavar="PX",
-            help=f"pixels, a multiple of 8 (default: {pipeline.FAMILIES['sd1'].size})",
+            f"--{side}", type=multiple_of_8, metavar="PX", help=f"pixels, a multiple of 8 (default: {sizes})"
         )
+    for flag, what, default in (
+        ("--original-size", "H,W: the original image size", "1024,1024"),
+        ("--crop-top-left", "TOP,LEFT: the crop's top-left corner", "0,0"),
+        ("--target-size", "H,W: the target size", "1024,1024"),
+    ):
+        image.add_argument(
+            flag,
+            type=pair,
+            metavar=what.split(":")[0],
+            help=f"SDXL's size conditioning, {what.split(': ')[1]} (default: {default}, as the paper's code)",
+        )
+    image.add_argument(
+        "--quantize",
+        type=cli.one_of(list(pipeline.QUANTIZATIONS), "quantization"),
+        metavar="round|truncate",
+        help="pixels from [-1, 1]: round like diffusers, or truncate like the authors' code, which "
+        "their FIDs used (default: round)",
+    )
     return image
+
+
+def add_init_image_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    init = parser.add_argument_group("image to image (SDEdit)")
+    init.add_argument(
+        "--init-image",
+        metavar="IMAGE",
+        help="start every image from this one (its size is the default size), noised to the step "
+        "--strength selects",
+    )
+    init.add_argument(
+        "--strength",
+        type=strength,
+        metavar="S",
+        help="how much of the plan runs, in (0, 1]; 1 is text to image (needed with --init-image)",
+    )
+    init.add_argument(
+        "--strength-cut",
+        type=cli.one_of(pipeline.STRENGTH_CUTS, "strength cut"),
+        metavar="|".join(pipeline.STRENGTH_CUTS),
+        help="steps: keep the last floor(N S) of the N steps (diffusers' strength); time: keep the steps "
+        "that start below DDPM time 1000 S (diffusers' denoising_start = 1 - S) (default: steps)",
+    )
+    return init
+
+
+def size_conditioning(
+    args: argparse.Namespace, stored: pipeline.SizeConditioning | None
+) -> pipeline.SizeConditioning:
+    """SDXL's size conditioning: the flags given, else `stored` (a replayed image's), else the paper's."""
+    base = stored or pipeline.SizeConditioning()
+    return pipeline.SizeConditioning(
+        args.original_size or base.original, args.crop_top_left or base.crop, args.target_size or base.target
+    )
+
+
+def refuse_size_flags(args: argparse.Namespace, family: pipeline.Family) -> None:
+    """Size-conditioning flags with a model that takes none."""
+    given = [flag for flag in ("original_size", "crop_top_left", "target_size") if getattr(args, flag)]
+    if given and not family.size_conditioning:
+        raise ValueError(
+            f"--{given[0].replace('_', '-')} is SDXL's size conditioning; {family.label} models take none"
+        )

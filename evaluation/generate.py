@@ -33,7 +33,7 @@ import secrets
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +42,15 @@ from tqdm import tqdm
 
 import cli
 import pipeline
-from cli.generation import add_image_flags, add_model_flags, add_plan_flags, plan_overrides
+import weights
+from cli.generation import (
+    add_image_flags,
+    add_model_flags,
+    add_plan_flags,
+    plan_overrides,
+    refuse_size_flags,
+    size_conditioning,
+)
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
@@ -52,8 +60,28 @@ from solvers import Plan, PlanError
 PROG = "python -m evaluation.generate"
 # What decides the images: run.json, and each PNG's settings, must agree on these to share a folder.
 # (Device, batch size, compile and versions move pixels by rounding only; they are recorded, not compared.)
-RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", "negative_prompt", "height", "width", "dtype")
-IMAGE_IDENTITY = ("prompt", "negative_prompt", "seed", "width", "height", "weights_sha256", "dtype")
+DECIDING = (
+    "negative_prompt",
+    "height",
+    "width",
+    "dtype",
+    "vae_dtype",
+    "vae_sha256",
+    "size_conditioning",
+    "empty_negative",
+    "quantization",
+)
+RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", *DECIDING)
+IMAGE_IDENTITY = ("prompt", "seed", "weights_sha256", *DECIDING)
+# What a run.json or PNG made before a setting was recorded means by its absence (SD 1.x, bundled VAE
+# in the model's dtype, rounded pixels).
+RECORDED_BEFORE = {
+    "vae_dtype": lambda record: record["dtype"],
+    "vae_sha256": lambda record: None,
+    "size_conditioning": lambda record: None,
+    "empty_negative": lambda record: "encode",
+    "quantization": lambda record: "round",
+}
 
 
 # -- the split over processes ----------------------------------------------------------------------------
@@ -129,13 +157,18 @@ def run_record(
         "manifest": str(manifest),
         "manifest_rows": manifest_rows,
         "manifest_sha256": manifest_sha256,
-        "negative_prompt": made.negative_prompt,
-        "height": made.height,
-        "width": made.width,
-        "dtype": made.dtype,
+        **{key: getattr(made, key) for key in DECIDING},
+        "vae": made.vae,
         "version": made.version,
     }
     return json.loads(json.dumps(record))  # as it reads back: lists, not tuples
+
+
+def recorded(record: dict, key: str):
+    """A setting of a run.json or PNG settings dict, with what its absence means in older ones."""
+    if record.get(key) is None and key in RECORDED_BEFORE:
+        return RECORDED_BEFORE[key](record)
+    return record.get(key)
 
 
 def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
@@ -172,7 +205,7 @@ def run_differences(old: dict, new: dict) -> list[str]:
     """The settings of RUN_IDENTITY that differ, as "name old -> new"."""
     differences = []
     for key in RUN_IDENTITY:
-        if old.get(key) == new[key]:
+        if recorded(old, key) == recorded(new, key):
             continue
         if key == "plan":
             try:
@@ -180,7 +213,7 @@ def run_differences(old: dict, new: dict) -> list[str]:
             except (KeyError, PlanError):
                 differences.append("plan: unreadable in the old record")
         else:
-            differences.append(f"{key} {_short(old.get(key))} -> {_short(new[key])}")
+            differences.append(f"{key} {_short(recorded(old, key))} -> {_short(recorded(new, key))}")
     return differences
 
 
@@ -227,9 +260,10 @@ def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
     except PlanError:
         return ["it carries no fewstep-sd metadata"]
     differences = plan_differences(stored_plan, plan)
+    old, new = asdict(stored), asdict(settings)
     for key in IMAGE_IDENTITY:
-        if getattr(stored, key) != getattr(settings, key):
-            differences.append(f"{key} {_short(getattr(stored, key))} -> {_short(getattr(settings, key))}")
+        if recorded(old, key) != recorded(new, key):
+            differences.append(f"{key} {_short(recorded(old, key))} -> {_short(recorded(new, key))}")
     return differences
 
 
@@ -276,23 +310,37 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     manifest_rows = len(rows)
     rows = rows[: args.limit]
     manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
-    size = pipeline.FAMILIES["sd1"].size
-    height, width = args.height or size, args.width or size
-    pipeline.check_size(height, width)
     base = pipeline.read_plan_file(args.plan) if args.plan else None
     plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before the weights load
+    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before the weights are fetched
     out = pipeline.prepare_output(args.out)
     device = pick_device(args.device, shard)
     dtype = args.dtype or pipeline.default_dtype(device)
-    weights = args.weights or pipeline.DEFAULT_WEIGHTS
+    spec = args.weights or pipeline.DEFAULT_WEIGHTS
     batch_size = args.batch_size or 1
 
-    sd, path = pipeline.load_model(weights, device, pipeline.DTYPES[dtype], bool(args.compile))
+    path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=args.vae is None)
+    family = pipeline.family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    plan_for = partial(plan_for, family=family)
+    plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
+    refuse_size_flags(args, family)
+    height, width = args.height or family.size, args.width or family.size
+    pipeline.check_size(height, width)
+    vae_dtype = args.vae_dtype or family.vae_dtype(dtype)
+    sd, path = pipeline.load_model(
+        str(path),
+        device,
+        pipeline.DTYPES[dtype],
+        bool(args.compile),
+        vae=args.vae,
+        vae_dtype=pipeline.DTYPES[vae_dtype],
+    )
     plan = plan_for(schedule=sd.schedule)  # on the model's own noise schedule, as run_sample.py places it
+    size = size_conditioning(args, None) if family.size_conditioning else None
     made = pipeline.run_settings(
-        weights,
+        spec,
         path,
+        vae=None if args.vae is None else (args.vae, sd.vae_source),
         negative_prompt=args.negative_prompt or "",
         width=width,
         height=height,
@@ -300,6 +348,10 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         device=device.type,
         compile=bool(args.compile),
         batch=batch_size,
+        size_conditioning=None if size is None else list(size.numbers()),
+        empty_negative=args.empty_negative or family.empty_negative,
+        vae_dtype=vae_dtype,
+        quantization=args.quantize or "round",
     )
     preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
     record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)

@@ -1,13 +1,18 @@
-"""Text-to-image generation as a library: the model, the plan, conditioning, initial noise, the guided
-denoiser, `sample`, decode, and each image's provenance (Settings, PNG metadata, replay, atomic
-writes). `run_sample.py` and `evaluation/` are command lines over it.
+"""Text-to-image (and image-to-image) generation as a library: the model, the plan, conditioning,
+initial noise, the guided denoiser, `sample`, decode, and each image's provenance (Settings, PNG
+metadata, replay, atomic writes). `run_sample.py` and `evaluation/` are command lines over it.
 
     import pipeline, torch
     sd, path = pipeline.load_model("v1-5-pruned-emaonly.safetensors", "cuda", torch.float16)
     plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule)
     images = pipeline.generate(sd, plan, ["a cat"], [42])     # uint8 [1, 3, 512, 512]
+
+    sd, path = pipeline.load_model("sdxl", "cuda", torch.float16, vae="sdxl-vae-fp16-fix")
+    plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule, family=pipeline.family(sd))
+    images = pipeline.generate(sd, plan, ["a cat"], [42])     # paper-xl-8, uint8 [1, 3, 1024, 1024]
 """
 
+from model import SizeConditioning
 from pipeline.batching import Batch, batches
 from pipeline.files import image_stem, prepare_output, save_png
 from pipeline.generate import (
@@ -23,18 +28,22 @@ from pipeline.generate import (
     size_problem,
     trajectory_grid,
 )
+from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
 from pipeline.models import (
     DEFAULT_WEIGHTS,
     DTYPES,
+    EMPTY_NEGATIVE,
     FAMILIES,
     Family,
     default_dtype,
     family,
+    family_of,
     load_model,
     model_name,
     parse_device,
     resolve_weights,
 )
+from pipeline.pixels import QUANTIZATIONS, read_image
 from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, freeu_option, read_plan_file
 from pipeline.provenance import (
     PARAMETERS_KEY,
@@ -54,25 +63,32 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_WEIGHTS",
     "DTYPES",
+    "EMPTY_NEGATIVE",
     "FAMILIES",
     "LATENT_FACTOR",
     "PARAMETERS_KEY",
     "PLAN_KEY",
+    "QUANTIZATIONS",
     "SETTINGS_KEY",
+    "STRENGTH_CUTS",
     "USER_ERRORS",
     "Batch",
     "Family",
+    "InitImage",
     "SamplingError",
     "Settings",
+    "SizeConditioning",
     "batches",
     "build_plan",
     "check_plan",
     "check_size",
+    "check_strength",
     "conditioning",
     "decode",
     "default_dtype",
     "denoiser",
     "family",
+    "family_of",
     "freeu_option",
     "generate",
     "generate_batch",
@@ -83,6 +99,7 @@ __all__ = [
     "parse_device",
     "png_metadata",
     "prepare_output",
+    "read_image",
     "read_plan_file",
     "read_replay",
     "resolve_weights",

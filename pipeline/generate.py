@@ -1,8 +1,10 @@
-"""Text to image: conditioning, initial noise, the guided denoiser, `sample`, decode.
+"""Text to image (and image to image): conditioning, initial noise, the guided denoiser, `sample`,
+decode.
 
 One image: noise from its own seed -> x = noise * sigma_0 -> `solvers.sample` along the Plan with
 the classifier-free-guided `model.Denoiser` (stochastic rules drawing from the image's own step-noise
-stream) -> `vae.decode(x / scaling_factor)` -> uint8 pixels.
+stream) -> `vae.decode(x / scaling_factor)` -> uint8 pixels. From an init image, the plan starts
+part-way instead (pipeline/img2img.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from typing import Protocol
 import torch
 
 import weights
-from model import Denoiser
+from model import Denoiser, SizeConditioning
+from pipeline import img2img
 from pipeline.batching import Batch
+from pipeline.models import family
+from pipeline.pixels import quantize
 from pipeline.provenance import Settings
 from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
@@ -84,11 +89,23 @@ def step_noise(seeds: Sequence[int]) -> NoiseSource:
 
 
 def conditioning(
-    sd: weights.StableDiffusion, prompts: Sequence[str], negative_prompt: str
+    sd: weights.StableDiffusion,
+    prompts: Sequence[str],
+    negative_prompt: str,
+    *,
+    size: SizeConditioning | None = None,
+    empty_negative: str | None = None,
 ) -> tuple[Cond, Cond]:
     """The U-Net conditioning of the prompts (batch B) and of the negative prompt (batch 1), the
-    unconditional half of guidance."""
-    return sd.encode_prompt(list(prompts)), sd.encode_prompt([negative_prompt])
+    unconditional half of guidance. An empty negative prompt is the encoded "" or zero embeddings
+    (`empty_negative` "encode" | "zeros", default the family's: SD 1.x encodes, SDXL zeros);
+    `size` is SDXL's size conditioning (default (1024, 1024, 0, 0, 1024, 1024)), on both halves."""
+    empty_negative = family(sd).empty_negative if empty_negative is None else empty_negative
+    if negative_prompt == "" and empty_negative == "zeros":
+        uncond = sd.null_condition(1, size)
+    else:
+        uncond = sd.encode_prompt([negative_prompt], size)
+    return sd.encode_prompt(list(prompts), size), uncond
 
 
 def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[..., torch.Tensor]:
@@ -97,14 +114,18 @@ def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[
     return guided(Denoiser(sd.unet, sd.schedule), cond, uncond)
 
 
-def decode(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
-    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, rounded like diffusers:
-    round(255 * clamp(x / 2 + 0.5, 0, 1))."""
+def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str = "round") -> torch.Tensor:
+    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, decoded in the VAE's own dtype,
+    quantised by `quantization` (pipeline.pixels.QUANTIZATIONS): "round" like diffusers,
+    round(255 * clamp(x / 2 + 0.5, 0, 1)), or "truncate" like the authors' code,
+    floor(255 * clamp((x + 1) / 2, 0, 1))."""
     vae_dtype = next(sd.vae.parameters()).dtype
     pixels = sd.vae.decode((latents / sd.vae.scaling_factor).to(vae_dtype)).float()
     if not torch.isfinite(pixels).all():
-        raise SamplingError(f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --dtype float32")
-    return (pixels / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+        raise SamplingError(
+            f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --vae-dtype float32"
+        )
+    return quantize(pixels, quantization).cpu()
 
 
 def generate(
@@ -114,27 +135,38 @@ def generate(
     seeds: Sequence[int],
     *,
     negative_prompt: str = "",
-    height: int = 512,
-    width: int = 512,
+    height: int | None = None,
+    width: int | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    size: SizeConditioning | None = None,
+    empty_negative: str | None = None,
+    init: img2img.InitImage | None = None,
+    quantization: str = "round",
 ) -> torch.Tensor:
-    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU.
+    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU
+    (default: the family's size, 512 for SD 1.x, 1024 for SDXL).
 
     `sd` is a loaded `weights.StableDiffusion`. The latents stay float32 through the solver (the
     Denoiser casts to the model's dtype); guidance is D_u + w (D_c - D_u) with the negative prompt
-    as the unconditional one. `callback` sees every step, after the check for non-finite values.
-    Raises SamplingError naming the step at which the latents stopped being finite.
+    as the unconditional one (`size`, `empty_negative`: see `conditioning`). With `init`, every image
+    starts from that image at the step its strength selects (pipeline/img2img.py). `callback` sees
+    every step, after the check for non-finite values. Raises SamplingError naming the step at which
+    the latents stopped being finite.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+    height, width = height or family(sd).size, width or family(sd).size
     check_size(height, width)
+    if init is not None:
+        init.check_size(height, width)
     device = next(sd.unet.parameters()).device
     channels = sd.unet.config.in_channels
+    run = img2img.cut(plan, init, sd.schedule)
 
     def checked(info: StepInfo) -> None:
         if not (torch.isfinite(info.x).all() and torch.isfinite(info.denoised).all()):
             raise SamplingError(
-                f"the latents became non-finite at step {info.index + 1} of {plan.steps} "
+                f"the latents became non-finite at step {info.index + 1} of {run.steps} "
                 f"(sigma {info.sigma:.4g}); the model's dtype overflowed or the weights are broken: "
                 "try --dtype float32"
             )
@@ -142,14 +174,16 @@ def generate(
             callback(info)
 
     with torch.inference_mode():
-        denoise = denoiser(sd, *conditioning(sd, prompts, negative_prompt))
+        cond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
+        denoise = denoiser(sd, *cond)
         noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
-        x = sample(denoise, noise * plan.sigmas[0], plan, checked, noise=step_noise(seeds))
+        x = noise * run.sigmas[0] if init is None else img2img.start_latent(sd, init, run.sigmas[0], noise)
+        x = sample(denoise, x, run, checked, noise=step_noise(seeds))
         if not torch.isfinite(x).all():
             raise SamplingError(
-                f"the latents became non-finite after step {plan.steps} of {plan.steps}; try --dtype float32"
+                f"the latents became non-finite after step {run.steps} of {run.steps}; try --dtype float32"
             )
-        return decode(sd, x)
+        return decode(sd, x, quantization)
 
 
 def generate_batch(
@@ -158,9 +192,11 @@ def generate_batch(
     batch: Batch[Job],
     made: Settings,
     callback: Callable[[StepInfo], None] | None = None,
+    init: img2img.InitImage | None = None,
 ) -> list[tuple[Settings, torch.Tensor]]:
     """The images of a batch's own jobs, each with its Settings: `made` (a run's settings) with the
-    job's prompt and seed and the batch shape it was made in."""
+    job's prompt and seed and the batch shape it was made in. `init` holds the pixels of the init
+    image `made` names (with its strength and cut)."""
     images = generate(
         sd,
         plan,
@@ -170,6 +206,10 @@ def generate_batch(
         height=made.height,
         width=made.width,
         callback=callback,
+        size=made.size(),
+        empty_negative=made.empty_negative,
+        init=init,
+        quantization=made.quantization,
     )
     return [
         (replace(made, prompt=job.prompt, seed=job.seed, batch=len(batch.rows), batch_index=k), images[k])

@@ -1,8 +1,10 @@
-"""Which model to run: weights by path or Hub id, the device and dtype, and the model families the
-pipeline knows (what differs between them: default size, the paper's rows)."""
+"""Which model to run: weights by path, Hub id or short name, the device and dtype, and the model
+families the pipeline knows (what differs between them for generation: default size, the paper's
+rows, the unconditional rule, size conditioning, the VAE's dtype)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +12,11 @@ import torch
 
 import weights
 from weights.errors import WeightsError
-from weights.hub import SD15_FILE, SD15_REPO, hub_file, is_local_path, parse_hub_spec
+from weights.hub import SD15_REPO, SHORT_NAMES, SINGLE_FILES, hub_file, is_local_path, parse_hub_spec
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+EMPTY_NEGATIVE = ("encode", "zeros")  # an empty negative prompt: the encoded "" or zero embeddings
 
 
 @dataclass(frozen=True)
@@ -23,35 +26,63 @@ class Family:
     kind: str  # sd.kind
     label: str
     size: int  # default image side in pixels
+    rows: Mapping[int, str]  # the paper's tuned presets for this family, by step count
+    default_steps: int
+    empty_negative: str  # how an empty negative prompt is conditioned by default (EMPTY_NEGATIVE)
+    size_conditioning: bool  # whether the U-Net takes SDXL's size micro-conditioning
+    vae_dtypes: Mapping[str, str]  # the VAE's default dtype for a model dtype, where not the same
+
+    def vae_dtype(self, dtype: str) -> str:
+        return self.vae_dtypes.get(dtype, dtype)
 
 
-FAMILIES = {"sd1": Family("sd1", "SD 1.x", 512)}
+FAMILIES = {
+    "sd1": Family("sd1", "SD 1.x", 512, {5: "paper-5", 6: "paper-6", 8: "paper-8"}, 5, "encode", False, {}),
+    # The paper's SDXL code passes no negative prompt, so the unconditional half is zero embeddings
+    # (docs/recipe.md section 6); the SDXL VAE overflows in float16 (docs/model-facts.md section 3),
+    # so it decodes in float32 unless --vae-dtype float16 asks for it (with the fp16-fix VAE).
+    "sdxl": Family(
+        "sdxl", "SDXL", 1024, {6: "paper-xl-6", 8: "paper-xl-8"}, 6, "zeros", True, {"float16": "float32"}
+    ),
+}
 
 
 def family(sd: weights.StableDiffusion) -> Family:
-    if sd.kind not in FAMILIES:
+    return family_of(sd.kind, sd.source)
+
+
+def family_of(kind: str, source: object = "the weights") -> Family:
+    if kind not in FAMILIES:
         raise WeightsError(
-            f"{sd.source} holds an {sd.kind} model; generation runs {', '.join(FAMILIES)} models only"
+            f"{source} holds an {kind} model; generation runs {', '.join(FAMILIES)} models only"
         )
-    return FAMILIES[sd.kind]
+    return FAMILIES[kind]
 
 
-def resolve_weights(spec: str) -> Path:
-    """A local file or folder as it is; a Hub id (org/name[@rev][/file]) through the Hugging Face cache.
-    The SD 1.5 repo without a file name means its v1-5-pruned-emaonly.safetensors."""
+def owner(preset_name: str) -> Family | None:
+    """The family whose tuned row a preset is, or None (rule rows and baselines fit any)."""
+    return next((f for f in FAMILIES.values() if preset_name in f.rows.values()), None)
+
+
+def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True) -> Path:
+    """A local file or folder as it is; a short name (sdxl, dreamshaper-xl, ...) or a Hub id
+    (org/name[@rev][/file]) through the Hugging Face cache. A repo without a file name means its
+    known single file (SD 1.5's v1-5-pruned-emaonly, SDXL base's sd_xl_base_1.0, ...), else the
+    diffusers folder in it, of which only the files `weights.load` reads into `dtype` are fetched."""
+    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
+        spec = SHORT_NAMES[spec]
     if is_local_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
             raise WeightsError(
                 f"weights {spec} not found: pass --weights PATH to a .safetensors file or diffusers folder, "
-                f"or a Hub id such as {SD15_REPO}"
+                f"a Hub id such as {SD15_REPO}, or a short name: {', '.join(SHORT_NAMES)}"
             )
         return path
     repo_id, filename, revision = parse_hub_spec(spec)
+    filename = filename or SINGLE_FILES.get(repo_id)
     if filename is None:
-        if repo_id != SD15_REPO:
-            raise WeightsError(f"{spec} names a Hub repo but no file in it: write {repo_id}/FILE.safetensors")
-        filename = SD15_FILE
+        return weights.fetch_folder(repo_id, revision, dtype, bundled_vae=bundled_vae)
     return hub_file(repo_id, filename, revision)
 
 
@@ -61,12 +92,19 @@ def model_name(path: Path) -> str:
 
 
 def load_model(
-    spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, compile: bool = False
+    spec: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compile: bool = False,
+    *,
+    vae: str | None = None,
+    vae_dtype: torch.dtype | None = None,
 ) -> tuple[weights.StableDiffusion, Path]:
-    """(model, path) for a local path or Hub id; refuses a kind generation does not run. `compile`
-    applies torch.compile to the U-Net in place."""
-    path = resolve_weights(spec)
-    sd = weights.load(path, device=device, dtype=dtype)
+    """(model, path) for a local path or Hub id (and `vae`, a separate VAE, likewise); refuses a kind
+    generation does not run. `compile` applies torch.compile to the U-Net in place."""
+    path = resolve_weights(spec, dtype, bundled_vae=vae is None)
+    vae_path = None if vae is None else resolve_weights(vae, dtype if vae_dtype is None else vae_dtype)
+    sd = weights.load(path, device=device, dtype=dtype, vae=vae_path, vae_dtype=vae_dtype)
     family(sd)
     if compile:
         sd.unet.compile()

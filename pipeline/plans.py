@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from model import Denoiser, FreeU
+from pipeline.models import FAMILIES, Family, owner
 from schedule import DiscreteSchedule, NoiseSchedule
 from schedule.discretizations import knobs as knob_names
 from solvers import Plan, PlanError, preset
 from solvers.plan import OPTION_CHECKS
-from solvers.presets import PAPER_FREEU, discretization_for, window
+from solvers.presets import PAPER_FREEU, PAPER_RECIPES, discretization_for, window
 
-DEFAULT_STEPS = 5  # the README's command: the paper's 5-step preset
+DEFAULT_STEPS = FAMILIES["sd1"].default_steps  # the README's command: the paper's 5-step preset
 # The per-step options the SD denoiser stack understands: guidance (solvers.guided), then the U-Net's.
 OPTIONS = {**OPTION_CHECKS, **Denoiser.OPTIONS}
 
@@ -79,10 +80,15 @@ def build_plan(
     freeu_steps: str | None = None,
     final: str | None = None,
     schedule: NoiseSchedule | None = None,
+    family: Family | None = None,
 ) -> Plan:
     """The Plan of a run: `base` (a plan file's or a replayed image's), else the preset `preset_name`,
-    else the paper's preset for `steps` (default 5); then each override that is not None replaces its
-    part on every step.
+    else the paper's preset for `steps` (default: the family's, 5 for SD 1.x); then each override
+    that is not None replaces its part on every step.
+
+    - `family` (default SD 1.x's rows, unchecked) picks the paper's tuned row for `steps` (SDXL:
+      paper-xl-6 and paper-xl-8), else the paper's rule; a tuned row of another family is refused,
+      named directly, as `steps`, or as the preset a plan file or replay was made from.
 
     - `discretization` (a kind: paper, karras, ...) places the plan's step count anew; `knobs` change
       the discretization's knobs (stop, p1, p2, rho); a new `stop` also returns the Karras grid and
@@ -98,15 +104,26 @@ def build_plan(
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if sum(x is not None for x in (base, preset_name)) + (steps is not None and preset_name != "paper") > 1:
         raise ValueError("give only one of --steps, --preset and --plan (or --preset paper --steps N)")
+    rows = (family or FAMILIES["sd1"]).rows
+    model = (family or FAMILIES["sd1"]).kind  # discretizations with a model table (AYS) take its own
     if base is None:
         if preset_name in (None, "paper"):
-            base = preset("paper", steps=DEFAULT_STEPS if steps is None else steps, schedule=schedule)
-        else:
-            base = preset(preset_name, schedule=schedule)
+            n = (family or FAMILIES["sd1"]).default_steps if steps is None else steps
+            preset_name = rows.get(n, f"paper-{n}")
+        _refuse_other_family(preset_name, family, f"--preset {preset_name}")
+        base = preset(preset_name, schedule=schedule, model=model)
+    else:
+        made_from = base.name.split("+")[0]
+        _refuse_other_family(made_from, family, f"the plan {base.name} (made from {made_from})")
     changes: list[str] = []
     recipe = base.discretization
     if discretization is not None:
-        recipe = discretization_for(discretization, base.steps)
+        tuned = rows.get(base.steps) if discretization == "paper" else None
+        recipe = (
+            PAPER_RECIPES[tuned].discretization
+            if tuned
+            else discretization_for(discretization, base.steps, model)
+        )
         changes.append(f"discretization={discretization}")
     if knobs:
         recipe = _turn_knobs(recipe, dict(knobs))
@@ -130,6 +147,18 @@ def build_plan(
         changes.append(f"final={final}")
     parts["name"] = "+".join([base.name, *changes])
     return check_plan(base.replace(**parts))
+
+
+def _refuse_other_family(preset_name: str, family: Family | None, what: str) -> None:
+    """A tuned row of the paper is only run on the family it was tuned for (None: not known yet)."""
+    tuned_for = owner(preset_name)
+    if family is None or tuned_for is None or tuned_for is family:
+        return
+    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.rows.items())
+    raise PlanError(
+        f"{what} is the paper's row for {tuned_for.label} ({tuned_for.size} px) but the weights are "
+        f"{family.label}; its rows are {rows}, or pick a baseline such as karras-2m-20"
+    )
 
 
 def _turn_knobs(recipe: Any, knobs: dict[str, Any]) -> Any:

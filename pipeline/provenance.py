@@ -5,7 +5,8 @@ Every PNG gets three text chunks:
 - `parameters`: A1111's infotext line (prompt, negative prompt, then "Steps: 5, Sampler: ..., ...");
 - `fewstep-plan`: the Plan as JSON (every sigma, solver and per-step option, the discretization);
 - `fewstep-settings`: the Settings as JSON (prompt, seed, size, weights and their sha256, dtype,
-  device, batch shape, versions).
+  device, batch shape, versions; SDXL's size conditioning, a separate VAE and its sha256, an init
+  image, its sha256 and strength, the pixel quantisation, the empty negative prompt's conditioning).
 
 `read_replay` reads the last two back, checked as strictly as the command line checks its flags.
 """
@@ -18,6 +19,7 @@ import importlib.metadata
 import itertools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from model import FreeU
-from pipeline.models import model_name
+from model import FreeU, SizeConditioning
+from pipeline.img2img import STRENGTH_CUTS, check_strength
+from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
+from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan
 from solvers import SOLVERS, Plan, PlanError
-from weights.fingerprint import weights_sha256
+from weights.fingerprint import file_sha256, weights_sha256
 
 PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
 SETTINGS_FORMAT = 1
@@ -70,6 +74,27 @@ class Settings:
     batch_index: int
     version: str = field(default_factory=project_version)
     torch_version: str = torch.__version__
+    # Added with SDXL and image to image; PNGs written before carry none of them (SD 1.x, text to
+    # image, rounded pixels, the encoded "" as the empty negative prompt).
+    size_conditioning: list[int] | None = None  # SDXL: orig_h, orig_w, crop_top, crop_left, tgt_h, tgt_w
+    empty_negative: str = "encode"  # an empty negative prompt as the encoded "" or "zeros"
+    vae: str | None = None  # --vae as given: a separate VAE that replaced the bundled one
+    vae_sha256: str | None = None
+    vae_dtype: str | None = None  # None (older PNGs): the model's dtype
+    init_image: str | None = None  # --init-image as given
+    init_image_sha256: str | None = None
+    strength: float | None = None
+    strength_cut: str | None = None  # how the strength cut the plan: "steps" | "time" (pipeline/img2img.py)
+    quantization: str = "round"  # pixels: "round" (diffusers) | "truncate" (the authors' code)
+
+    def __post_init__(self) -> None:
+        if self.vae_dtype is None:  # what an older PNG means: the VAE ran in the model's dtype
+            object.__setattr__(self, "vae_dtype", self.dtype)
+
+    def size(self) -> SizeConditioning | None:
+        return (
+            None if self.size_conditioning is None else SizeConditioning.from_numbers(self.size_conditioning)
+        )
 
     def to_json(self) -> str:
         return json.dumps({"format": SETTINGS_FORMAT, **asdict(self)})
@@ -92,19 +117,64 @@ class Settings:
         for f in fields(cls):
             if f.name not in data and _has_default(f):
                 continue
-            kind = {"str": str, "int": int, "bool": bool}[f.type]
             value = data.get(f.name)
-            # bool is an int in Python; a seed of `true` is still wrong
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            if not _has_type(value, f.type):
                 raise PlanError(f"the settings lack a valid {f.name!r} ({f.type}), found {value!r}")
+            check = VALUE_CHECKS.get(f.name)
+            if check is not None and value is not None:
+                try:
+                    check(value)
+                except ValueError as err:
+                    raise PlanError(f"the settings' {f.name} is wrong: {err}") from None
             values[f.name] = value
         return cls(**values)
 
 
-def run_settings(weights_spec: str, path: Path, **settings: Any) -> Settings:
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation (str, int, bool, float, list[int], `| None`)."""
+    if annotation.endswith(" | None"):
+        return value is None or _has_type(value, annotation.removesuffix(" | None"))
+    if annotation == "list[int]":
+        return isinstance(value, list) and all(_has_type(v, "int") for v in value)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = {"str": str, "int": int, "bool": bool}[annotation]
+    # bool is an int in Python; a seed of `true` is still wrong
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _one_of(names: tuple[str, ...]) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if value not in names:
+            raise ValueError(f"{value!r} is not one of {', '.join(names)}")
+
+    return check
+
+
+# The settings read from a PNG are checked as the command line checks the same values.
+VALUE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "size_conditioning": SizeConditioning.from_numbers,
+    "empty_negative": _one_of(EMPTY_NEGATIVE),
+    "dtype": _one_of(tuple(DTYPES)),
+    "vae_dtype": _one_of(tuple(DTYPES)),
+    "strength": check_strength,
+    "strength_cut": _one_of(STRENGTH_CUTS),
+    "quantization": _one_of(tuple(QUANTIZATIONS)),
+}
+
+
+def run_settings(
+    weights_spec: str,
+    path: Path,
+    *,
+    vae: tuple[str, Path] | None = None,
+    init_image: tuple[str, Path] | None = None,
+    **settings: Any,
+) -> Settings:
     """A run's Settings before the per-image fields (prompt, seed, batch row) are filled in: the
-    weights as given and as found (`path`: their sha256 and display name), and `settings`
-    (negative_prompt, width, height, dtype, device, compile, batch)."""
+    weights as given and as found (`path`: their sha256 and display name), a separate VAE and an
+    init image likewise ((as given, path): their sha256), and `settings` (negative_prompt, width,
+    height, dtype, device, compile, batch, and the fields with defaults)."""
     return Settings(
         prompt="",
         seed=0,
@@ -112,6 +182,10 @@ def run_settings(weights_spec: str, path: Path, **settings: Any) -> Settings:
         weights=weights_spec,
         weights_sha256=weights_sha256(path),
         model=model_name(path),
+        vae=None if vae is None else vae[0],
+        vae_sha256=None if vae is None else weights_sha256(vae[1]),
+        init_image=None if init_image is None else init_image[0],
+        init_image_sha256=None if init_image is None else file_sha256(init_image[1], progress=False),
         **settings,
     )
 
@@ -152,6 +226,8 @@ def png_metadata(plan: Plan, settings: Settings) -> dict[str, str]:
         "Model hash": settings.weights_sha256[:10],
         "Model": settings.model,
         **({"FreeU": freeu} if freeu != "off" else {}),
+        **({"Denoising strength": f"{settings.strength:g}"} if settings.strength is not None else {}),
+        **({"VAE hash": settings.vae_sha256[:10]} if settings.vae_sha256 else {}),
         "Plan": plan.name,
         "Version": f"fewstep-sd {settings.version}",
     }

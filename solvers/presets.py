@@ -24,9 +24,11 @@ from solvers.plan import Plan
 from solvers.table import SOLVERS, by_short
 
 # FreeU as the paper runs it on SD 1.5 (b1, b2, s1, s2 of its section 4; official channel placement,
-# v1), and the authors' last SDXL step. Written as the per-step option model.FreeU reads.
+# v1), and on the authors' last SDXL step: the v1 formula too, as their free_lunch_utils.py has no v2
+# (docs/recipe.md section 8.1; the same four numbers are ComfyUI's FreeU_V2 defaults, hence the
+# confusion). Written as the per-step option model.FreeU reads.
 PAPER_FREEU = {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
-XL_FREEU_V2 = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2, "version": 2, "placement": "channels"}
+XL_FREEU_LAST = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
 
 BASELINE_DISCRETIZATIONS = tuple(kind for kind in DISCRETIZATIONS if kind != "paper")
 DEFAULT_GUIDANCE = 7.5
@@ -75,7 +77,7 @@ PAPER_RECIPES = {
         Paper(N=6, stop=1, p2=5, index=6),
         ("dpmpp_1s",) * 4 + ("euler",) * 2,
         tuple(
-            a or b for a, b in zip(window("2-4", PAPER_FREEU, 6), window("6", XL_FREEU_V2, 6), strict=True)
+            a or b for a, b in zip(window("2-4", PAPER_FREEU, 6), window("6", XL_FREEU_LAST, 6), strict=True)
         ),
     ),
 }

@@ -1,10 +1,14 @@
-"""Helpers the tests share: the error measure of the parity checks, and reading back PNGs."""
+"""Helpers the tests share: the error measure of the parity checks, reading back PNGs, and checking
+weights.load's refusals and key layouts."""
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+import weights
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -21,3 +25,39 @@ def pixels(path: Path) -> np.ndarray:
 def text_chunks(path: Path) -> dict[str, str]:
     with Image.open(path) as image:
         return dict(image.text)
+
+
+def snapshot(root: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def refused(path: Path, match: str, **kwargs) -> str:
+    """weights.load(path) raises WeightsError with a one-line message matching `match` and changes
+    nothing on disk."""
+    before = snapshot(path.parent)
+    with pytest.raises(weights.WeightsError, match=match) as info:
+        weights.load(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert snapshot(path.parent) == before
+    return message
+
+
+def shapes_of(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(t.shape) for key, t in module.state_dict().items()}
+
+
+def mapped_shapes(layout, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes a layout's rules (weights/keymaps.py) make of a file's tensor shapes."""
+    rules = layout(shapes)
+    return {target.name: target.shape(shapes[key]) for key, targets in rules.items() for target in targets}
+
+
+def run_main(main, capsys, *argv: str) -> tuple[int, str, str]:
+    """A command's main() as the shell sees it: exit status (argparse exits by SystemExit), stdout, stderr."""
+    try:
+        code = main([*argv])
+    except SystemExit as exited:
+        code = exited.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

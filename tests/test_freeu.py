@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model import FreeU, UNet, fourier_filter, timestep_embedding
-from solvers.presets import PAPER_FREEU, XL_FREEU_V2
+from solvers.presets import PAPER_FREEU, XL_FREEU_LAST
 from tests.helpers import rel_err
 from tests.reference.unet import diffusers_unet, ldm_state_dict, sd15_config, unet_config
 
@@ -43,7 +43,8 @@ def test_the_recipes_settings_read_as_freeu_and_common_holds_freeus_defaults():
     paper = FreeU.option(PAPER_FREEU)
     assert paper == FreeU(1.1, 1.1, 0.9, 0.2)
     assert FreeU.common() == FreeU(1.1, 1.2, 0.9, 0.2)
-    assert FreeU.option(XL_FREEU_V2) == FreeU(1.3, 1.4, 0.9, 0.2, version=2)
+    # the authors' last SDXL step uses the v1 formula: their FreeU code has no v2 (docs/recipe.md 8.1)
+    assert FreeU.option(XL_FREEU_LAST) == FreeU(1.3, 1.4, 0.9, 0.2, version=1)
     assert paper.placement == "channels" and paper.version == 1
     assert FreeU.option(None) is None and FreeU.option(paper) is paper
 

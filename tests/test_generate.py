@@ -246,9 +246,34 @@ def test_run_json_records_the_settings(inputs, single):
         "height": 64,
         "width": 64,
         "dtype": "float32",
+        "vae_dtype": "float32",
+        "vae": None,
+        "vae_sha256": None,
+        "size_conditioning": None,
+        "empty_negative": "encode",
+        "quantization": "round",
         "version": project_version(),
     }
     assert record["weights_sha256"] == read_replay(single / "00000.png")[0].weights_sha256
+
+
+def test_a_run_json_written_before_sdxl_still_matches_its_run(inputs, run_copy):
+    """Older records lack the settings added with SDXL: their absence means the defaults."""
+    path = run_copy / RUN_FILE
+    record = json.loads(path.read_text())
+    added = ("vae", "vae_dtype", "vae_sha256", "size_conditioning", "empty_negative", "quantization")
+    path.write_text(json.dumps({k: v for k, v in record.items() if k not in added}))
+    code, stdout, _ = generate(*argv(inputs, run_copy))
+    assert code == 0 and stdout.endswith("; 6 were already there\n")
+
+
+def test_truncated_pixels_are_a_setting_of_the_run(inputs, run_copy, tmp_path):
+    error = one_line_error(*argv(inputs, run_copy, "--quantize", "truncate"))
+    assert 'quantization "round" -> "truncate"' in error
+    out = tmp_path / "truncated"
+    assert generate(*argv(inputs, out, "--quantize", "truncate", "--limit", "2"))[0] == 0
+    assert json.loads((out / RUN_FILE).read_text())["quantization"] == "truncate"
+    assert read_replay(out / "00000.png")[0].quantization == "truncate"
 
 
 def test_limit_makes_the_first_rows_and_a_later_run_the_rest(inputs, single, tmp_path):
@@ -268,7 +293,9 @@ def test_other_settings_into_the_same_folder_are_refused(inputs, run_copy):
         "(guidance 7.5 -> 5.5); use another --out, or pass --force to replace that run"
     )
     error = one_line_error(*argv(inputs, run_copy, "--steps", "3", "--dtype", "bfloat16"))
-    assert '(plan paper-2 -> paper-3; dtype "float32" -> "bfloat16")' in error
+    assert (
+        '(plan paper-2 -> paper-3; dtype "float32" -> "bfloat16"; vae_dtype "float32" -> "bfloat16")' in error
+    )
     assert snapshot(run_copy) == before
 
 

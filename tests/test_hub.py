@@ -11,11 +11,15 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
+import torch
 
+import weights
+from pipeline import resolve_weights
+from tests.checkpoints import write_checkpoint
 from tests.http_server import FakeHub, git_sha1
 from weights import hub as hub_module
 from weights.errors import WeightsError
-from weights.hub import hub_cache_dir, hub_file, is_local_path, parse_hub_spec
+from weights.hub import SDXL_FILE, SDXL_REPO, hub_cache_dir, hub_file, is_local_path, parse_hub_spec
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
@@ -420,3 +424,116 @@ def test_existing_path_wins_over_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "name").mkdir(parents=True)
     assert is_local_path("org/name")
+
+
+# -- SDXL: a short name for its single file, and diffusers-folder repos fetched file by file -----------------
+
+
+def test_sdxl_by_short_name_or_repo_id_is_sd_xl_base_single_file(server):
+    sha256 = server.add(SDXL_REPO, SDXL_FILE, DATA)
+    snapshot = (
+        hub_cache_dir() / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / server.commit
+    )
+    assert resolve_weights("sdxl") == snapshot / SDXL_FILE
+    assert server.paths() == [f"/{SDXL_REPO}/resolve/main/{SDXL_FILE}", f"/blobs/{sha256}"]
+    server.requests.clear()
+    assert resolve_weights(SDXL_REPO) == snapshot / SDXL_FILE and server.requests == []
+
+
+XL_REPO = "test-org/tiny-xl"
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    """A tiny SDXL diffusers folder (DreamShaper XL's layout) plus files weights.load never reads."""
+    folder = write_checkpoint(tmp_path_factory.mktemp("xl"), "diffusers", kind="sdxl")
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle nobody should fetch")
+    (folder / "README.md").write_text("# tiny XL")
+    return folder
+
+
+def publish(server, folder, repo=XL_REPO, skip=()) -> dict[str, str]:
+    """Every file of `folder` as a file of `repo`; returns path in repo -> sha256."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    names = [p.relative_to(folder).as_posix() for p in files]
+    return {
+        n: server.add(repo, n, p.read_bytes()) for n, p in zip(names, files, strict=True) if n not in skip
+    }
+
+
+def asked(server) -> list[str]:
+    """The repo files asked for (their resolve HEADs), in order."""
+    return [p.split("/resolve/", 1)[1].split("/", 1)[1] for p in server.paths("HEAD") if "/resolve/" in p]
+
+
+def test_a_diffusers_folder_repo_fetches_exactly_the_files_load_reads(server, xl_folder):
+    publish(server, xl_folder)
+    folder = resolve_weights(XL_REPO)
+    assert folder == hub_cache_dir() / "models--test-org--tiny-xl" / "snapshots" / server.commit
+    assert asked(server) == [
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer_2/vocab.json",
+        "tokenizer_2/merges.txt",
+        "scheduler/scheduler_config.json",
+    ]
+    assert all(f"/{XL_REPO}/resolve/{server.commit}/" in p for p in server.paths("HEAD")[1:])  # one commit
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
+        asked(server)
+    )  # README.md and the pickle were never fetched; tokenizer_2's files share tokenizer's blobs
+    assert weights.load(folder).kind == "sdxl"
+    server.requests.clear()
+    assert resolve_weights(XL_REPO) == folder and server.requests == []  # all cached, main's commit too
+
+
+def test_offline_a_fetched_folder_repo_needs_no_network(server, xl_folder, env):
+    publish(server, xl_folder)
+    folder = resolve_weights(XL_REPO)
+    server.requests.clear()
+    env.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_weights(XL_REPO) == folder and server.requests == []
+
+
+def test_half_precision_takes_the_fp16_variant_where_there_is_one(server, xl_folder, tmp_path):
+    publish(server, xl_folder)
+    fp16 = write_checkpoint(tmp_path, "diffusers", kind="sdxl", dtype=torch.float16)
+    unet = "unet/diffusion_pytorch_model.fp16.safetensors"
+    server.add(XL_REPO, unet, (fp16 / unet).read_bytes())
+    folder = resolve_weights(XL_REPO, torch.float16)
+    got = [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")]
+    assert unet in got and "unet/diffusion_pytorch_model.safetensors" not in got
+    assert "vae/diffusion_pytorch_model.safetensors" in got  # no fp16 variant of it: the full file
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" in asked(server)  # asked for first
+    assert weights.load(folder, dtype=torch.float16).unet.out[2].weight.dtype == torch.float16
+
+
+def test_with_a_separate_vae_the_folders_vae_is_not_fetched(server, xl_folder):
+    publish(server, xl_folder)
+    resolve_weights(XL_REPO, bundled_vae=False)
+    assert not any(name.startswith("vae/") for name in asked(server))
+
+
+def test_a_folder_repo_without_a_required_file_is_refused_in_one_line(server, xl_folder):
+    publish(server, xl_folder, skip={"text_encoder_2/model.safetensors"})
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    message = str(caught.value)
+    assert "\n" not in message and "has none of text_encoder_2/model.safetensors" in message
+    assert "not a complete diffusers folder" in message and "--weights PATH" in message
+
+
+def test_a_repo_named_alone_that_is_no_diffusers_folder_asks_for_its_file(server):
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(REPO)
+    assert str(caught.value) == (
+        f"{REPO} (revision main) has no unet/config.json, so it is not a diffusers folder: name its "
+        f"weights file, {REPO}/FILE.safetensors"
+    )

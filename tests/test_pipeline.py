@@ -20,6 +20,7 @@ from pipeline import (
     save_png,
 )
 from pipeline.generate import step_noise, step_noise_seed
+from pipeline.pixels import quantize
 from schedule import DiscreteSchedule, Exponential, Karras, Paper, append_zero, karras, time_uniform
 from solvers import Plan, PlanError, preset
 from solvers.presets import PAPER_FREEU
@@ -88,6 +89,47 @@ def test_settings_from_a_png_are_type_checked():
     broken = json.loads(good.to_json()) | {"seed": "1"}
     with pytest.raises(PlanError, match="the settings lack a valid 'seed' \\(int\\), found '1'"):
         Settings.from_json(json.dumps(broken))
+
+
+def test_settings_of_an_older_png_take_the_defaults_of_the_fields_added_since():
+    """PNGs written before SDXL and image to image: SD 1.x text to image, rounded, bundled VAE."""
+    good = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "m", "float32", "cpu", False, 1, 0)
+    added = {"size_conditioning", "empty_negative", "vae", "vae_sha256", "vae_dtype", "init_image"}
+    added |= {"init_image_sha256", "strength", "strength_cut", "quantization"}
+    older = {k: v for k, v in json.loads(good.to_json()).items() if k not in added}
+    settings = Settings.from_json(json.dumps(older))
+    assert settings == good and settings.size() is None
+    assert (settings.empty_negative, settings.quantization, settings.vae, settings.strength) == (
+        "encode",
+        "round",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size_conditioning", [1024, 1024], "needs 6 numbers"),
+        ("size_conditioning", [1024, 1024, 0, 0, 1024, -1], "two integers >= 0"),
+        ("strength", 1.5, r"strength must be a number in \(0, 1\]"),
+        ("strength", "0.5", r"lack a valid 'strength' \(float \| None\)"),
+        ("strength_cut", "sigma", "'sigma' is not one of steps, time"),
+        ("quantization", "dither", "'dither' is not one of round, truncate"),
+        ("empty_negative", "none", "'none' is not one of encode, zeros"),
+        ("vae_dtype", "float8", "'float8' is not one of float32, float16, bfloat16"),
+    ],
+)
+def test_the_settings_added_for_sdxl_and_img2img_are_checked_as_the_flags_are(field, value, message):
+    good = Settings(CAT, "", 1, 64, 64, "w", "0" * 64, "m", "float32", "cpu", False, 1, 0)
+    with pytest.raises(PlanError, match=message):
+        Settings.from_json(json.dumps(json.loads(good.to_json()) | {field: value}))
+
+
+def test_quantizations_round_like_diffusers_and_truncate_like_the_authors():
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.999, 1.0, 2.0])
+    assert quantize(x, "round").tolist() == [0, 0, 64, 128, 255, 255, 255]
+    assert quantize(x, "truncate").tolist() == [0, 0, 63, 127, 254, 255, 255]
 
 
 def test_plan_is_placed_on_the_model_noise_table():

@@ -8,7 +8,7 @@ import torch
 
 from schedule import DiscreteSchedule, Paper, append_zero, karras
 from solvers import Plan, PlanError, Recipe, preset
-from solvers.presets import PAPER_FREEU, PAPER_RECIPES, XL_FREEU_V2, discretization_for, paper_rule
+from solvers.presets import PAPER_FREEU, PAPER_RECIPES, XL_FREEU_LAST, discretization_for, paper_rule
 
 SD = DiscreteSchedule.sd()
 FREEU = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
@@ -179,8 +179,9 @@ def test_paper_presets_use_the_recipes_solvers_and_freeu():
     assert preset("paper-8").solver == ("dpmpp_2m",) * 8 and preset("paper-8").freeu == (None,) * 8
     xl6 = preset("paper-xl-6")
     assert xl6.solver == ("dpmpp_1s",) * 4 + ("euler",) * 2
-    assert xl6.freeu == (None, PAPER_FREEU, PAPER_FREEU, PAPER_FREEU, None, XL_FREEU_V2)
+    assert xl6.freeu == (None, PAPER_FREEU, PAPER_FREEU, PAPER_FREEU, None, XL_FREEU_LAST)
     assert PAPER_FREEU == {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
+    assert XL_FREEU_LAST == {**PAPER_FREEU, "b1": 1.3, "b2": 1.4}  # v1 too: the authors' code has no v2
     for name in REFERENCE:
         plan = preset(name)
         assert plan.final == "keep" and plan.sigmas[-1] > 0 and plan.nfe == plan.steps

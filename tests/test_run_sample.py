@@ -30,7 +30,7 @@ from schedule import DiscreteSchedule, Karras
 from solvers import SOLVERS, Plan, preset
 from solvers.presets import PAPER_FREEU
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
-from tests.helpers import pixels, text_chunks
+from tests.helpers import pixels, run_main, text_chunks
 from tests.http_server import FakeHub
 from weights.errors import WeightsError
 from weights.fingerprint import cache_file, file_sha256, weights_sha256
@@ -61,13 +61,7 @@ def env(tmp_path_factory, monkeypatch):
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """main() as the shell sees it: exit status (argparse exits by SystemExit), stdout, stderr."""
-    try:
-        code = main([*argv])
-    except SystemExit as exited:
-        code = exited.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(main, capsys, *argv)
 
 
 def sample_args(weights: Path, out: Path, *extra: str) -> list[str]:
@@ -136,6 +130,17 @@ def test_settings_chunk_holds_everything_replay_needs(cat):
         "batch_index": 0,
         "version": project_version(),
         "torch_version": torch.__version__,
+        # SD 1.x text to image: no size conditioning, no separate VAE, no init image
+        "size_conditioning": None,
+        "empty_negative": "encode",
+        "vae": None,
+        "vae_sha256": None,
+        "vae_dtype": "float32",
+        "init_image": None,
+        "init_image_sha256": None,
+        "strength": None,
+        "strength_cut": None,
+        "quantization": "round",
     }
     assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
 
@@ -380,7 +385,8 @@ def test_missing_weights(tmp_path, capsys):
     missing = tmp_path / "nothing.safetensors"
     assert one_line_error(capsys, *sample_args(missing, tmp_path / "out", "--prompt", CAT)) == (
         f"run_sample.py: error: weights {missing} not found: pass --weights PATH to a .safetensors file or "
-        f"diffusers folder, or a Hub id such as {SD15_REPO}"
+        f"diffusers folder, a Hub id such as {SD15_REPO}, or a short name: sd15, sdxl, dreamshaper-xl, "
+        "sdxl-vae-fp16-fix"
     )
 
 
@@ -398,16 +404,17 @@ def test_wrong_file(tmp_path, capsys):
 
 
 def test_unsupported_model_kind(tmp_path, capsys):
-    path = tmp_path / "xl.safetensors"
+    """SDXL is supported now; SD 2.x (OpenCLIP ViT-H under cond_stage_model.model.) is not."""
+    path = tmp_path / "sd2.safetensors"
     save_file(
         {
-            "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2),
-            "conditioner.embedders.0.w": torch.zeros(2),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2),
+            "cond_stage_model.model.positional_embedding": torch.zeros(2),
         },
         path,
     )
     error = one_line_error(capsys, *sample_args(path, tmp_path / "out", "--prompt", CAT))
-    assert error.startswith(f"run_sample.py: error: {path} looks like SDXL")
+    assert error.startswith(f"run_sample.py: error: {path} looks like Stable Diffusion 2.x")
 
 
 def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
@@ -555,6 +562,16 @@ def test_help_explains_every_flag(capsys):
         "--seed",
         "--num-images",
         "--batch-size",
+        "--vae",
+        "--vae-dtype",
+        "--empty-negative",
+        "--original-size",
+        "--crop-top-left",
+        "--target-size",
+        "--quantize",
+        "--init-image",
+        "--strength",
+        "--strength-cut",
         "--height",
         "--width",
         "--device",

@@ -71,6 +71,23 @@ def test_pooled_projection_matches_text_model_with_projection(eos_token_id, pad_
         assert rel_err(ours.pooled(ids), hf(ids).text_embeds) <= 1e-5
 
 
+@pytest.mark.parametrize("layer", [-2, 1, 0])
+def test_hidden_and_pooled_is_one_pass_of_both(layer):
+    """SDXL's bigG conditioning: the penultimate state (no final LN) and the projected pooled vector."""
+    hf = hf_text_model(SMALL_TEXT, projection_dim=32)
+    ours = ours_from(hf, **small_config(projection_dim=32))
+    ids = Tokenizer.sd1(pad_id=0)(PROMPTS)
+    with torch.no_grad():
+        hidden, pooled = ours.hidden_and_pooled(ids, layer)
+        ref = hf(ids, output_hidden_states=True)
+        assert rel_err(hidden, ref.hidden_states[layer]) <= 1e-5
+        assert rel_err(pooled, ref.text_embeds) <= 1e-5
+        assert torch.equal(hidden, ours(ids, layer=layer, final_norm=False))
+        assert torch.equal(pooled, ours.pooled(ids))
+    with pytest.raises(ValueError, match="layer 5 is out of range"):
+        ours.hidden_and_pooled(ids, 5)
+
+
 def test_exact_gelu_variant_matches_transformers():
     """bigG (SDXL's second encoder) uses exact erf GELU instead of quick_gelu."""
     hf = hf_text_model(dict(SMALL_TEXT, hidden_act="gelu"), projection_dim=64)

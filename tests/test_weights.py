@@ -29,18 +29,19 @@ from schedule import DiscreteSchedule
 from tests.checkpoints import (
     TINY_TEXT,
     reference_models,
+    save_variant,
     sd15_alphas_cumprod,
     single_file_tensors,
     write_checkpoint,
 )
-from tests.helpers import rel_err
+from tests.helpers import mapped_shapes, refused, rel_err, shapes_of
 from tests.reference import unet as ref_unet
 from tests.reference import vae as ref_vae
 from tests.reference.vae import with_deprecated_attention_names
 from text_encoder import CLIPTextConfig, CLIPTextModel, Tokenizer
 from vae import AutoencoderKL as VAEAutoencoderKL
 from vae import VAEConfig
-from weights import WeightsError, detect, keymaps
+from weights import detect, keymaps
 
 TOL = 1e-5
 PROMPTS = ["a photo of a cat", "", "An astronaut riding a horse on Mars, highly detailed"]
@@ -119,25 +120,16 @@ def test_full_size_layouts_map_onto_the_sd1_modules_and_give_the_sd1_configs():
         diffusers_vae = AutoencoderKL(**ref_vae.diffusers_config(ref_vae.FULL))
         ours = {"unet": UNet(UNetConfig.sd1()), "vae": VAEAutoencoderKL(VAEConfig.sd1())}
         text = CLIPTextModel(CLIPTextConfig.sd1())
-    for name, reference, rename in (
+    for name, reference, layout in (
         ("unet", diffusers_unet, keymaps.diffusers_unet),
-        ("vae", diffusers_vae, keymaps.diffusers_vae),
+        ("vae", diffusers_vae, keymaps.diffusers_vae),  # its attention: diffusers Linear, LDM 1x1 conv
     ):
-        state = shapes_of(reference)
-        mapped = {ldm: state[key] for key, ldm in rename(state).items()}
-        expected = shapes_of(ours[name])
-        assert mapped.keys() == expected.keys()
-        for key, shape in mapped.items():  # the VAE's attention: diffusers Linear, LDM 1x1 conv
-            assert shape == expected[key] or (keymaps.linear_as_conv(key) and (*shape, 1, 1) == expected[key])
+        assert mapped_shapes(layout, shapes_of(reference)) == shapes_of(ours[name])
     unet_shapes, vae_shapes, text_shapes = (shapes_of(m) for m in (ours["unet"], ours["vae"], text))
     assert detect.unet_config(unet_shapes) == UNetConfig.sd1()
     assert detect.unet_config(unet_shapes, detect.unet_heads(diffusers_unet.config)) == UNetConfig.sd1()
     assert detect.vae_config(vae_shapes) == VAEConfig.sd1()
     assert detect.clip_config(text_shapes) == CLIPTextConfig.sd1()
-
-
-def shapes_of(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(t.shape) for key, t in module.state_dict().items()}
 
 
 # --- dtypes and variants ------------------------------------------------------------------------------
@@ -301,22 +293,6 @@ def test_deprecated_vae_attention_names_load(tmp_path, files, refs):
 # --- refusals -----------------------------------------------------------------------------------------
 
 
-def snapshot(root: Path) -> dict:
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
-def refused(path: Path, match: str, **kwargs) -> str:
-    """weights.load(path) raises WeightsError with a one-line message matching `match` and changes
-    nothing on disk."""
-    before = snapshot(path.parent)
-    with pytest.raises(WeightsError, match=match) as info:
-        weights.load(path, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    assert snapshot(path.parent) == before
-    return message
-
-
 def test_a_missing_path_is_refused(tmp_path):
     message = refused(tmp_path / "nothing.safetensors", "does not exist")
     assert "nothing.safetensors" in message and "diffusers folder" in message
@@ -438,14 +414,14 @@ def header_only(tmp_path: Path, shapes: dict[str, list[int]]) -> Path:
                 "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": [8, 1024],
                 "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": [24, 8],
             },
-            r"looks like Stable Diffusion 2\.x \(OpenCLIP .*\); only SD 1\.x is supported",
+            r"looks like Stable Diffusion 2\.x \(OpenCLIP .*\); only SD 1\.x and SDXL are supported",
         ),
         (
             {
                 "model.diffusion_model.label_emb.0.0.weight": [8, 16],
                 "conditioner.embedders.1.model.positional_embedding": [77, 8],
             },
-            r"looks like SDXL .*SDXL support is not implemented yet",
+            r"has no VAE \(no key starts with first_stage_model\.\); pass a complete SDXL checkpoint",
         ),
         (
             {"foo.weight": [2], "bar.bias": [2]},
@@ -456,23 +432,10 @@ def header_only(tmp_path: Path, shapes: dict[str, list[int]]) -> Path:
         ({"lora_unet_down_blocks_0.lora_down.weight": [2]}, "looks like a LoRA"),
         ({"conv_in.weight": [2], "down_blocks.0.resnets.0.conv1.weight": [2]}, "diffusers U-Net file"),
     ],
-    ids=["sd2", "sdxl", "unknown", "vae", "lora", "diffusers-unet"],
+    ids=["sd2", "incomplete-sdxl", "unknown", "vae", "lora", "diffusers-unet"],
 )
 def test_other_models_are_named_and_refused(tmp_path, shapes, match):
     refused(header_only(tmp_path, shapes), match)
-
-
-def save_variant(tmp_path: Path, refs, changes: dict[str, torch.Tensor | None]) -> Path:
-    """The tiny single file with some tensors replaced (None: removed)."""
-    tensors = single_file_tensors(refs)
-    for key, value in changes.items():
-        if value is None:
-            del tensors[key]
-        else:
-            tensors[key] = value
-    path = tmp_path / "variant.safetensors"
-    save_file(tensors, path)
-    return path
 
 
 UNET = "model.diffusion_model."
@@ -544,7 +507,8 @@ def test_a_tokenizer_folder_with_one_file_is_refused(tmp_path, files):
     ("config", "match"),
     [
         ({"cross_attention_dim": 1024}, r"looks like Stable Diffusion 2\.x"),
-        ({"addition_embed_type": "text_time"}, "looks like SDXL"),
+        # an SDXL U-Net config in a folder without SDXL's second text encoder
+        ({"addition_embed_type": "text_time"}, "not a complete diffusers folder: text_encoder_2/config.json"),
     ],
 )
 def test_other_diffusers_folders_are_refused_from_their_configs(tmp_path, files, config, match):

@@ -168,18 +168,36 @@ class TextTransformer(nn.Module):
         """Hidden state `layer`, indexed like HF `hidden_states[layer]` (0 = embeddings, L = last layer,
         negative from the end), optionally through the final LayerNorm. [B, T] ids -> [B, T, D]."""
         self._check(ids)
+        x = self.encoder(self.embeddings(ids), causal=True, depth=self._depth(layer))
+        return self.final_layer_norm(x) if final_norm else x
+
+    def hidden_and_pooled(self, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state `layer` (no final LayerNorm) and the pooled state, in one pass. [B, T, D], [B, D]"""
+        self._check(ids)
+        depth = self._depth(layer)
+        hidden = self.encoder(self.embeddings(ids), causal=True, depth=depth)
+        last = hidden
+        for block in self.encoder.layers[depth:]:
+            last = block(last, causal=True)
+        return hidden, self._at_eos(self.final_layer_norm(last), ids)
+
+    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        """The final-LN state at the eos token, the first occurrence of the largest id (eos, 49407). [B, D]"""
+        return self._at_eos(self.forward(ids), ids)
+
+    @staticmethod
+    def _at_eos(states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return states[torch.arange(ids.shape[0], device=ids.device), ids.argmax(-1)]
+
+    def _depth(self, layer: int) -> int:
+        """How many encoder layers hidden state `layer` has passed through."""
         n = self.config.layers
         if not -(n + 1) <= layer <= n:
             raise ValueError(
                 f"layer {layer} is out of range: hidden states are indexed {-(n + 1)}..{n} "
                 f"(0 = embeddings, {n} or -1 = last layer)"
             )
-        x = self.encoder(self.embeddings(ids), causal=True, depth=layer % (n + 1))
-        return self.final_layer_norm(x) if final_norm else x
-
-    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
-        """The final-LN state at the eos token, the first occurrence of the largest id (eos, 49407). [B, D]"""
-        return self.forward(ids)[torch.arange(ids.shape[0], device=ids.device), ids.argmax(-1)]
+        return layer % (n + 1)
 
     def _check(self, ids: torch.Tensor) -> None:
         if ids.dtype not in (torch.long, torch.int):
@@ -194,7 +212,8 @@ class TextTransformer(nn.Module):
 class CLIPTextModel(nn.Module):
     """`model(ids)` is SD 1.x's conditioning: the last layer after the final LayerNorm, [B, 77, D].
     `model(ids, layer=-2, final_norm=False)` is SDXL's (penultimate layer, no final LayerNorm).
-    `model.pooled(ids)` is the eos state through `text_projection` when the model has one."""
+    `model.pooled(ids)` is the eos state through `text_projection` when the model has one;
+    `model.hidden_and_pooled(ids, -2)` gives SDXL's bigG conditioning in one pass."""
 
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
@@ -211,3 +230,8 @@ class CLIPTextModel(nn.Module):
 
     def pooled(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_projection(self.text_model.pooled(ids))
+
+    def hidden_and_pooled(self, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`model(ids, layer, final_norm=False)` and `model.pooled(ids)` from one pass (SDXL's bigG)."""
+        hidden, pooled = self.text_model.hidden_and_pooled(ids, layer)
+        return hidden, self.text_projection(pooled)

@@ -1,15 +1,21 @@
-"""Official SD 1.x checkpoints into this project's models: `weights.load(path)`.
+"""Official SD 1.x and SDXL checkpoints into this project's models: `weights.load(path)`.
 
-Two layouts are read (docs/model-facts.md sections 1, 3, 4, 7, 8):
+Layouts read (docs/model-facts.md sections 1-4, 7, 8):
 
-- an LDM single file `*.safetensors`: `model.diffusion_model.*` (U-Net), `first_stage_model.*` (VAE),
-  `cond_stage_model.transformer.*` (CLIP text, HF names), plus schedule buffers such as `alphas_cumprod`;
-- a diffusers folder: `unet/`, `vae/`, `text_encoder/` (weights and config.json each), optionally
-  `tokenizer/` (vocab.json + merges.txt) and `scheduler/scheduler_config.json`.
+- an LDM / sgm single file `*.safetensors`: `model.diffusion_model.*` (U-Net), `first_stage_model.*`
+  (VAE), the text encoder(s) under the family's prefixes (SD 1.x: `cond_stage_model.transformer.*`;
+  SDXL: `conditioner.embedders.0.transformer.*` and `conditioner.embedders.1.model.*`, see
+  weights/kinds.py), plus schedule buffers such as `alphas_cumprod`;
+- a diffusers folder: `unet/`, `vae/`, `text_encoder/` (SDXL: and `text_encoder_2/`), weights and
+  config.json each, optionally `tokenizer/` (`tokenizer_2/`) and `scheduler/scheduler_config.json`;
+- a separate VAE (`vae=`, such as SDXL's fp16-fix VAE): a single file in either key layout, or a
+  diffusers VAE folder; it replaces the bundled one, which is then not read.
 
-Everything that can be checked from the headers and configs is checked before a tensor is read:
-file integrity, model kind, missing, unexpected and mis-shaped tensors. Then the modules, built on
-the `meta` device, receive the file's tensors one at a time (weights/checkpoint.py).
+Each file key fills its parameters by the rules of its layout (weights/keymaps.py), so one loader
+reads every layout. Everything that can be checked from the headers and configs is checked before a
+tensor is read: file integrity, model kind, missing, unexpected and mis-shaped tensors, and the
+widths of the models against each other. Then the modules, built on the `meta` device, receive the
+file's tensors one at a time (weights/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model import SizeConditioning, added_vector
 from model.unet import UNet
 from schedule import DiscreteSchedule
-from text_encoder import CLIPTextModel, Tokenizer
+from text_encoder import CLIPTextModel, Tokenizer, sdxl_text
 from vae import AutoencoderKL
 from weights import detect, keymaps
 from weights.checkpoint import (
@@ -38,121 +45,221 @@ from weights.checkpoint import (
     unloaded,
 )
 from weights.errors import WeightsError
-from weights.hub import hub_file, is_local_path
+from weights.hub import NotOnHub, hub_file, hub_folder, is_local_path
+from weights.kinds import KINDS, UNET_PREFIX, VAE_PREFIX, Kind
 
-__all__ = ["StableDiffusion", "WeightsError", "hub_file", "load"]
+__all__ = ["StableDiffusion", "WeightsError", "fetch_folder", "folder_files", "hub_file", "kind", "load"]
 
-COMPONENTS = ("unet", "vae", "text_encoder")
-LABELS = {"unet": "U-Net", "vae": "VAE", "text_encoder": "text encoder"}
-WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+MODULES = {"unet": UNet, "vae": AutoencoderKL}  # the text encoders: CLIPTextModel
+WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}  # else "model"
 HALF = (torch.float16, torch.bfloat16)
 SHOWN = 5  # key names quoted in an error message
 
 
 @dataclass
 class StableDiffusion:
-    """A loaded SD model: every module in eval mode, frozen, on one device in one dtype."""
+    """A loaded SD model: every module in eval mode, frozen, on one device; the VAE may have its own
+    dtype. SDXL (`kind` "sdxl") has a second tokenizer and text encoder (OpenCLIP bigG)."""
 
-    kind: str  # "sd1"
+    kind: str  # "sd1" or "sdxl"
     tokenizer: Tokenizer
     text_encoder: CLIPTextModel
     unet: UNet
     vae: AutoencoderKL
     schedule: DiscreteSchedule
     source: Path
+    tokenizer_2: Tokenizer | None = None
+    text_encoder_2: CLIPTextModel | None = None
+    vae_source: Path | None = None  # the separate VAE that replaced the bundled one
 
-    def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
-        """Prompts -> the U-Net's context [B, 77, 768]: the text encoder's last layer after its final LN."""
+    def encode_prompt(
+        self, prompts: str | list[str], size: SizeConditioning | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Prompts -> the U-Net's conditioning. SD 1.x: the context [B, 77, 768], the text encoder's last
+        layer after its final LN. SDXL: {"context": [B, 77, 2048], "y": [B, 2816]} (text_encoder.sdxl,
+        model.conditioning), with `size` (default (1024, 1024, 0, 0, 1024, 1024))."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(prompts).to(device)
         with torch.no_grad():
-            return self.text_encoder(ids)
+            if self.text_encoder_2 is None:
+                if size is not None:
+                    raise ValueError(f"a {self.kind} model takes no size conditioning; pass size=None")
+                return self.text_encoder(self.tokenizer(prompts).to(device))
+            context, pooled = sdxl_text(
+                self.text_encoder,
+                self.text_encoder_2,
+                self.tokenizer(prompts).to(device),
+                self.tokenizer_2(prompts).to(device),
+            )
+            return {"context": context, "y": added_vector(pooled, size or SizeConditioning())}
+
+    def null_condition(
+        self, batch: int = 1, size: SizeConditioning | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The conditioning of no text at all: zero text features, and for SDXL a zero pooled vector
+        beside the size conditioning, which stays. SDXL pipelines use it for an empty negative prompt
+        (`force_zeros_for_empty_prompt`, docs/model-facts.md sections 2.3 and 10.2)."""
+        weight = next(self.text_encoder.parameters())
+        zeros = torch.zeros(batch, self.tokenizer.length, self.unet.config.context_dim, dtype=weight.dtype)
+        if self.text_encoder_2 is None:
+            if size is not None:
+                raise ValueError(f"a {self.kind} model takes no size conditioning; pass size=None")
+            return zeros.to(weight.device)
+        pooled = torch.zeros(batch, self.text_encoder_2.config.projection_dim, dtype=weight.dtype)
+        y = added_vector(pooled.to(weight.device), size or SizeConditioning())
+        return {"context": zeros.to(weight.device), "y": y}
 
 
 @dataclass
 class _Part:
-    """One model of the checkpoint: the file holding it and which file key fills each tensor name."""
+    """One model of the checkpoint: the file holding it and the parameters each of its keys fills."""
 
     component: str
     header: Header
-    names: dict[str, str]  # LDM-style tensor name -> key in the file
-    shown_prefix: str  # how key names are quoted in messages
+    rules: keymaps.Rules  # file key -> targets
+    shown_prefix: str | None  # missing names are quoted as prefix + name; None: the layout renames keys
+
+
+def _part(component: str, header: Header, rules: keymaps.Rules, prefix: str = "") -> _Part:
+    """A model under `prefix` in a file, by its layout's rules for the keys without the prefix."""
+    renames = any(t.name != key for key, targets in rules.items() for t in targets)
+    rules = {prefix + key: targets for key, targets in rules.items()}
+    return _Part(component, header, rules, None if renames else prefix)
+
+
+@dataclass
+class _Checkpoint:
+    """Everything the headers and configs say, before any tensor is read."""
+
+    kind: Kind
+    parts: dict[str, _Part]
+    configs: dict
+    tokenizers: dict[str, Tokenizer]  # by text encoder
+    schedule: DiscreteSchedule
+
+
+def kind(path: str | Path) -> str:
+    """The kind, "sd1" or "sdxl", that `load(path)` would load, read off the file's header or the folder's
+    config.json files alone (no tensor is read). Raises WeightsError as `load` does for other models."""
+    source = _existing(path)
+    if source.is_dir():
+        return _folder_kind(source).name
+    return detect.single_file_kind(read_header(source).shapes(), source).name
 
 
 def load(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    vae: str | Path | None = None,
+    vae_dtype: torch.dtype | None = None,
 ) -> StableDiffusion:
-    """Load an SD 1.x checkpoint: a single LDM `.safetensors` file or a diffusers folder.
+    """Load an SD 1.x or SDXL checkpoint: a single `.safetensors` file or a diffusers folder.
 
-    Floating tensors are converted to `dtype` one at a time as they are read; on the CPU, tensors
-    already in `dtype` are mapped from the file instead (copy-on-write), so replace a loaded file by
-    renaming a new one into place, never by overwriting it while the model is in use.
+    `vae`: a separate VAE file or folder to use instead of the bundled one; `vae_dtype`: the VAE's
+    dtype (default `dtype`). Floating tensors are converted to their dtype one at a time as they are
+    read; on the CPU, tensors already in it are mapped from the file instead (copy-on-write), so
+    replace a loaded file by renaming a new one into place, never by overwriting it in use.
 
     In a diffusers folder with both `*.safetensors` and `*.fp16.safetensors` weights, float32 (or
     float64) loads the full-precision files and float16/bfloat16 the `.fp16` ones; when only one of
     them exists, it is used.
-    Raises WeightsError with a one-line message when the path is missing, not a safetensors SD 1.x
-    checkpoint, corrupt, or does not match the architecture inferred from its shapes.
+    Raises WeightsError with a one-line message when a path is missing, not a safetensors SD 1.x or
+    SDXL checkpoint, corrupt, or does not match the architecture inferred from its shapes.
     """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    vae_dtype = dtype if vae_dtype is None else vae_dtype
+    for what, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
+        if not (isinstance(value, torch.dtype) and value.is_floating_point):
+            raise ValueError(f"{what} must be a floating torch.dtype such as torch.float16, got {value!r}")
+    source = _existing(path)
+    bundled_vae = vae is None
+    if source.is_dir():
+        checkpoint = _diffusers_folder(source, dtype, bundled_vae)
+    else:
+        checkpoint = _single_file(source, bundled_vae)
+    vae_source = None
+    if vae is not None:
+        vae_source = _existing(vae)
+        checkpoint.parts["vae"], checkpoint.configs["vae"] = _separate_vae(
+            vae_source, checkpoint.kind, vae_dtype
+        )
+    problem = checkpoint.kind.widths_problem(checkpoint.configs)
+    if problem:
+        raise WeightsError(f"{source} mixes models: {problem}")
+
+    with empty_modules():
+        modules = {c: MODULES.get(c, CLIPTextModel)(checkpoint.configs[c]) for c in checkpoint.parts}
+    for part in checkpoint.parts.values():
+        _check_tensors(part, modules[part.component], checkpoint.kind)
+    dtypes = {c: vae_dtype if c == "vae" else dtype for c in modules}
+    _fill(list(checkpoint.parts.values()), modules, dtypes, torch.device(device), checkpoint.kind)
+    return StableDiffusion(
+        checkpoint.kind.name,
+        checkpoint.tokenizers["text_encoder"],
+        modules["text_encoder"],
+        modules["unet"],
+        modules["vae"],
+        checkpoint.schedule,
+        source,
+        checkpoint.tokenizers.get("text_encoder_2"),
+        modules.get("text_encoder_2"),
+        vae_source,
+    )
+
+
+def _existing(path: str | Path) -> Path:
     source = Path(path).expanduser()
     if not source.exists():
         hint = "" if is_local_path(str(path)) else "; for a Hub id, fetch it first with weights.hub_file"
         raise WeightsError(f"{source} does not exist: pass a .safetensors file or a diffusers folder{hint}")
-    if source.is_dir():
-        parts, configs, tokenizer, schedule = _diffusers_folder(source, dtype)
-    else:
-        parts, configs, tokenizer, schedule = _single_file(source)
-
-    with empty_modules():
-        modules = {
-            "unet": UNet(configs["unet"]),
-            "vae": AutoencoderKL(configs["vae"]),
-            "text_encoder": CLIPTextModel(configs["text_encoder"]),
-        }
-    for part in parts:
-        _check_tensors(part, modules[part.component])
-    _fill(parts, modules, dtype, torch.device(device))
-    return StableDiffusion(
-        "sd1", tokenizer, modules["text_encoder"], modules["unet"], modules["vae"], schedule, source
-    )
+    return source
 
 
-def _single_file(path: Path) -> tuple[list[_Part], dict, Tokenizer, DiscreteSchedule]:
+# --- single files ---------------------------------------------------------------------------------------
+
+
+def _single_file(path: Path, bundled_vae: bool) -> _Checkpoint:
     header = read_header(path)
-    detect.refuse_other_single_files(header.shapes(), path)
-    names: dict[str, dict[str, str]] = {component: {} for component in COMPONENTS}
+    kind = detect.single_file_kind(header.shapes(), path)
+    prefixes = kind.prefixes()
+    keys: dict[str, list[str]] = {component: [] for component in prefixes}
     stray = []
     for key in header.tensors:
         if keymaps.ignored(key):
             continue
-        found = keymaps.split_single_file(key)
-        if found is None:
+        component = next((c for c, prefix in prefixes.items() if key.startswith(prefix)), None)
+        if component is None:
             stray.append(key)
         else:
-            names[found[0]][found[1]] = key
+            keys[component].append(key.removeprefix(prefixes[component]))
     if stray:
         raise WeightsError(
             f"{path} has {_count(stray, 'unexpected key')} outside the U-Net, VAE and text "
-            f"encoder: {_first(stray)}; it is not a plain SD 1.x checkpoint"
+            f"encoder{'s' if len(kind.text_encoders) > 1 else ''}: {_first(stray)}; it is not a plain "
+            f"{kind.label} checkpoint"
         )
-    for component, prefix in keymaps.PREFIXES.items():
-        if not names[component]:
+    layouts = {"unet": keymaps.ldm_unet, "vae": keymaps.ldm_vae}
+    layouts.update({t.component: t.layout for t in kind.text_encoders})
+    wanted = [c for c in prefixes if bundled_vae or c != "vae"]
+    parts = {}
+    for component in wanted:
+        prefix = prefixes[component]
+        if not keys[component]:
             raise WeightsError(
-                f"{path} has no {LABELS[component]} (no key starts with {prefix}); "
-                "pass a complete SD 1.x checkpoint"
+                f"{path} has no {kind.label_of(component)} (no key starts with {prefix}); "
+                f"pass a complete {kind.label} checkpoint"
             )
-    parts = [_Part(c, header, names[c], keymaps.PREFIXES[c]) for c in COMPONENTS]
-    shapes = {part.component: _shapes(part) for part in parts}
+        parts[component] = _part(component, header, layouts[component](keys[component]), prefix)
+    shapes = {c: _shapes(part) for c, part in parts.items()}
     detect.refuse_other_unets(shapes["unet"], path)
     with _naming(path):
-        configs = {
-            "unet": detect.unet_config(shapes["unet"]),
-            "vae": detect.vae_config(shapes["vae"]),
-            "text_encoder": detect.clip_config(shapes["text_encoder"]),
-        }
-    return parts, _checked(configs, path), Tokenizer.sd1(), _file_schedule(header)
+        configs = {"unet": detect.unet_config(shapes["unet"], kind.unet_heads)}
+        if bundled_vae:
+            configs["vae"] = detect.vae_config(shapes["vae"], kind.latent_scale)
+        for text in kind.text_encoders:
+            configs[text.component] = detect.clip_config(shapes[text.component], activation=text.activation)
+    tokenizers = {t.component: Tokenizer.sd1(t.pad_id) for t in kind.text_encoders}
+    return _Checkpoint(kind, parts, configs, tokenizers, _file_schedule(header))
 
 
 def _file_schedule(header: Header) -> DiscreteSchedule:
@@ -167,52 +274,102 @@ def _file_schedule(header: Header) -> DiscreteSchedule:
         raise WeightsError(f"{header.path}: its alphas_cumprod is not a noise schedule ({error})") from None
 
 
-def _diffusers_folder(
-    folder: Path, dtype: torch.dtype
-) -> tuple[list[_Part], dict, Tokenizer, DiscreteSchedule]:
-    configs_json = {c: _json(folder / c / "config.json") for c in COMPONENTS if (folder / c).is_dir()}
-    detect.refuse_other_folders(configs_json, (folder / "text_encoder_2").is_dir(), folder)
-    files = {c: _weights_file(folder, c, dtype) for c in COMPONENTS}
-    headers = {c: read_header(files[c]) for c in COMPONENTS}
-    renames = {
-        "unet": keymaps.diffusers_unet(headers["unet"].tensors),
-        "vae": keymaps.diffusers_vae(headers["vae"].tensors),
-        "text_encoder": {key: key for key in headers["text_encoder"].tensors},
+# --- diffusers folders ----------------------------------------------------------------------------------
+
+
+def _folder_kind(folder: Path) -> Kind:
+    configs = {
+        c: _json(folder / c / "config.json") for c in ("unet", "text_encoder") if (folder / c).is_dir()
     }
-    parts = [
-        _Part(c, headers[c], {name: key for key, name in renames[c].items() if not keymaps.ignored(key)}, "")
-        for c in COMPONENTS
-    ]
-    shapes = {part.component: _shapes(part) for part in parts}
+    return detect.folder_kind(configs, (folder / "text_encoder_2").is_dir(), folder)
+
+
+def _diffusers_folder(folder: Path, dtype: torch.dtype, bundled_vae: bool) -> _Checkpoint:
+    kind = _folder_kind(folder)
+    texts = {t.component: t for t in kind.text_encoders}
+    components = ["unet", *(["vae"] if bundled_vae else []), *texts]
+    configs_json = {c: _json(folder / c / "config.json") for c in components}
+    headers = {c: read_header(_weights_file(folder, c, dtype)) for c in components}
+    layouts = {"unet": keymaps.diffusers_unet, "vae": keymaps.diffusers_vae}
+    parts = {c: _part(c, headers[c], layouts.get(c, keymaps.hf_text)(_kept(headers[c]))) for c in components}
+    shapes = {c: _shapes(part) for c, part in parts.items()}
     detect.refuse_other_unets(shapes["unet"], folder)
-    text = configs_json["text_encoder"]
     with _naming(folder):
-        configs = {
-            "unet": detect.unet_config(shapes["unet"], detect.unet_heads(configs_json["unet"])),
-            "vae": detect.vae_config(
-                shapes["vae"], configs_json["vae"].get("scaling_factor", detect.SD1_LATENT_SCALE)
-            ),
-            "text_encoder": detect.clip_config(
-                shapes["text_encoder"],
-                text.get("num_attention_heads"),
-                text.get("hidden_act", "quick_gelu"),
-                text.get("layer_norm_eps", 1e-5),
-            ),
-        }
+        configs = {"unet": detect.unet_config(shapes["unet"], detect.unet_heads(configs_json["unet"]))}
+        if bundled_vae:
+            configs["vae"] = detect.vae_config(
+                shapes["vae"], configs_json["vae"].get("scaling_factor", kind.latent_scale)
+            )
+        for component, text in texts.items():
+            config = configs_json[component]
+            configs[component] = detect.clip_config(
+                shapes[component],
+                config.get("num_attention_heads"),
+                config.get("hidden_act", text.activation),
+                config.get("layer_norm_eps", 1e-5),
+            )
     scheduler = folder / "scheduler" / "scheduler_config.json"
     schedule = DiscreteSchedule.sd()
     if scheduler.exists():
         schedule = detect.schedule_from_config(_json(scheduler), scheduler)
-    return parts, _checked(configs, folder), _folder_tokenizer(folder), schedule
+    tokenizers = {c: _folder_tokenizer(folder / t.tokenizer, t.pad_id) for c, t in texts.items()}
+    return _Checkpoint(kind, parts, configs, tokenizers, schedule)
+
+
+def _kept(header: Header) -> list[str]:
+    return [key for key in header.tensors if not keymaps.ignored(key)]
+
+
+def folder_files(
+    kind: str, dtype: torch.dtype, bundled_vae: bool = True
+) -> list[tuple[tuple[str, ...], bool]]:
+    """The files `load` reads from a diffusers folder of `kind` into `dtype`, as `hub.hub_folder` takes
+    them: each entry the alternatives in the order `load` prefers them (the weights' precisions) and
+    whether one of them must exist (the tokenizers and the scheduler config may be missing)."""
+    texts = KINDS[kind].text_encoders
+    entries = []
+    for component in ("unet", *(["vae"] if bundled_vae else []), *(t.component for t in texts)):
+        stem = f"{component}/{WEIGHT_STEMS.get(component, 'model')}"
+        entries += [((f"{component}/config.json",), True), (_variants(stem, dtype), True)]
+    for text in texts:
+        entries += [((f"{text.tokenizer}/{name}",), False) for name in ("vocab.json", "merges.txt")]
+    return [*entries, (("scheduler/scheduler_config.json",), False)]
+
+
+def fetch_folder(
+    repo_id: str, revision: str = "main", dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True
+) -> Path:
+    """Download exactly the files `load(folder, dtype=dtype)` reads from a diffusers folder repo into
+    the Hugging Face cache (`hub.hub_file`: resumable, sha256-checked); returns the snapshot folder.
+    The kind is read off unet/config.json first, and every file comes from that file's commit."""
+    try:
+        config = hub_file(repo_id, "unet/config.json", revision)
+    except NotOnHub:
+        raise NotOnHub(
+            f"{repo_id} (revision {revision}) has no unet/config.json, so it is not a diffusers folder: "
+            f"name its weights file, {repo_id}/FILE.safetensors"
+        ) from None
+    commit = config.parent.parent.name
+    kind = detect.folder_kind({"unet": _json(config)}, False, repo_id)
+    return hub_folder(repo_id, folder_files(kind.name, dtype, bundled_vae), commit)
+
+
+def _variants(stem: str, dtype: torch.dtype) -> tuple[str, str]:
+    """`{stem}.safetensors` and `{stem}.fp16.safetensors`, the one matching dtype first."""
+    full, half = f"{stem}.safetensors", f"{stem}.fp16.safetensors"
+    return (half, full) if dtype in HALF else (full, half)
 
 
 def _weights_file(folder: Path, component: str, dtype: torch.dtype) -> Path:
-    """`{component}/{stem}.safetensors` or `.fp16.safetensors`, the one matching dtype first."""
-    stem = folder / component / WEIGHT_STEMS[component]
-    full, half = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".fp16.safetensors")
-    for candidate in (half, full) if dtype in HALF else (full, half):
-        if candidate.is_file():
-            return candidate
+    return _variant(folder / component / WEIGHT_STEMS.get(component, "model"), dtype, folder)
+
+
+def _variant(stem: Path, dtype: torch.dtype, folder: Path) -> Path:
+    """The weights file of `stem` that `_variants` prefers; a missing one names the full-precision file."""
+    for name in _variants(stem.name, dtype):
+        if (stem.parent / name).is_file():
+            return stem.parent / name
+    full = stem.with_name(stem.name + ".safetensors")
     for pickle in (stem.with_name(stem.name + ".bin"), stem.with_name(stem.name + ".fp16.bin")):
         if pickle.is_file():
             refuse_pickle(pickle)
@@ -221,18 +378,52 @@ def _weights_file(folder: Path, component: str, dtype: torch.dtype) -> Path:
     raise WeightsError(f"{folder} is not a complete diffusers folder: {_missing(folder, full)}{hint}")
 
 
-def _folder_tokenizer(folder: Path) -> Tokenizer:
-    """tokenizer/vocab.json + merges.txt; without a tokenizer/ folder, the vendored CLIP vocabulary."""
-    vocab, merges = folder / "tokenizer" / "vocab.json", folder / "tokenizer" / "merges.txt"
+def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
+    """vocab.json + merges.txt in `folder`; without the folder, the vendored CLIP vocabulary."""
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file():
         try:
-            return Tokenizer.from_files(vocab, merges)
+            return Tokenizer.from_files(vocab, merges, pad_id)
         except (ValueError, json.JSONDecodeError) as error:
-            raise WeightsError(f"{folder / 'tokenizer'} holds no CLIP vocabulary ({error})") from None
+            raise WeightsError(f"{folder} holds no CLIP vocabulary ({error})") from None
     if vocab.is_file() or merges.is_file():
         missing = merges if vocab.is_file() else vocab
-        raise WeightsError(f"{missing} is missing (its partner is there); restore it or delete tokenizer/")
-    return Tokenizer.sd1()
+        raise WeightsError(
+            f"{missing} is missing (its partner is there); restore it or delete {folder.name}/"
+        )
+    return Tokenizer.sd1(pad_id)
+
+
+# --- a separate VAE -------------------------------------------------------------------------------------
+
+
+def _separate_vae(source: Path, kind: Kind, dtype: torch.dtype) -> tuple[_Part, object]:
+    """A VAE file (LDM keys, with or without `first_stage_model.`, or diffusers keys) or a diffusers
+    VAE folder (config.json and weights), with its config; the latent scale is the folder's, else
+    the family's."""
+    scaling_factor = kind.latent_scale
+    if source.is_dir():
+        config = _json(source / "config.json")
+        scaling_factor = config.get("scaling_factor", scaling_factor)
+        header = read_header(_variant(source / WEIGHT_STEMS["vae"], dtype, source))
+    else:
+        header = read_header(source)
+    keys = _kept(header)
+    prefix = VAE_PREFIX if any(key.startswith(VAE_PREFIX) for key in keys) else ""
+    others = [key for key in keys if not key.startswith(prefix)]
+    if others or any(key.startswith(UNET_PREFIX) for key in keys):
+        raise WeightsError(
+            f"{source} holds more than a VAE ({_first(others or keys)}); pass a VAE file or folder as "
+            "the separate VAE"
+        )
+    names = [key.removeprefix(prefix) for key in keys]
+    layout = keymaps.diffusers_vae if keymaps.is_diffusers_vae(names) else keymaps.ldm_vae
+    part = _part("vae", header, layout(names), prefix)
+    with _naming(source):
+        return part, detect.vae_config(_shapes(part), scaling_factor)
+
+
+# --- checks and filling ---------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -264,18 +455,19 @@ def _json(path: Path) -> dict:
 
 
 def _shapes(part: _Part) -> dict[str, tuple[int, ...]]:
-    return {name: part.header.tensors[key].shape for name, key in part.names.items()}
-
-
-def _checked(configs: dict, source: Path) -> dict:
-    """The U-Net must attend to features as wide as the text encoder's."""
-    context, width = configs["unet"].context_dim, configs["text_encoder"].hidden_size
-    if context != width:
-        raise WeightsError(
-            f"{source} mixes models: the U-Net attends to {context}-wide text features but the text "
-            f"encoder is {width} wide"
-        )
-    return configs
+    """Parameter name -> the shape its file tensor gives it; a tensor that cannot be cut is refused."""
+    shapes = {}
+    for key, targets in part.rules.items():
+        got = part.header.tensors[key].shape
+        for target in targets:
+            shape = target.shape(got)
+            if shape is None:
+                raise WeightsError(
+                    f"{part.header.path}: {key} has shape {list(got)}, which cannot fill {target.name} "
+                    f"({target.how()}); the file is corrupt or holds another model"
+                )
+            shapes[target.name] = shape
+    return shapes
 
 
 def _count(items: list, noun: str) -> str:
@@ -286,45 +478,69 @@ def _first(items: list[str]) -> str:
     return ", ".join(items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
 
 
-def _check_tensors(part: _Part, module: nn.Module) -> None:
-    """Missing, unexpected and mis-shaped tensors, from the header alone."""
+def _check_tensors(part: _Part, module: nn.Module, kind: Kind) -> None:
+    """Missing, unexpected, doubly filled and mis-shaped tensors, from the header alone."""
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    source, label = part.header.path, LABELS[part.component]
-    missing = sorted(part.shown_prefix + name for name in expected.keys() - part.names.keys())
-    unexpected = sorted(key for name, key in part.names.items() if name not in expected)
+    source, label = part.header.path, f"{kind.label} {kind.label_of(part.component)}"
+    filled: dict[str, str] = {}
+    for key, targets in part.rules.items():
+        for target in targets:
+            if target.name in filled:
+                raise WeightsError(
+                    f"{source}: {key} and {filled[target.name]} both fill {target.name}; the file mixes "
+                    "two layouts of one model"
+                )
+            filled[target.name] = key
+    missing = sorted(expected.keys() - filled.keys())
+    unexpected = sorted({key for name, key in filled.items() if name not in expected})
     if missing or unexpected:
-        found = [f"{_count(missing, 'missing key')} ({_first(missing)})"] if missing else []
-        found += [f"{_count(unexpected, 'unexpected key')} ({_first(unexpected)})"] if unexpected else []
+        found = []
+        if missing:
+            if part.shown_prefix is None:  # the layout renames: name the parameters
+                found.append(f"{_count(missing, 'parameter')} no key fills ({_first(missing)})")
+            else:
+                shown = [part.shown_prefix + name for name in missing]
+                found.append(f"{_count(missing, 'missing key')} ({_first(shown)})")
+        if unexpected:
+            found.append(f"{_count(unexpected, 'unexpected key')} ({_first(unexpected)})")
         raise WeightsError(
-            f"{source} does not match the SD 1.x {label} inferred from its shapes: "
+            f"{source} does not match the {label} inferred from its shapes: "
             f"{' and '.join(found)}; the file is incomplete or holds another model"
         )
-    for name, shape in expected.items():
-        key = part.names[name]
-        got = part.header.tensors[key].shape
-        if got != shape and not (keymaps.linear_as_conv(name) and (*got, 1, 1) == shape):
-            raise WeightsError(
-                f"{source}: {key} has shape {list(got)} but the SD 1.x {label} inferred from the file "
-                f"needs {list(shape)}; the file is corrupt or mixes models"
-            )
+    for key, targets in part.rules.items():
+        for target in targets:
+            got, shape = target.shape(part.header.tensors[key].shape), expected[target.name]
+            if got != shape:
+                filled_as = "" if target.how() == "as it is" else f" ({target.how()}: {list(got)})"
+                raise WeightsError(
+                    f"{source}: {key} has shape {list(part.header.tensors[key].shape)}{filled_as} but the "
+                    f"{label} inferred from the file needs {list(shape)}; the file is corrupt or mixes models"
+                )
 
 
 def _fill(
-    parts: list[_Part], modules: dict[str, nn.Module], dtype: torch.dtype, device: torch.device
+    parts: list[_Part],
+    modules: dict[str, nn.Module],
+    dtypes: dict[str, torch.dtype],
+    device: torch.device,
+    kind: Kind,
 ) -> None:
-    """Read each file once, in file order, placing every tensor as soon as it is converted."""
-    by_file: dict[Path, list[_Part]] = {}
+    """Read each file once per dtype, in file order, placing every tensor as soon as it is converted."""
+    groups: dict[tuple[Path, torch.dtype], list[_Part]] = {}
     for part in parts:
-        by_file.setdefault(part.header.path, []).append(part)
-    for path, file_parts in by_file.items():
-        targets = {key: (modules[p.component], name) for p in file_parts for name, key in p.names.items()}
-        tensors = file_parts[0].header.tensors
+        groups.setdefault((part.header.path, dtypes[part.component]), []).append(part)
+    for (path, dtype), group in groups.items():
+        targets = {key: (modules[p.component], rule) for p in group for key, rule in p.rules.items()}
+        tensors = group[0].header.tensors
         for key, tensor in read_tensors(path, [(key, tensors[key]) for key in targets], dtype, device):
-            assign(*targets[key], tensor)
+            module, rule = targets[key]
+            for target in rule:
+                assign(module, target.name, target.take(tensor))
     for component, module in modules.items():
         left = unloaded(module)
         if left:
             raise RuntimeError(
-                f"the {LABELS[component]} has tensors outside its state dict, never loaded: {_first(left)}"
+                f"the {kind.label_of(component)} has tensors outside its state dict, never loaded: "
+                f"{_first(left)}"
             )
         module.eval()

@@ -245,11 +245,10 @@ def empty_modules() -> Iterator[None]:
 
 
 def assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Replace the (meta) parameter or buffer `name` of `module` by `tensor`, frozen. Shapes are checked
-    beforehand; the one difference allowed there, [C, C] for [C, C, 1, 1], is undone by the reshape."""
+    """Replace the (meta) parameter or buffer `name` of `module` by `tensor`, frozen (shapes are
+    checked beforehand)."""
     owner_name, _, attr = name.rpartition(".")
     owner = module.get_submodule(owner_name)
-    tensor = tensor.reshape(getattr(owner, attr).shape)
     if attr in dict(owner.named_parameters(recurse=False)):
         setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
     else:

@@ -1,8 +1,10 @@
 """What a checkpoint is, and the configurations of its models read off the tensor shapes.
 
-Shapes fix everything but the head counts (a [C, C] attention projection splits into any number of
-heads): SD 1.x has 8 U-Net heads and 64-wide CLIP heads (docs/model-facts.md sections 1.1, 4.1), and
-a diffusers folder states them in its config.json files. Shapes here use the LDM names (see keymaps).
+Shapes fix everything but the heads (a [C, C] attention projection splits into any number of them)
+and the activations: SD 1.x has 8 U-Net heads, SDXL 64-wide ones, CLIP 64-wide heads
+(docs/model-facts.md sections 1.1, 2.1, 4), and a diffusers folder states them in its config.json
+files; the family (weights/kinds.py) supplies them for single files. Shapes here use the parameter
+names (see keymaps).
 """
 
 from __future__ import annotations
@@ -17,19 +19,18 @@ from schedule import DiscreteSchedule
 from text_encoder import CLIPTextConfig
 from vae import VAEConfig
 from weights.errors import WeightsError
+from weights.kinds import SD1, SDXL, UNET_PREFIX, Kind
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-SD1_UNET_HEADS = 8
 CLIP_HEAD_DIM = 64
-SD1_LATENT_SCALE = 0.18215
 SD2_CONTEXT = 1024  # OpenCLIP ViT-H text width: SD 2.x cross-attention keys/values are 1024 wide
 IN_CHANNEL_KINDS = {
     9: "an inpainting model (9 U-Net input channels: latent, mask and masked image)",
     8: "an InstructPix2Pix-style image-editing model (8 U-Net input channels: latent and image)",
     5: "a depth-conditioned model (5 U-Net input channels)",
 }
-ONLY_SD1 = "only SD 1.x is supported"
+SUPPORTED = "only SD 1.x and SDXL are supported"
 SCHEDULER_KEYS = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")
 
 
@@ -38,22 +39,18 @@ def _sample(keys, count: int = 3) -> str:
     return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
 
 
-def refuse_other_single_files(shapes: Shapes, source: object) -> None:
-    """Refuse an LDM single file that is not SD 1.x: SDXL, SD 2.x, a lone model, or no SD at all."""
+def single_file_kind(shapes: Shapes, source: object) -> Kind:
+    """The family of an LDM / sgm single file, from its keys; refuse SD 2.x, a lone model, or no SD."""
     keys = list(shapes)
-    sdxl = [k for k in keys if k.startswith(("conditioner.embedders.", "model.diffusion_model.label_emb."))]
-    if sdxl:
-        raise WeightsError(
-            f"{source} looks like SDXL (keys like {_sample(sdxl, 2)}); SDXL support is not implemented yet: "
-            f"{ONLY_SD1}"
-        )
+    if any(k.startswith(("conditioner.embedders.", UNET_PREFIX + "label_emb.")) for k in keys):
+        return SDXL
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         raise WeightsError(
             f"{source} looks like Stable Diffusion 2.x (OpenCLIP text encoder, keys "
-            f"cond_stage_model.model.*); {ONLY_SD1}"
+            f"cond_stage_model.model.*); {SUPPORTED}"
         )
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        return
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return SD1
     for looks_like, what in (
         (any("lora" in k.lower() for k in keys), "a LoRA (low-rank adapter); load its base model instead"),
         (
@@ -62,14 +59,15 @@ def refuse_other_single_files(shapes: Shapes, source: object) -> None:
         ),
         (
             any(k.startswith("encoder.") for k in keys) and any(k.startswith("decoder.") for k in keys),
-            "a standalone VAE; pass a full SD 1.x checkpoint",
+            "a standalone VAE; pass a full checkpoint, and this file as the separate VAE (--vae)",
         ),
     ):
         if looks_like:
             raise WeightsError(f"{source} looks like {what}")
     raise WeightsError(
         f"{source} does not look like a Stable Diffusion checkpoint (found keys like {_sample(keys)}); "
-        "expected model.diffusion_model.*, first_stage_model.* and cond_stage_model.transformer.*"
+        f"expected {UNET_PREFIX}*, first_stage_model.* and cond_stage_model.transformer.* (SD 1.x) or "
+        "conditioner.embedders.* (SDXL)"
     )
 
 
@@ -79,29 +77,27 @@ def refuse_other_unets(unet: Shapes, source: object) -> None:
     if wide:
         raise WeightsError(
             f"{source} looks like Stable Diffusion 2.x ({SD2_CONTEXT}-wide cross-attention, e.g. {wide[0]}); "
-            f"{ONLY_SD1}"
+            f"{SUPPORTED}"
         )
     conv_in = unet.get("input_blocks.0.0.weight")
     if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
         kind = IN_CHANNEL_KINDS.get(conv_in[1], f"a model with {conv_in[1]} U-Net input channels")
         raise WeightsError(
-            f"{source} looks like {kind}; only text-to-image SD 1.x models (4 input channels) are supported"
+            f"{source} looks like {kind}; only text-to-image models (4 input channels) are supported"
         )
 
 
-def refuse_other_folders(configs: Mapping[str, dict], has_second_text_encoder: bool, source: object) -> None:
-    """Refuse diffusers folders of other SD families by their config files (read before any weights)."""
+def folder_kind(configs: Mapping[str, dict], has_second_text_encoder: bool, source: object) -> Kind:
+    """The family of a diffusers folder, from its config files (read before any weights)."""
     unet = configs.get("unet", {})
     if has_second_text_encoder or unet.get("addition_embed_type") == "text_time":
-        raise WeightsError(
-            f"{source} looks like SDXL (text_encoder_2/ or text_time conditioning in unet/config.json); "
-            f"SDXL support is not implemented yet: {ONLY_SD1}"
-        )
+        return SDXL
     if unet.get("cross_attention_dim") == SD2_CONTEXT:
         raise WeightsError(
             f"{source} looks like Stable Diffusion 2.x (cross_attention_dim {SD2_CONTEXT} in "
-            f"unet/config.json); {ONLY_SD1}"
+            f"unet/config.json); {SUPPORTED}"
         )
+    return SD1
 
 
 def _need(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
@@ -114,10 +110,10 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
     return sorted({int(m[1]) for key in shapes if (m := re.match(pattern, key))})
 
 
-def unet_config(shapes: Shapes, num_heads: int = SD1_UNET_HEADS) -> UNetConfig:
-    """UNetConfig from LDM-named U-Net shapes (docs/model-facts.md section 1.2): widths from the ResBlock
-    convs, a level ends at each downsampler (`input_blocks.i.0.op`), depths from the transformer block
-    indices."""
+def unet_config(shapes: Shapes, heads: Mapping[str, int] = SD1.unet_heads) -> UNetConfig:
+    """UNetConfig from LDM-named U-Net shapes (docs/model-facts.md sections 1.2, 2.2): widths from the
+    ResBlock convs, a level ends at each downsampler (`input_blocks.i.0.op`), depths from the
+    transformer block indices, y's width from `label_emb`. `heads`: {"num_heads": n} or {"head_dim": d}."""
     conv_in = _need(shapes, "input_blocks.0.0.weight", "U-Net")
     model_channels, in_channels = conv_in[0], conv_in[1]
     levels: list[list[int]] = []  # the input block indices of each level's ResBlocks
@@ -157,15 +153,17 @@ def unet_config(shapes: Shapes, num_heads: int = SD1_UNET_HEADS) -> UNetConfig:
                 for blocks in levels
             ),
             middle_depth=len(_indices(shapes, r"middle_block\.1\.transformer_blocks\.(\d+)\.")),
-            num_heads=num_heads,
+            num_heads=heads.get("num_heads"),
+            head_dim=heads.get("head_dim"),
             context_dim=context_dim,
             linear_proj=len(_need(shapes, "middle_block.1.proj_in.weight", "U-Net")) == 2,
+            adm_in_channels=shapes["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in shapes else None,
         )
     except ValueError as error:
         raise WeightsError(f"the U-Net's shapes give no valid configuration: {error}") from None
 
 
-def vae_config(shapes: Shapes, scaling_factor: float = SD1_LATENT_SCALE) -> VAEConfig:
+def vae_config(shapes: Shapes, scaling_factor: float = SD1.latent_scale) -> VAEConfig:
     """VAEConfig from LDM-named VAE shapes (docs/model-facts.md section 3)."""
     conv_in = _need(shapes, "encoder.conv_in.weight", "VAE")
     levels = _indices(shapes, r"encoder\.down\.(\d+)\.")
@@ -187,7 +185,8 @@ def vae_config(shapes: Shapes, scaling_factor: float = SD1_LATENT_SCALE) -> VAEC
 def clip_config(
     shapes: Shapes, heads: int | None = None, activation: str = "quick_gelu", layer_norm_eps: float = 1e-5
 ) -> CLIPTextConfig:
-    """CLIPTextConfig from HF-named text encoder shapes; heads default to width / 64 (CLIP's head size)."""
+    """CLIPTextConfig from HF-named text encoder shapes; heads default to width / 64 (CLIP's head size),
+    the projection's width comes from `text_projection.weight` when there is one."""
     vocab, width = _need(shapes, "text_model.embeddings.token_embedding.weight", "text encoder")
     if heads is None:
         if width % CLIP_HEAD_DIM:
@@ -205,21 +204,32 @@ def clip_config(
             heads=heads,
             activation=activation,
             layer_norm_eps=layer_norm_eps,
+            projection_dim=shapes["text_projection.weight"][0]
+            if "text_projection.weight" in shapes
+            else None,
         )
     except ValueError as error:
         raise WeightsError(f"the text encoder's shapes give no valid configuration: {error}") from None
 
 
-def unet_heads(config: Mapping) -> int:
-    """Head count from a diffusers unet/config.json: `num_attention_heads` when set, else the misnamed
-    `attention_head_dim`, which SD 1.x configs use for the head COUNT (docs/model-facts.md section 9,
-    item 1)."""
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim", SD1_UNET_HEADS)
-    if isinstance(heads, list):
-        if len(set(heads)) != 1:
-            raise WeightsError(f"unet/config.json gives per-level head counts {heads}; {ONLY_SD1}")
-        heads = heads[0]
-    return int(heads)
+def unet_heads(config: Mapping) -> dict[str, int]:
+    """The heads from a diffusers unet/config.json: `num_attention_heads` when set, else the misnamed
+    `attention_head_dim`, which holds head COUNTS (docs/model-facts.md section 9, item 1): one count
+    (SD 1.x: 8), or one per level whose attention levels share one head size (SDXL: [5, 10, 20] at
+    [320, 640, 1280] channels, 64-wide heads)."""
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", SD1.unet_heads["num_heads"])
+    if not isinstance(heads, list):
+        return {"num_heads": int(heads)}
+    if len(set(heads)) == 1:
+        return {"num_heads": int(heads[0])}
+    channels, blocks = config.get("block_out_channels", []), config.get("down_block_types", [])
+    levels = [(c, h) for c, h, block in zip(channels, heads, blocks, strict=False) if "CrossAttn" in block]
+    sizes = {c // h for c, h in levels if h and c % h == 0}
+    if len(sizes) != 1 or len(levels) != sum(1 for c, h in levels if h and c % h == 0):
+        raise WeightsError(
+            f"unet/config.json gives per-level head counts {heads}, which share no head size; {SUPPORTED}"
+        )
+    return {"head_dim": sizes.pop()}
 
 
 def schedule_from_config(config: Mapping, source: object) -> DiscreteSchedule:
@@ -227,12 +237,12 @@ def schedule_from_config(config: Mapping, source: object) -> DiscreteSchedule:
     prediction = config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise WeightsError(
-            f"{source} says the model predicts {prediction!r}; only eps-prediction SD 1.x is supported"
+            f"{source} says the model predicts {prediction!r}; only eps-prediction models are supported"
         )
     missing = [k for k in SCHEDULER_KEYS if k not in config]
     if missing:
         raise WeightsError(
-            f"{source} lacks {', '.join(missing)}; add them, or delete the file to use SD 1.x's schedule"
+            f"{source} lacks {', '.join(missing)}; add them, or delete the file to use SD's schedule"
         )
     start, end, steps = config["beta_start"], config["beta_end"], config["num_train_timesteps"]
     if config["beta_schedule"] == "scaled_linear":  # linear in sqrt(beta): LDM's "linear"

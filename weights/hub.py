@@ -1,5 +1,6 @@
-"""Fetch one file of a Hugging Face Hub repo into the cache that huggingface_hub, diffusers and
-transformers share, so a file any of them downloaded is reused and the other way round.
+"""Fetch files of a Hugging Face Hub repo (one file, or the files of a diffusers folder that
+`weights.load` reads) into the cache that huggingface_hub, diffusers and transformers share, so a
+file any of them downloaded is reused and the other way round.
 
 Cache layout (huggingface_hub's), under `hub_cache_dir()`:
 
@@ -37,6 +38,24 @@ from weights.errors import WeightsError
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_FILE = "v1-5-pruned-emaonly.safetensors"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_FILE = "sd_xl_base_1.0.safetensors"  # fp16, 6.94 GB
+DREAMSHAPER_XL_REPO = "Lykon/dreamshaper-xl-1-0"  # a diffusers folder only (the paper's SDXL model)
+SDXL_VAE_FIX_REPO = "madebyollin/sdxl-vae-fp16-fix"
+SDXL_VAE_FIX_FILE = "sdxl_vae.safetensors"  # the file the paper's SDXL code loads (docs/model-facts.md 10.1)
+# The weights of a repo named without a file: its single file; any other repo is a diffusers folder.
+SINGLE_FILES = {
+    SD15_REPO: SD15_FILE,
+    SDXL_REPO: SDXL_FILE,
+    SDXL_VAE_FIX_REPO: SDXL_VAE_FIX_FILE,
+    "stabilityai/sdxl-vae": "sdxl_vae.safetensors",
+}
+SHORT_NAMES = {  # --weights / --vae NAME
+    "sd15": SD15_REPO,
+    "sdxl": SDXL_REPO,
+    "dreamshaper-xl": DREAMSHAPER_XL_REPO,
+    "sdxl-vae-fp16-fix": SDXL_VAE_FIX_REPO,
+}
 
 _WEIGHTS_HINT = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
 _TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub accepts as true in HF_* variables
@@ -142,6 +161,8 @@ def hub_file(
                 _verify(partial, remote)
                 os.replace(partial, blob)
             return _link(repo_dir, revision, remote.commit, filename, blob)
+    except _Missing as err:
+        raise NotOnHub(f"could not download {label} from {endpoint}: {err}. {_WEIGHTS_HINT}") from None
     except _Failed as err:
         reason = str(err)
     except (OSError, HTTPException) as err:
@@ -149,8 +170,56 @@ def hub_file(
     raise WeightsError(f"could not download {label} from {endpoint}: {reason}. {_WEIGHTS_HINT}")
 
 
+def hub_folder(
+    repo_id: str,
+    files: list[tuple[tuple[str, ...], bool]],
+    revision: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """The snapshot folder of `repo_id` at `revision` (a commit, so every file is of the same one)
+    holding `files`: for each entry the first of its alternatives the Hub has (offline: the first one
+    the cache has), each fetched by `hub_file` (resumed, checked); an entry marked required must be
+    found, the others may be missing."""
+    if offline is None:
+        offline = _env_true("HF_HUB_OFFLINE")
+    repo_dir = (Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()) / (
+        "models--" + repo_id.replace("/", "--")
+    )
+    for alternatives, required in files:
+        found = None
+        for name in alternatives:
+            if offline and _cached(repo_dir, revision, name) is None:
+                continue
+            try:
+                found = hub_file(
+                    repo_id, name, revision, cache_dir=cache_dir, offline=offline, progress=progress
+                )
+                break
+            except NotOnHub:
+                continue
+        if found is None and required:
+            if offline:  # hub_file words the offline refusal
+                hub_file(repo_id, alternatives[0], revision, cache_dir=cache_dir, offline=True)
+            raise NotOnHub(
+                f"{repo_id} (revision {revision}) has none of {', '.join(alternatives)}, so it is not a "
+                f"complete diffusers folder. {_WEIGHTS_HINT}"
+            )
+    return repo_dir / "snapshots" / revision
+
+
+class NotOnHub(WeightsError):
+    """The Hub answered 404: no such repo, revision or file."""
+
+
 class _Failed(Exception):
     """Why a download failed, worded to follow 'could not download X from Y: '."""
+
+
+class _Missing(_Failed):
+    """The Hub has no such file (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -252,7 +321,7 @@ def _remote(url: str, auth: _Auth) -> _Remote:
     with _request("HEAD", url, auth) as response:
         headers = response.headers
         if response.status >= 400:
-            raise _Failed(_http_reason(response))
+            raise (_Missing if response.status == 404 else _Failed)(_http_reason(response))
         location = headers.get("Location") if 300 <= response.status < 400 else None
         commit = headers.get("X-Repo-Commit", "")
         # an LFS file's own sha256 is X-Linked-Etag; ETag is that of the redirect or of a small git file

@@ -147,9 +147,38 @@ def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
     return vocab_json, merges_txt
 
 
-def hf_slow_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
-    """transformers' pure-Python CLIPTokenizer: SD 1.5 pipelines' tokenizer. It must have ftfy, or it
-    falls back to a different (BERT) text cleaning."""
-    tok = transformers.CLIPTokenizer(*map(str, write_tokenizer_files(folder)))
+def hf_slow_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> transformers.CLIPTokenizer:
+    """transformers' pure-Python CLIPTokenizer: SD 1.5 pipelines' tokenizer (SDXL's second one pads
+    with "!", id 0). It must have ftfy, or it falls back to a different (BERT) text cleaning."""
+    files = map(str, write_tokenizer_files(folder))
+    tok = transformers.CLIPTokenizer(*files, pad_token=pad_token, model_max_length=77)
     assert tok.fix_text is not None, "ftfy is not installed; the reference tokenizer would not use it"
     return tok
+
+
+def open_clip_state_dict(model: transformers.CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """The open_clip layout of a text tower with projection (SDXL's bigG in `sd_xl_base_1.0`, keys
+    under `conditioner.embedders.1.model.`), written from the table of docs/model-facts.md section 4.2
+    independently of weights/keymaps.py: q, k, v stacked into `in_proj_*`, the projection stored as
+    P with `x @ P` (the Linear weight transposed), and open_clip's `logit_scale`, which SD never uses."""
+    state = model.state_dict()
+    hf = "text_model."
+    out = {
+        "token_embedding.weight": state[hf + "embeddings.token_embedding.weight"],
+        "positional_embedding": state[hf + "embeddings.position_embedding.weight"],
+        "ln_final.weight": state[hf + "final_layer_norm.weight"],
+        "ln_final.bias": state[hf + "final_layer_norm.bias"],
+        "text_projection": state["text_projection.weight"].t(),
+        "logit_scale": torch.tensor(2.6592),  # ln(1 / 0.07), open_clip's initial value
+    }
+    renames = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    renames["attn.out_proj"] = "self_attn.out_proj"
+    for i in range(model.config.num_hidden_layers):
+        layer, block = f"{hf}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for ours, theirs in renames.items():
+            for kind in ("weight", "bias"):
+                out[f"{block}{ours}.{kind}"] = state[f"{layer}{theirs}.{kind}"]
+        for kind in ("weight", "bias"):
+            packed = [state[f"{layer}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"{block}attn.in_proj_{kind}"] = torch.cat(packed)
+    return {key: tensor.contiguous() for key, tensor in out.items()}

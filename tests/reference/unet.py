@@ -17,6 +17,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 from model.unet import UNetConfig
+from weights.checkpoint import empty_modules
 
 # block_out_channels of the reduced SD 1.5 test U-Net (same structure: four levels, two ResBlocks
 # per level, attention on the first three, 32 norm groups, 8 heads; same channel ratios 1:2:4:4, so
@@ -46,9 +47,18 @@ def sd15_config(block_out_channels: tuple[int, ...] = SMALL, cross_attention_dim
     }
 
 
-def sdxl_config(block_out_channels: tuple[int, ...] = (32, 64, 128), head_dim: int = 16) -> dict:
-    """A reduced SDXL-structured diffusers config: no attention at level 0, depths (2, 3) after it,
-    linear projections, fixed head size, `text_time` added conditioning (pooled 24 + 6 x 8)."""
+def sdxl_config(
+    block_out_channels: tuple[int, ...] = (32, 64, 128),
+    head_dim: int = 16,
+    *,
+    context: int = 40,
+    pooled: int = 24,
+    time_dim: int = 8,
+    depths: tuple[int, int, int] = (1, 2, 3),
+) -> dict:
+    """A reduced SDXL-structured diffusers config: no attention at level 0, `depths` transformer
+    blocks per level after it (the last one also in the middle block), linear projections, fixed head
+    size, `text_time` added conditioning (y = pooled + 6 x time_dim; SDXL: 1280 + 6 x 256)."""
     return {
         "in_channels": 4,
         "out_channels": 4,
@@ -56,14 +66,14 @@ def sdxl_config(block_out_channels: tuple[int, ...] = (32, 64, 128), head_dim: i
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "block_out_channels": list(block_out_channels),
         "layers_per_block": 2,
-        "transformer_layers_per_block": [1, 2, 3],
-        "attention_head_dim": [c // head_dim for c in block_out_channels],  # heads again
-        "cross_attention_dim": 40,
+        "transformer_layers_per_block": list(depths),
+        "attention_head_dim": [max(c // head_dim, 1) for c in block_out_channels],  # heads again
+        "cross_attention_dim": context,
         "norm_num_groups": 32,
         "use_linear_projection": True,
         "addition_embed_type": "text_time",
-        "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 24 + 6 * 8,
+        "addition_time_embed_dim": time_dim,
+        "projection_class_embeddings_input_dim": pooled + 6 * time_dim,
     }
 
 
@@ -71,18 +81,24 @@ def sdxl_config(block_out_channels: tuple[int, ...] = (32, 64, 128), head_dim: i
 def diffusers_unet(config: dict, seed: int = 0) -> UNet2DConditionModel:
     """A float32 diffusers U-Net in eval mode with every parameter re-randomised: weights with
     std 1/sqrt(fan_in) (activations stay O(1) through the depth), norm scales around 1 and all
-    biases non-zero, so a swapped, transposed or missing tensor changes the output."""
-    unet = UNet2DConditionModel(**config).eval()
+    biases non-zero, so a swapped, transposed or missing tensor changes the output. diffusers' own
+    initialisation is skipped, and each parameter is drawn in place (full-size SDXL has 2.6e9)."""
+    with empty_modules():
+        unet = UNet2DConditionModel(**config)
+    unet = unet.to_empty(device="cpu").eval()
     g = torch.Generator().manual_seed(seed)
+
+    def draw(p: nn.Parameter) -> Tensor:  # the same numbers as torch.randn(p.shape, generator=g)
+        return torch.randn(p.shape, generator=g, out=p.data)
+
     for module in unet.modules():
         if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-            module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=g))
-            module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=g))
+            draw(module.weight).mul_(0.2).add_(1)
+            draw(module.bias).mul_(0.2)
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=g) / fan_in**0.5)
+            draw(module.weight).div_(module.weight[0].numel() ** 0.5)
             if module.bias is not None:
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=g))
+                draw(module.bias).mul_(0.1)
     return unet
 
 
