@@ -76,14 +76,20 @@ def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[
     return guided(Denoiser(sd.unet, sd.schedule), cond, uncond)
 
 
-def decode(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
-    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, rounded like diffusers:
-    round(255 * clamp(x / 2 + 0.5, 0, 1))."""
+def decode_pixels(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 4, h, w] -> float32 images [B, 3, 8h, 8w] in [0, 1], clamp(x / 2 + 0.5, 0, 1), on
+    the latents' device: the picture before it is rounded to 8 bits."""
     vae_dtype = next(sd.vae.parameters()).dtype
     pixels = sd.vae.decode((latents / sd.vae.scaling_factor).to(vae_dtype)).float()
     if not torch.isfinite(pixels).all():
         raise SamplingError(f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --dtype float32")
-    return (pixels / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    return (pixels / 2 + 0.5).clamp(0, 1)
+
+
+def decode(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, rounded like diffusers:
+    round(255 * clamp(x / 2 + 0.5, 0, 1))."""
+    return decode_pixels(sd, latents).mul(255).round().to(torch.uint8).cpu()
 
 
 def generate(

@@ -6,11 +6,13 @@ The noise schedule sigma(t) (`DiscreteSchedule`, `VPSDE`) belongs to a model; a 
 from schedule.discretizations import (
     AYS,
     DISCRETIZATIONS,
+    RECORDS,
     Discretization,
     Exponential,
     Karras,
     Linspace,
     Paper,
+    Searched,
     discretization,
 )
 from schedule.noise import VPSDE, DiscreteSchedule, NoiseSchedule
@@ -29,6 +31,7 @@ __all__ = [
     "AYS",
     "AYS_TABLES",
     "DISCRETIZATIONS",
+    "RECORDS",
     "VPSDE",
     "DiscreteSchedule",
     "Discretization",
@@ -37,6 +40,7 @@ __all__ = [
     "Linspace",
     "NoiseSchedule",
     "Paper",
+    "Searched",
     "append_zero",
     "ays",
     "discretization",
