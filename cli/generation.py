@@ -127,14 +127,21 @@ def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def add_model_flags(parser: argparse.ArgumentParser, *, device_help: str = "") -> argparse._ArgumentGroup:
+def add_model_flags(
+    parser: argparse.ArgumentParser, *, device_help: str = "", weights_default: bool = True
+) -> argparse._ArgumentGroup:
+    """--weights (with SD 1.5 as its default unless not `weights_default`), --device, --dtype,
+    --batch-size, --compile."""
     machine = parser.add_argument_group("model and machine")
+    default = (
+        f" (default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, 4.27 GB, fetched once into the Hugging "
+        "Face cache)"
+    )
     machine.add_argument(
         "--weights",
         metavar="PATH|HUB_ID",
-        help="a .safetensors file, a diffusers folder, or a Hub id org/name[@revision][/file] "
-        f"(default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, 4.27 GB, fetched once into the Hugging "
-        "Face cache)",
+        help="a .safetensors file, a diffusers folder, or a Hub id org/name[@revision][/file]"
+        + (default if weights_default else ""),
     )
     machine.add_argument("--device", help=f"torch device{device_help} (default: cuda if available, else cpu)")
     machine.add_argument(

@@ -235,8 +235,6 @@ def subject(
         model_name(path),
         batched_denoiser(sd, rows[:search_samples], negative_prompt, batch_size),
         batched_denoiser(sd, rows[search_samples:], negative_prompt, batch_size),
-        search_samples,
-        held_out,
         teach,
         decode=decoder(sd, batch_size) if decoded else None,
     )

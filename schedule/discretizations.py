@@ -214,21 +214,26 @@ class Searched:
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.cost not in self.COSTS:
             raise ValueError(f"cost must be one of {', '.join(self.COSTS)}, got {self.cost!r}")
-        stages = self.stages
-        if (
-            not isinstance(stages, tuple)
-            or not stages
-            or stages[0] != "dp"
-            or any(s not in self.STAGES for s in stages)
-            or list(stages) != sorted(set(stages), key=self.STAGES.index)
-        ):
-            raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {stages!r}")
+        self.check_stages(self.stages)
         if self.option is not None and (not isinstance(self.option, str) or not self.option):
             raise ValueError(f"option must be null or an option's name, got {self.option!r}")
         if not isinstance(self.decoded, bool):
             raise ValueError(f"decoded must be true or false, got {self.decoded!r}")
         if not isinstance(self.model, str):
             raise ValueError(f"model must be a string, got {self.model!r}")
+
+    @classmethod
+    def check_stages(cls, stages: Any) -> tuple[str, ...]:
+        """A search's stages: dp, then any of the refinements, in the order they run."""
+        if (
+            not isinstance(stages, tuple)
+            or not stages
+            or stages[0] != "dp"
+            or any(stage not in cls.STAGES for stage in stages)
+            or list(stages) != sorted(set(stages), key=cls.STAGES.index)
+        ):
+            raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {stages!r}")
+        return stages
 
     def describe(self) -> str:
         option = f", {self.option} on/off per step" if self.option else ""

@@ -7,6 +7,9 @@ are many small float64 ops, which two threads on a shared machine only slow down
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +23,10 @@ from solvers.search import (
     Problem,
     brute_force,
     candidate_grid,
+    compare,
     dmn_plan,
     estimate,
+    gain,
     presets_at,
     search,
     solve_teacher,
@@ -30,6 +35,7 @@ from solvers.search.dmn import bound, dmn_sigmas
 from solvers.search.dp import dynamic_program, objective, paths
 
 SD = DiscreteSchedule.sd()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -307,3 +313,134 @@ def test_presets_are_compared_at_the_same_solver_and_nfe():
     ]  # fmt: skip
     assert all(p.nfe == 5 and set(p.solver) == {"dpmpp_2m"} and p.freeu == (None,) * 5 for p in plans)
     assert [p.nfe for p in presets_at("heun", 5, SD, {})] == [5] * 4  # the paper's (keep) spends 2N
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+MIXTURE = "solvers.analytic:GaussianMixture.default"
+
+
+def command(capsys, *argv: str) -> tuple[int, str, str]:
+    from solvers.search.__main__ import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exited:  # argparse
+        code = exited.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_command_searches_an_analytic_denoiser_and_writes_the_plan(capsys, tmp_path):
+    out = tmp_path / "plan.json"
+    code, stdout, err = command(
+        capsys, "--denoiser", MIXTURE, "--shape", "16", "--steps", "3", "--samples", "16", "--held-out", "16",
+        "--grid", "6", "--stages", "dp,polish", "--cost", "local", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    lines = stdout.splitlines()
+    # dp: the teacher's D at the 6 levels a step leaves from, and one run of its plan (3); polish: at
+    # most 4 halvings x 8 passes x 2 moves x 3 levels runs of 3 calls
+    assert lines[:2] == [
+        f"python -m solvers.search: dpmpp_2m at 3 NFE on {MIXTURE}: local cost, 6 candidate levels + 0, "
+        "stages dp+polish, 16 search samples, 16 held out",
+        "cost in denoiser calls: teacher 0 x 32 samples (the exact solution), search 9 (dp) + at most 576 "
+        "(refinement) x 16, scoring at most 24 x 16",
+    ]
+    plan = Plan.from_json(out.read_text())
+    assert plan.nfe == 3 and plan.discretization.model == MIXTURE and plan.discretization.cost == "local"
+    assert f"wrote {out}; sample with it: python run_sample.py --plan {out} --prompt ..." in lines
+
+
+def plain_denoiser():
+    """A user's own denoiser D(x, sigma), without options (the command passes it none)."""
+    model = GaussianMixture.default(dim=4)
+    return lambda x, sigma: model(x, sigma)
+
+
+def test_a_plain_denoiser_without_an_exact_solution_gets_a_fine_teacher(capsys):
+    code, stdout, err = command(
+        capsys, "--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--steps", "2", "--samples",
+        "8", "--held-out", "8", "--grid", "4", "--stages", "dp", "--teacher-substeps", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "teacher 7 x 16 samples (dpmpp_2m, 2 per interval)" in stdout  # 3 intervals x 2 + the step into 0
+    plan = Plan.from_json(stdout.splitlines()[-1])  # no --out: the plan's JSON, last
+    assert (plan.discretization.teacher, plan.discretization.substeps) == ("dpmpp_2m", 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "give one of --denoiser MODULE:CALLABLE (with --shape) or --weights PATH (with --prompts)"),
+        (["--denoiser", MIXTURE], "--denoiser needs --shape, the shape of one sample, e.g. --shape 16"),
+        (["--denoiser", "nowhere:f", "--shape", "4"], "--denoiser nowhere:f: cannot import nowhere"),
+        (["--denoiser", "solvers.analytic", "--shape", "4"], "is not MODULE:CALLABLE, e.g. solvers.analytic"),
+        (["--denoiser", "solvers.analytic:Nothing", "--shape", "4"], "solvers.analytic has no Nothing"),
+        (["--denoiser", MIXTURE, "--shape", "4"], "fails on samples of --shape 4: The size of tensor"),
+        (["--denoiser", MIXTURE, "--shape", "16", "--prompts", "p.txt"], "--prompts goes with --weights"),
+        (["--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--freeu-bit"],
+         "--freeu-bit: the denoiser of tests.test_search:plain_denoiser takes no freeu option"),
+        (["--denoiser", MIXTURE, "--shape", "16", "--stages", "grid"], "stages must be dp, then any of grid"),
+        (["--denoiser", MIXTURE, "--shape", "16", "--solver", "dpm_fast"], "unknown solver 'dpm_fast'"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_one_line_refusals_before_any_work(capsys, argv, message):
+    code, stdout, err = command(capsys, *argv, "--steps", "3")
+    assert (code, stdout) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith("python -m solvers.search: error: ") and message in err
+
+
+def test_an_existing_plan_file_is_never_replaced(capsys, tmp_path):
+    out = tmp_path / "plan.json"
+    out.write_text("mine")
+    code, _, err = command(capsys, "--denoiser", MIXTURE, "--shape", "16", "--steps", "3", "--out", str(out))
+    assert code == 2 and out.read_text() == "mine"
+    assert f"--out {out} exists; pass another file name (nothing written is replaced)" in err
+
+
+def test_the_analytic_command_never_loads_the_real_weights_side():
+    code = (
+        "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n    runpy.run_module('solvers.search', "
+        "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('pipeline.search' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False"
+
+
+# -- the proof: searched plans against the presets, on held-out samples ---------------------------------
+
+
+class CoarseSolve(GaussianMixture):
+    """The mixture, its exact solution integrated with RK4 steps of 0.1 in log sigma instead of 0.01:
+    on 256 samples of the 128-dim mixture 1.8e-6 RMS (3.5e-5 at most) from the finer solution, four
+    orders below the errors compared here, at a tenth of the cost."""
+
+    def solve(self, x, sigma_from, sigma_to, max_step=0.1):
+        return super().solve(x, sigma_from, sigma_to, max_step)
+
+
+@pytest.mark.slow
+def test_the_searched_plan_beats_every_preset_on_held_out_samples():
+    """GaussianMixture.default(dim=128), searched on 512 samples with the command's defaults (40 levels,
+    global cost, dp + grid + polish), scored on 2048 others against the paper's discretization and
+    every baseline with the same solver at the same NFE.
+
+    Measured (1 - RMSE / best preset's): DPM++2M 4-10 NFE +40.7 +27.4 +23.5 +15.1 +6.2%, DPM++1S
+    +23.0 +22.6 +17.8 +20.6 +18.7%. Pinned: the issue's claims, at least 25% (2M) and 15% (1S) lower at
+    5 NFE and no worse anywhere; each stage lowers the search samples' cost. (On the 16-dim default
+    mixture 1S gains only ~10% at 5 NFE: the paper's own 5-step 1S recipe is close to the best fixed
+    schedule there; benchmarks/RESULTS.md.)"""
+    model = CoarseSolve.default(dim=128)
+    teacher = solve_teacher(model, start(512, 128, 0), candidate_grid(SD, 40), {})
+    held = solve_teacher(model, start(2048, 128, 1), (SD.sigma_max, 0.0), {})
+    gains = {}
+    for solver in ("dpmpp_2m", "dpmpp_1s"):
+        for nfe in (4, 5, 6, 8, 10):
+            result = search(model, teacher, solver=solver, nfe=nfe)
+            costs = [stage.cost for stage in result.stages]
+            assert costs == sorted(costs, reverse=True)
+            gains[solver, nfe] = gain(compare(result, Problem(Counted(model), held, solver, nfe, {}), SD, {}))
+    assert gains["dpmpp_2m", 5] >= 0.25 and gains["dpmpp_1s", 5] >= 0.15, gains
+    assert min(gains.values()) >= 0, gains

@@ -31,7 +31,7 @@ from schedule import NoiseSchedule, Searched
 from solvers.search.compare import Row, compare, dmn_plan, gain, presets_at
 from solvers.search.dmn import dmn_sigmas
 from solvers.search.dp import Lattice, brute_force, dynamic_program
-from solvers.search.problem import Counted, Path, Problem, Result, Stage, rmse
+from solvers.search.problem import Cost, Counted, Path, Problem, Result, Stage, rmse
 from solvers.search.refine import grid_descent, polish, refine_calls
 from solvers.search.state import State, advance
 from solvers.search.teacher import (
@@ -50,6 +50,7 @@ __all__ = [
     "COSTS",
     "EXACT",
     "STAGES",
+    "Cost",
     "Counted",
     "Estimate",
     "Lattice",
@@ -81,16 +82,14 @@ __all__ = [
 @dataclass(frozen=True)
 class Subject:
     """A model as the command searches it (solvers/search/__main__.py; pipeline/search.py makes the one of
-    real weights): its noise schedule and name, a denoiser over the `samples` search samples and one over
-    the held-out samples, and `teach(grid, options, solver, substeps, progress)`, the teacher of the
-    search samples followed by the held-out ones (None on the ranks that only help with it)."""
+    real weights): its noise schedule and name, a denoiser over the search samples and one over the
+    held-out samples, and `teach(grid, options, solver, substeps, progress)`, the teacher of the search
+    samples followed by the held-out ones (None on the ranks that only help with it)."""
 
     schedule: NoiseSchedule
     name: str
     search: Callable[..., Tensor]
     held_out: Callable[..., Tensor]
-    samples: int
-    held_out_samples: int
     teach: Callable[..., Teacher | None]
     exact: bool = False  # whether it has an exact solution to teach with
     decode: Callable[[Tensor], Tensor] | None = None
@@ -113,8 +112,7 @@ def _check(solver: str, nfe: int, cost: str, stages: Sequence[str]) -> None:
         raise ValueError(f"the NFE budget must be 1 or more, got {nfe}")
     if cost not in COSTS:
         raise ValueError(f"unknown cost model {cost!r}; choose from {', '.join(COSTS)}")
-    if not stages or stages[0] != "dp" or list(stages) != sorted(set(stages), key=STAGES.index):
-        raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {list(stages)}")
+    Searched.check_stages(tuple(stages))
 
 
 def estimate(
@@ -158,17 +156,17 @@ def search(
 
     `options` go to the denoiser on every step (guidance, ...); `bit` = (option, value) searches, per
     step, that option at `value` or None (off). `decode` maps final states before they are compared with
-    the teacher's x(0). `seed` and `model` only go into the record. `progress(1)` is called per
-    denoiser call.
+    the teacher's x(0). `seed` and `model` only go into the record. `progress(n)` hears of every denoiser
+    call on n samples.
     """
     _check(solver, nfe, cost, stages)
     counted = Counted(denoise, progress)
     problem = Problem(counted, teacher, solver, nfe, dict(options or {}), bit, decode)
     done: list[Stage] = []
 
-    def finish(name: str, sigmas: Sequence[float], bits: Sequence[bool], value: float) -> None:
+    def finish(name: str, sigmas: Sequence[float], bits: Sequence[bool], value: Cost) -> None:
         plan = problem.plan(sigmas, bits, f"{name}-{SOLVERS[solver].short}-{nfe}")
-        done.append(Stage(name, plan, value, counted.calls - sum(stage.calls for stage in done)))
+        done.append(Stage(name, plan, value.total, counted.calls - sum(stage.calls for stage in done)))
 
     path, _ = dynamic_program(problem, cost)
     value = problem.run(problem.sigmas(path), path.bits)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 import cli
 import pipeline
 from cli.generation import add_image_flags, add_model_flags
-from schedule import DiscreteSchedule
+from schedule import DiscreteSchedule, Searched
 from solvers.plan import Plan
 from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
 from solvers.search import (
@@ -72,10 +72,10 @@ def shape(text: str) -> tuple[int, ...]:
 
 
 def stage_list(text: str) -> tuple[str, ...]:
-    stages = tuple(part.strip() for part in text.split(","))
-    if not stages or stages[0] != "dp" or list(stages) != sorted(set(stages), key=STAGES.index):
-        raise argparse.ArgumentTypeError(f"give dp, then any of grid, polish in that order, got {text!r}")
-    return stages
+    try:
+        return Searched.check_stages(tuple(part.strip() for part in text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--out", metavar="FILE.json", help="write the plan there (default: print its JSON)")
     add_image_flags(p)
-    add_model_flags(p, device_help="; cuda means cuda:LOCAL_RANK under torchrun")
+    add_model_flags(p, device_help="; cuda means cuda:LOCAL_RANK under torchrun", weights_default=False)
     cli.add_debug_flag(p)
     return p
 
@@ -395,9 +395,7 @@ def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
         counted = model if solver == EXACT else Counted(denoise, progress)
         return solve_teacher(counted, x, grid, options, solver=solver, substeps=substeps)
 
-    return Subject(
-        schedule, args.denoiser, denoise, denoise, samples, held_out, teach, has_exact_solution(model)
-    )
+    return Subject(schedule, args.denoiser, denoise, denoise, teach, has_exact_solution(model))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def objective(problem: Problem, path: Path, cost: str) -> float:
     """The exact cost of one path: for local the sum of its steps from the teacher with the path's
     own history, for global the final cost of the plan sampled by `solvers.sample`."""
     if cost == "global":
-        return problem.run(problem.sigmas(path), path.bits)
+        return problem.run(problem.sigmas(path), path.bits).total
     grid, teacher = problem.grid, problem.teacher.states
     value, state = 0.0, State(grid[0], teacher[0])
     for step, (i, j, on) in enumerate(zip(path.nodes, path.nodes[1:], path.bits, strict=False)):

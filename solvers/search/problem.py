@@ -40,6 +40,19 @@ class Counted:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """A candidate's final cost: the RMSE over all search samples, and over each half of them."""
+
+    total: float
+    halves: tuple[float, ...]
+
+    def beats(self, other: Cost) -> bool:
+        """Lower on each half of the samples: a change that helps only some samples fits them, not the
+        schedule, and the refinements do not take it."""
+        return all(a < b for a, b in zip(self.halves, other.halves, strict=True))
+
+
+@dataclass(frozen=True)
 class Path:
     """Grid indices visited, 0 first, and per step whether the option bit is on."""
 
@@ -80,6 +93,12 @@ class Problem:
         """RMSE of a final state against the teacher's x(0), both decoded when `decode` is given."""
         return rmse(self._decoded(x), self.target)
 
+    def final_costs(self, x: Tensor) -> Cost:
+        """The final cost over all samples and over each half (one half when there is one sample)."""
+        x, half = self._decoded(x), (len(x) + 1) // 2
+        parts = (slice(0, half), slice(half, None)) if len(x) > 1 else (slice(None),)
+        return Cost(rmse(x, self.target), tuple(rmse(x[part], self.target[part]) for part in parts))
+
     def _decoded(self, x: Tensor) -> Tensor:
         return x if self.decode is None else self.decode(x)
 
@@ -101,9 +120,9 @@ class Problem:
         """The final cost of `plan` sampled by `solvers.sample` from the teacher's start."""
         return self.final_cost(sample(self.denoise, self.teacher.states[0], plan))
 
-    def run(self, sigmas: Sequence[float], bits: Sequence[bool]) -> float:
-        """The final cost of a candidate."""
-        return self.score(self.plan(sigmas, bits))
+    def run(self, sigmas: Sequence[float], bits: Sequence[bool]) -> Cost:
+        """The final costs of a candidate, sampled from the teacher's start by `solvers.sample`."""
+        return self.final_costs(sample(self.denoise, self.teacher.states[0], self.plan(sigmas, bits)))
 
 
 @dataclass(frozen=True)

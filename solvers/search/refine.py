@@ -8,6 +8,10 @@ the search samples (the DP optimises a model of that: summed one-step errors, or
   if it helps; delta starts at half a grid spacing and halves when a pass over every level finds
   nothing (or after `passes` passes), `halvings` times.
 
+A move "helps" when it lowers the cost on each half of the search samples (`Cost.beats`). The error of
+a few-step plan is dominated by a few samples whose trajectories it bends the wrong way; a move that
+mends only those fits the samples rather than the schedule, and on held-out samples it does not help.
+
 Both keep sigma_0 = sigma_max (where the starting latents are) and the way the plan ends (a step into
 0, or x_N kept at sigma_N > 0), so the NFE stays; sigmas stay strictly decreasing, in
 [sigma_min, sigma_max] of the grid.
@@ -19,7 +23,7 @@ import math
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
 
-from solvers.search.problem import Path, Problem
+from solvers.search.problem import Cost, Path, Problem
 
 PASSES = 8
 HALVINGS = 4
@@ -37,16 +41,14 @@ def _moves(problem: Problem, path: Path) -> Iterator[Path]:
             yield Path(nodes, (*path.bits[:s], not path.bits[s], *path.bits[s + 1 :]))
 
 
-def grid_descent(problem: Problem, path: Path, best: float, passes: int = PASSES) -> tuple[Path, float]:
+def grid_descent(problem: Problem, path: Path, best: Cost, passes: int = PASSES) -> tuple[Path, Cost]:
     """The path after coordinate descent on the grid from `path` (of final cost `best`), and its cost."""
     for _ in range(passes):
         scored = [(problem.run(problem.sigmas(move), move.bits), move) for move in _moves(problem, path)]
-        if not scored:
+        helping = [(cost, move) for cost, move in scored if cost.beats(best)]
+        if not helping:
             break
-        value, move = min(scored, key=lambda item: item[0])
-        if value >= best:
-            break
-        best, path = value, move
+        best, path = min(helping, key=lambda item: item[0].total)
     return path, best
 
 
@@ -54,10 +56,10 @@ def polish(
     problem: Problem,
     sigmas: Sequence[float],
     bits: Sequence[bool],
-    best: float,
+    best: Cost,
     passes: int = PASSES,
     halvings: int = HALVINGS,
-) -> tuple[list[float], float]:
+) -> tuple[list[float], Cost]:
     """The sigmas after a pattern search in log sigma from `sigmas` (of final cost `best`), and theirs."""
     sigmas, lowest = list(sigmas), problem.grid[-2]
     movable = range(1, len(sigmas) - (sigmas[-1] == 0))  # sigma_0 and a last 0 stay
@@ -69,8 +71,8 @@ def polish(
                 for factor in (math.exp(-delta), math.exp(delta)):
                     trial = [*sigmas[:p], sigmas[p] * factor, *sigmas[p + 1 :]]
                     valid = trial[p] >= lowest and all(a > b for a, b in pairwise(trial))
-                    if valid and (value := problem.run(trial, bits)) < best:
-                        best, sigmas, improved = value, trial, True
+                    if valid and (cost := problem.run(trial, bits)).beats(best):
+                        best, sigmas, improved = cost, trial, True
                         break
             if not improved:
                 break
