@@ -220,7 +220,13 @@ def subject(
     sha256 = weights_sha256(path)
     parameter = next(sd.unet.parameters())
 
-    def teach(grid, options, solver, substeps, progress) -> Teacher | None:
+    def teach(
+        grid: Sequence[float],
+        options: Mapping[str, Any],
+        solver: str,
+        substeps: int,
+        progress: Callable[[int], Any],
+    ) -> Teacher | None:
         identity = {"weights_sha256": sha256, "negative_prompt": negative_prompt, "height": height,
                     "width": width, "dtype": str(parameter.dtype).removeprefix("torch."),
                     "device": parameter.device.type, "options": dict(options), "grid": list(grid),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import pipeline.search
 import run_sample
@@ -27,7 +26,7 @@ from solvers import Plan
 from solvers.presets import PAPER_FREEU
 from solvers.search.__main__ import main
 from tests.checkpoints import write_checkpoint
-from tests.helpers import pixels, text_chunks
+from tests.helpers import one_thread, pixels, text_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube", "a cat on a mat", "a castle at night"]
@@ -35,10 +34,8 @@ PROMPTS = ["a red cube", "a cat on a mat", "a castle at night"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

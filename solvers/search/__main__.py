@@ -23,7 +23,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -391,7 +391,13 @@ def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
             "it must return x's shape"
         )
 
-    def teach(grid, options, solver, substeps, progress) -> Teacher:
+    def teach(
+        grid: Sequence[float],
+        options: Mapping[str, Any],
+        solver: str,
+        substeps: int,
+        progress: Callable[[int], Any],
+    ) -> Teacher:
         counted = model if solver == EXACT else Counted(denoise, progress)
         return solve_teacher(counted, x, grid, options, solver=solver, substeps=substeps)
 
