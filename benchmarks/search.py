@@ -28,6 +28,7 @@ from solvers.search import (
     STAGES,
     Counted,
     Problem,
+    baselines,
     brute_force,
     candidate_grid,
     compare,
@@ -71,7 +72,8 @@ def mixture_table(dim: int, args: argparse.Namespace) -> dict[str, int]:
                 started = time.perf_counter()
                 result = search(model, teacher, solver=solver, nfe=nfe, cost=cost)
                 elapsed = time.perf_counter() - started
-                rows = compare(result, Problem(Counted(model), held, solver, nfe, {}), SD, {})
+                held_out = Problem(Counted(model), held, solver, nfe, {})
+                rows = compare(result, held_out, baselines(solver, nfe, SD, {}))
                 stages = {row.plan.name.split("-")[0]: row.held_out for row in rows if row.kind == "stage"}
                 best = min((row for row in rows if row.kind == "preset"), key=lambda row: row.held_out)
                 dmn = next((f"{row.held_out:.4f}" for row in rows if row.kind == "dmn"), "-")
@@ -136,7 +138,7 @@ def projection(args: argparse.Namespace, refinement: dict[str, int]) -> None:
     samples, held_out, nfe = 16, 16, 5
     cost = estimate(candidate_grid(SD, args.grid), "dpmpp_2m", nfe, teacher="dpmpp_2m", substeps=4)
     typical = refinement.get(f"dpmpp_2m global {nfe}", cost.refine)
-    scoring = (len(STAGES) + 6) * nfe
+    scoring = len(STAGES) * nfe + sum(row.plan.nfe for row in baselines("dpmpp_2m", nfe, SD, {}))
     parts = {
         "teacher": cost.teacher * (samples + held_out),
         "dp": cost.dp * samples,

@@ -19,9 +19,11 @@ from schedule import DiscreteSchedule, Searched, time_uniform
 from solvers import Plan, PlanError, sample
 from solvers.analytic import GaussianMixture
 from solvers.analyze import convergence_order
+from solvers.presets import BASELINE_DISCRETIZATIONS
 from solvers.search import (
     Counted,
     Problem,
+    baselines,
     brute_force,
     candidate_grid,
     compare,
@@ -314,12 +316,20 @@ def test_dmn_is_a_zero_evaluation_baseline_at_the_budget():
 
 
 def test_presets_are_compared_at_the_same_solver_and_nfe():
-    plans = presets_at("dpmpp_2m", 5, SD, {"guidance": 7.5, "freeu": None})
-    assert [p.name for p in plans] == [
-        "paper-5+solver=dpmpp_2m", "karras-2m-5", "exponential-2m-5", "linspace-2m-5", "ays-2m-5",
-    ]  # fmt: skip
-    assert all(p.nfe == 5 and set(p.solver) == {"dpmpp_2m"} and p.freeu == (None,) * 5 for p in plans)
-    assert [p.nfe for p in presets_at("heun", 5, SD, {})] == [5] * 4  # the paper's (keep) spends 2N
+    """The paper's discretization and every baseline kind of the table, with the searched solver, FreeU
+    off, at the step count that spends the budget; then DMN."""
+    rows = baselines("dpmpp_2m", 5, SD, {"guidance": 7.5, "freeu": None})
+    names = [row.plan.name for row in rows]
+    assert names[0] == "paper-5+solver=dpmpp_2m" and names[-1] == "dmn-2m-5"
+    assert (
+        {"karras-2m-5", "ays-2m-5"}
+        <= set(names[1:-1])
+        <= {f"{kind}-2m-5" for kind in BASELINE_DISCRETIZATIONS}
+    )
+    for row in rows:
+        assert row.plan.nfe == 5 and set(row.plan.solver) == {"dpmpp_2m"} and row.plan.freeu == (None,) * 5
+    heun = presets_at("heun", 5, SD, {})  # two calls a step: the paper's keeps x_N, so no N spends 5
+    assert heun and all(plan.nfe == 5 and plan.sigmas[-1] == 0 for plan in heun)
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -348,12 +358,14 @@ def test_the_command_searches_an_analytic_denoiser_and_writes_the_plan(capsys, t
     assert code == 0, err
     lines = stdout.splitlines()
     # dp: the teacher's D at the 6 levels a step leaves from, and one run of its plan (3); polish: at
-    # most 4 halvings x 8 passes x 2 moves x 3 levels runs of 3 calls
+    # most 4 halvings x 8 passes x 2 moves x 3 levels runs of 3 calls; scoring: the 2 stages' plans and
+    # every baseline, 3 calls each
+    scoring = 2 * 3 + 3 * len(baselines("dpmpp_2m", 3, SD, {}))
     assert lines[:2] == [
         f"python -m solvers.search: dpmpp_2m at 3 NFE on {MIXTURE}: local cost, 6 candidate levels + 0, "
         "stages dp+polish, 16 search samples, 16 held out",
         "cost in denoiser calls: teacher 0 x 32 samples (the exact solution), search 9 (dp) + at most 576 "
-        "(refinement) x 16, scoring at most 24 x 16",
+        f"(refinement) x 16, scoring {scoring} x 16",
     ]
     plan = Plan.from_json(out.read_text())
     assert plan.nfe == 3 and plan.discretization.model == MIXTURE and plan.discretization.cost == "local"
@@ -450,6 +462,7 @@ def test_the_searched_plan_beats_every_preset_on_held_out_samples():
             result = search(model, teacher, solver=solver, nfe=nfe)
             costs = [stage.cost for stage in result.stages]
             assert costs == sorted(costs, reverse=True)
-            gains[solver, nfe] = gain(compare(result, Problem(Counted(model), held, solver, nfe, {}), SD, {}))
+            held_out = Problem(Counted(model), held, solver, nfe, {})
+            gains[solver, nfe] = gain(compare(result, held_out, baselines(solver, nfe, SD, {})))
     assert gains["dpmpp_2m", 5] >= 0.25 and gains["dpmpp_1s", 5] >= 0.15, gains
     assert min(gains.values()) >= 0, gains

@@ -15,8 +15,9 @@ It sees only a denoiser `D(x, sigma, **options)`, never a network:
 3. "grid", "polish": refinement of that result on the exact objective, the RMSE of the plan's output
    to the teacher's x(0) over all samples (solvers/search/refine.py).
 
-`estimate` counts the denoiser calls beforehand; `compare` has the presets to hold it against and
-DMN, a zero-evaluation baseline (solvers/search/dmn.py). `python -m solvers.search` is the command.
+`estimate` counts the denoiser calls beforehand; `baselines` are the presets to hold the result against
+and DMN, a zero-evaluation baseline (solvers/search/dmn.py), `compare` scores them all on held-out
+samples. `python -m solvers.search` is the command.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from schedule import NoiseSchedule, Searched
-from solvers.search.compare import Row, compare, dmn_plan, gain, presets_at
+from solvers.search.compare import Row, baselines, compare, dmn_plan, gain, presets_at
 from solvers.search.dmn import dmn_sigmas
 from solvers.search.dp import Lattice, brute_force, dynamic_program
 from solvers.search.problem import Cost, Counted, Path, Problem, Result, Stage, rmse
@@ -63,6 +64,7 @@ __all__ = [
     "Subject",
     "Teacher",
     "advance",
+    "baselines",
     "brute_force",
     "candidate_grid",
     "compare",

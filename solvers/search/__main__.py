@@ -48,6 +48,7 @@ from solvers.search import (
     Row,
     Subject,
     Teacher,
+    baselines,
     candidate_grid,
     compare,
     estimate,
@@ -199,14 +200,15 @@ def run(args: argparse.Namespace) -> None:
         grid, args.solver, args.nfe, cost=args.cost, stages=args.stages, bit=bool(bit),
         teacher=teacher, substeps=substeps,
     )  # fmt: skip
-    scoring = (len(args.stages) + 6) * args.nfe  # the stages, at most five presets and DMN
+    against = baselines(args.solver, args.nfe, subject.schedule, options)
+    scoring = len(args.stages) * args.nfe + sum(row.plan.nfe for row in against)
     teaching = "the exact solution" if teacher == EXACT else f"{teacher}, {substeps} per interval"
     print(
         f"{PROG}: {args.solver} at {args.nfe} NFE on {subject.name}: {args.cost} cost, {args.grid} "
         f"candidate levels + 0, stages {'+'.join(args.stages)}, {samples} search samples, {held_out} "
         f"held out\ncost in denoiser calls: teacher {cost.teacher} x {samples + held_out} samples "
         f"({teaching}), search {cost.dp} (dp) + at most {cost.refine} (refinement) x {samples}, scoring "
-        f"at most {scoring} x {held_out}"
+        f"{scoring} x {held_out}"
     )
     work = cost.teacher * (samples + held_out) + (cost.dp + cost.refine) * samples + scoring * held_out
     clock = [time.perf_counter()]
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
             Counted(subject.held_out, bar.update), everyone.rows(slice(samples, None)), args.solver, args.nfe,
             options, bit, subject.decode,
         )  # fmt: skip
-        rows = compare(result, held, subject.schedule, options)
+        rows = compare(result, held, against)
         clock.append(time.perf_counter())
     _report(rows, result, held_out, clock)
     if out is None:

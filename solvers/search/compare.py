@@ -3,8 +3,9 @@ scored on held-out samples."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from schedule import NoiseSchedule
@@ -17,12 +18,16 @@ from solvers.table import SOLVERS
 
 def presets_at(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[str, Any]) -> list[Plan]:
     """The paper's discretization and every baseline one with `solver` on every step, each at the step
-    count that spends exactly `nfe` calls (a kind that cannot is left out), `options` on every step."""
+    count that spends exactly `nfe` calls (a kind that cannot, or has no plan at that count, is left
+    out), `options` on every step."""
     entry, plans = SOLVERS[solver], []
     for kind in ("paper", *BASELINE_DISCRETIZATIONS):
         for steps in range(1, nfe + 1):
             name = f"paper-{steps}" if kind == "paper" else f"{kind}-{entry.short}-{steps}"
-            plan = preset(name, schedule=schedule)
+            try:
+                plan = preset(name, schedule=schedule)
+            except ValueError:  # e.g. a kind whose placement needs more steps, or another noise table
+                continue
             if plan.solver != (solver,) * steps:
                 plan = plan.replace(solver=solver, name=f"{name}+solver={solver}")
             plan = plan.replace(**options)
@@ -46,7 +51,7 @@ def dmn_plan(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[st
 @dataclass(frozen=True)
 class Row:
     """One plan of the comparison: `kind` stage, preset or dmn; its cost on the search samples (stages
-    only) and on the held-out ones."""
+    only) and on the held-out ones (nan until scored)."""
 
     kind: str
     plan: Plan
@@ -54,18 +59,18 @@ class Row:
     held_out: float
 
 
-def compare(
-    result: Result, held_out: Problem, schedule: NoiseSchedule, options: Mapping[str, Any]
-) -> list[Row]:
-    """The searched plan after each stage, the presets of its solver at its NFE and DMN, each scored on
-    the held-out samples (`held_out`: a Problem whose teacher holds them)."""
-    solver, nfe = held_out.solver, held_out.nfe
-    rows = [Row("stage", stage.plan, stage.cost, held_out.score(stage.plan)) for stage in result.stages]
-    rows += [
-        Row("preset", plan, None, held_out.score(plan)) for plan in presets_at(solver, nfe, schedule, options)
-    ]
+def baselines(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[str, Any]) -> list[Row]:
+    """What a search of `solver` at `nfe` calls is held against: the presets and DMN, not scored yet."""
+    rows = [Row("preset", plan, None, math.nan) for plan in presets_at(solver, nfe, schedule, options)]
     dmn = dmn_plan(solver, nfe, schedule, options)
-    return rows + ([Row("dmn", dmn, None, held_out.score(dmn))] if dmn is not None else [])
+    return rows + ([Row("dmn", dmn, None, math.nan)] if dmn is not None else [])
+
+
+def compare(result: Result, held_out: Problem, against: Sequence[Row]) -> list[Row]:
+    """The searched plan after each stage, then `against` (the `baselines`), each scored on the held-out
+    samples (`held_out`: a Problem whose teacher holds them)."""
+    rows = [Row("stage", stage.plan, stage.cost, math.nan) for stage in result.stages] + list(against)
+    return [replace(row, held_out=held_out.score(row.plan)) for row in rows]
 
 
 def gain(rows: Sequence[Row]) -> float:
