@@ -156,15 +156,22 @@ def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def add_model_flags(parser: argparse.ArgumentParser, *, device_help: str = "") -> argparse._ArgumentGroup:
+def add_model_flags(
+    parser: argparse.ArgumentParser, *, device_help: str = "", weights_default: bool = True
+) -> argparse._ArgumentGroup:
+    """--weights (with SD 1.5 as its default unless not `weights_default`), --device, --dtype,
+    --batch-size, --compile."""
     machine = parser.add_argument_group("model and machine")
+    default = (
+        f" (default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, 4.27 GB, fetched once into the Hugging "
+        "Face cache)"
+    )
     machine.add_argument(
         "--weights",
         metavar="PATH|HUB_ID|NAME",
         help="an SD 1.x or SDXL .safetensors file, a diffusers folder, a Hub id org/name[@revision][/file] "
         f"(a repo without a file: its single file if it has a known one, else its diffusers folder), or a "
-        f"short name: {', '.join(SHORT_NAMES)} (default: {pipeline.DEFAULT_WEIGHTS}, file {SD15_FILE}, "
-        "4.27 GB, fetched once into the Hugging Face cache)",
+        f"short name: {', '.join(SHORT_NAMES)}" + (default if weights_default else ""),
     )
     machine.add_argument(
         "--vae",
@@ -199,7 +206,8 @@ def add_model_flags(parser: argparse.ArgumentParser, *, device_help: str = "") -
     return machine
 
 
-def add_image_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_image_flags(parser: argparse.ArgumentParser, *, quantize: bool = True) -> argparse._ArgumentGroup:
+    """The images' flags; `quantize` False leaves out --quantize, for a command that keeps float pixels."""
     image = parser.add_argument_group("the images")
     image.add_argument(
         "--negative-prompt", metavar="TEXT", help="the unconditional prompt of guidance (default: '')"
@@ -227,13 +235,14 @@ def add_image_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
             metavar=what.split(":")[0],
             help=f"SDXL's size conditioning, {what.split(': ')[1]} (default: {default}, as the paper's code)",
         )
-    image.add_argument(
-        "--quantize",
-        type=cli.one_of(list(pipeline.QUANTIZATIONS), "quantization"),
-        metavar="round|truncate",
-        help="pixels from [-1, 1]: round like diffusers, or truncate like the authors' code, which "
-        "their FIDs used (default: round)",
-    )
+    if quantize:
+        image.add_argument(
+            "--quantize",
+            type=cli.one_of(list(pipeline.QUANTIZATIONS), "quantization"),
+            metavar="round|truncate",
+            help="pixels from [-1, 1]: round like diffusers, or truncate like the authors' code, which "
+            "their FIDs used (default: round)",
+        )
     return image
 
 
@@ -271,9 +280,14 @@ def size_conditioning(
     )
 
 
+def given_size_flags(args: argparse.Namespace) -> list[str]:
+    """The size-conditioning flags given, as their attribute names."""
+    return [flag for flag in ("original_size", "crop_top_left", "target_size") if getattr(args, flag)]
+
+
 def refuse_size_flags(args: argparse.Namespace, family: pipeline.Family) -> None:
     """Size-conditioning flags with a model that takes none."""
-    given = [flag for flag in ("original_size", "crop_top_left", "target_size") if getattr(args, flag)]
+    given = given_size_flags(args)
     if given and not family.size_conditioning:
         raise ValueError(
             f"--{given[0].replace('_', '-')} is SDXL's size conditioning; {family.label} models take none"

@@ -32,8 +32,8 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from cli.generation import (
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
+from pipeline.sharding import Shard, pick_device, shard_batches
 from schedule import DiscreteSchedule
 from solvers import Plan, PlanError
 
@@ -84,46 +85,7 @@ RECORDED_BEFORE = {
 }
 
 
-# -- the split over processes ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in a torchrun launch: rank `rank` of `world_size`, GPU `local_rank`."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Shard:
-        """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; rank 0 of 1 when they are unset."""
-        values = {}
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            text = environ.get(name)
-            try:
-                values[name] = None if text is None else int(text)
-            except ValueError:
-                raise ValueError(
-                    f"environment variable {name}={text!r} is not an integer; "
-                    "launch with torchrun, or unset it"
-                ) from None
-        world_size = 1 if values["WORLD_SIZE"] is None else values["WORLD_SIZE"]
-        if world_size > 1 and values["RANK"] is None:
-            raise ValueError(f"WORLD_SIZE is {world_size} but RANK is not set; launch with torchrun")
-        rank = values["RANK"] or 0
-        local_rank = rank if values["LOCAL_RANK"] is None else values["LOCAL_RANK"]
-        if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
-            raise ValueError(
-                f"RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} is not a valid launch; "
-                "need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0"
-            )
-        return cls(rank, world_size, local_rank)
-
-
-def shard_batches(batches: Sequence[Batch[Prompt]], shard: Shard) -> list[Batch[Prompt]]:
-    """Batch k goes to rank k mod world_size: fixed before any work; shares differ by one batch at most."""
-    return list(batches[shard.rank :: shard.world_size])
+# -- where the images go ---------------------------------------------------------------------------------
 
 
 def image_path(out: Path, row: Prompt) -> Path:
@@ -288,20 +250,6 @@ def to_make(batch: Batch[Prompt], out: Path, plan: Plan, made: Settings, force: 
 
 
 # -- the command -----------------------------------------------------------------------------------------
-
-
-def pick_device(spec: str | None, shard: Shard) -> torch.device:
-    """--device, default cuda if there is one; a CUDA device without an index is cuda:LOCAL_RANK."""
-    device = pipeline.parse_device(spec)
-    if device.type == "cuda":
-        device = torch.device("cuda", shard.local_rank if device.index is None else device.index)
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"there is no {device}: this machine has {torch.cuda.device_count()} CUDA devices; "
-                "start at most that many processes per node"
-            )
-        torch.cuda.set_device(device)
-    return device
 
 
 def run(args: argparse.Namespace, shard: Shard) -> None:

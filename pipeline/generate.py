@@ -114,18 +114,23 @@ def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[
     return guided(Denoiser(sd.unet, sd.schedule), cond, uncond)
 
 
-def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str = "round") -> torch.Tensor:
-    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, decoded in the VAE's own dtype,
-    quantised by `quantization` (pipeline.pixels.QUANTIZATIONS): "round" like diffusers,
-    round(255 * clamp(x / 2 + 0.5, 0, 1)), or "truncate" like the authors' code,
-    floor(255 * clamp((x + 1) / 2, 0, 1))."""
+def decode_pixels(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 4, h, w] -> float32 images [B, 3, 8h, 8w] in about [-1, 1] on the latents' device,
+    decoded in the VAE's own dtype: the picture before it is quantised to 8 bits."""
     vae_dtype = next(sd.vae.parameters()).dtype
     pixels = sd.vae.decode((latents / sd.vae.scaling_factor).to(vae_dtype)).float()
     if not torch.isfinite(pixels).all():
         raise SamplingError(
             f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --vae-dtype float32"
         )
-    return quantize(pixels, quantization).cpu()
+    return pixels
+
+
+def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str = "round") -> torch.Tensor:
+    """Latents [B, 4, h, w] -> uint8 images [B, 3, 8h, 8w] on the CPU, quantised by `quantization`
+    (pipeline.pixels.QUANTIZATIONS): "round" like diffusers, round(255 * clamp(x / 2 + 0.5, 0, 1)), or
+    "truncate" like the authors' code, floor(255 * clamp((x + 1) / 2, 0, 1))."""
+    return quantize(decode_pixels(sd, latents), quantization).cpu()
 
 
 def generate(

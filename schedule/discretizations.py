@@ -8,6 +8,8 @@ command line can sweep any knob (`--p2 5`, `--rho 9`) the way EDM's `generate.py
 
 `DISCRETIZATIONS` is the one table of them: a new kind is a dataclass with `kind`, `display` (the
 PNG's "Schedule type", A1111's name where A1111 has one), `N` and `sigmas(schedule)`, added there.
+`RECORDS` adds the kinds a plan's JSON may name that place nothing themselves: `Searched`, the
+settings of an automated search whose sigmas stay the plan's.
 """
 
 from __future__ import annotations
@@ -408,6 +410,78 @@ def _last_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
 
 
+@dataclass(frozen=True)
+class Searched:
+    """The settings of an automated schedule search (`python -m solvers.search`, solvers/search/).
+
+    A record, not a placement: the sigmas are the plan's own (rerunning the search is what would place
+    them anew), so this kind is in `RECORDS`, which plans read back, and not in `DISCRETIZATIONS`,
+    which a command line picks from.
+    """
+
+    kind: ClassVar[str] = "searched"
+    display: ClassVar[str] = "Searched"
+    COSTS: ClassVar[tuple[str, ...]] = ("local", "global")  # GITS's one-step cost, OSS's propagated one
+    STAGES: ClassVar[tuple[str, ...]] = ("dp", "grid", "polish")  # in the order they run; dp first
+    N: int
+    solver: str
+    nfe: int
+    cost: str
+    grid: int  # candidate noise levels, log-uniform from sigma_max to sigma_min, then 0
+    samples: int
+    seed: int
+    stages: tuple[str, ...]
+    teacher: str  # "exact" (the model's own solution) or the solver of the fine teacher solve
+    substeps: int  # teacher steps per candidate interval (0 with an exact teacher)
+    option: str | None = None  # the denoiser option switched on or off per step (freeu), if any
+    decoded: bool = False  # whether the final cost was measured after the VAE decode
+    model: str = ""  # what was searched: the denoiser's MODULE:CALLABLE or the weights' name
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stages, list):  # as JSON reads it back
+            object.__setattr__(self, "stages", tuple(self.stages))
+        _check_int("N", self.N, 1)
+        _check_int("nfe", self.nfe, 1)
+        _check_int("grid", self.grid, 2)
+        _check_int("samples", self.samples, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("substeps", self.substeps, 0)
+        for name in ("solver", "teacher"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.cost not in self.COSTS:
+            raise ValueError(f"cost must be one of {', '.join(self.COSTS)}, got {self.cost!r}")
+        self.check_stages(self.stages)
+        if self.option is not None and (not isinstance(self.option, str) or not self.option):
+            raise ValueError(f"option must be null or an option's name, got {self.option!r}")
+        if not isinstance(self.decoded, bool):
+            raise ValueError(f"decoded must be true or false, got {self.decoded!r}")
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a string, got {self.model!r}")
+
+    @classmethod
+    def check_stages(cls, stages: Any) -> tuple[str, ...]:
+        """A search's stages: dp, then any of the refinements, in the order they run."""
+        if (
+            not isinstance(stages, tuple)
+            or not stages
+            or stages[0] != "dp"
+            or any(stage not in cls.STAGES for stage in stages)
+            or list(stages) != sorted(set(stages), key=cls.STAGES.index)
+        ):
+            raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {stages!r}")
+        return stages
+
+    def describe(self) -> str:
+        option = f", {self.option} on/off per step" if self.option else ""
+        teacher = "exact teacher" if self.teacher == "exact" else f"teacher {self.teacher} x{self.substeps}"
+        return (
+            f"searched {self.solver} {self.nfe} NFE{option}: {self.cost} cost on {self.grid} levels + 0, "
+            f"{self.samples} samples (seed {self.seed}), {teacher}, stages {'+'.join(self.stages)}"
+            f"{', decoded cost' if self.decoded else ''}{f', {self.model}' if self.model else ''}"
+        )
+
+
 def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """N steps as k-diffusion and diffusers make them: N - 1 placed steps, then one to sigma = 0 (a
     single step goes straight from sigma_max to 0)."""
@@ -430,12 +504,14 @@ Discretization = (
     | Polyexponential
     | LinearQuadratic
     | Diffusers
+    | Searched
 )
 DISCRETIZATIONS: dict[str, type] = {
     cls.kind: cls
     for cls in (Paper, Karras, Exponential, Linspace, AYS, GITS, Beta, Simple, SGMUniform, KLOptimal,
                 Polyexponential, LinearQuadratic, Diffusers)
 }  # fmt: skip
+RECORDS: dict[str, type] = {**DISCRETIZATIONS, Searched.kind: Searched}  # every kind a plan may name
 
 
 def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
@@ -447,7 +523,7 @@ def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
 
 def knobs(cls_or_kind: type | str) -> tuple[str, ...]:
     """The knob names of a discretization kind, N excluded."""
-    cls = DISCRETIZATIONS[cls_or_kind] if isinstance(cls_or_kind, str) else cls_or_kind
+    cls = RECORDS[cls_or_kind] if isinstance(cls_or_kind, str) else cls_or_kind
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "N")
 
 
@@ -460,11 +536,11 @@ def from_dict(data: Mapping[str, Any]) -> Discretization:
     if not isinstance(data, Mapping):
         raise ValueError(f"a discretization must be an object with a kind, got {data!r}")
     kind = data.get("kind")
-    if kind not in DISCRETIZATIONS:
-        raise ValueError(f"unknown discretization kind {kind!r}; choose from {', '.join(DISCRETIZATIONS)}")
-    fields = {f.name for f in dataclasses.fields(DISCRETIZATIONS[kind])}
+    if kind not in RECORDS:
+        raise ValueError(f"unknown discretization kind {kind!r}; choose from {', '.join(RECORDS)}")
+    fields = {f.name for f in dataclasses.fields(RECORDS[kind])}
     unknown = sorted(set(data) - fields - {"kind"})
     if unknown or "N" not in data:
         problem = f"unknown fields {unknown}" if unknown else "no N"
         raise ValueError(f"the {kind} discretization has {problem}; it takes N, {', '.join(knobs(kind))}")
-    return DISCRETIZATIONS[kind](**{k: v for k, v in data.items() if k != "kind"})
+    return RECORDS[kind](**{k: v for k, v in data.items() if k != "kind"})

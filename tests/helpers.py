@@ -1,6 +1,8 @@
-"""Helpers the tests share: the error measure of the parity checks, reading back PNGs, and checking
-weights.load's refusals and key layouts."""
+"""Helpers the tests share: the error measure of the parity checks, reading back PNGs, checking
+weights.load's refusals and key layouts, running a command's main(), one CPU thread."""
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,15 @@ def run_main(main, capsys, *argv: str) -> tuple[int, str, str]:
         code = exited.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread inside the block: many small float64 ops run faster so on a shared
+    machine, and float sums round the same in every process (torchrun's children get one thread too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -24,6 +24,7 @@ COMMANDS = {  # the command -> how it is started, and how it names itself
     ),
     "evaluation.table": ([sys.executable, "-m", "evaluation.table"], "python -m evaluation.table"),
     "solvers.analyze": ([sys.executable, "-m", "solvers.analyze"], "python -m solvers.analyze"),
+    "solvers.search": ([sys.executable, "-m", "solvers.search", "--steps", "5"], "python -m solvers.search"),
 }
 
 

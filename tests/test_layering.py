@@ -1,6 +1,11 @@
 """The arrows of DESIGN.md, read off every import statement: commands -> pipeline -> weights -> the
 networks; pipeline -> solvers -> schedule; the networks know nothing of solvers, solvers nothing of
-networks, and no library module imports a script (run_sample.py) or the tests."""
+networks, and no library module imports a script (run_sample.py) or the tests.
+
+A command module (`python -m solvers.X`: a package's `__main__.py`, or a module ending in the
+`if __name__ == "__main__":` guard) is a thin layer over the libraries, so inside solvers/ it may also
+use the layers above them: the argument parser (cli) and, for real weights, pipeline. No module of the
+project imports a `__main__.py` (the tests, scripts themselves, run the commands' `main`)."""
 
 import ast
 import subprocess
@@ -15,7 +20,7 @@ SCRIPTS = {"run_sample", "tests", "benchmarks"}
 # package -> the project packages its modules may import (besides itself)
 ALLOWED = {
     "schedule": set(),
-    "solvers": {"schedule", "cli"},  # cli: only for the `python -m solvers.*` commands
+    "solvers": {"schedule"},
     "model": {"schedule"},
     "vae": set(),
     "text_encoder": set(),
@@ -24,24 +29,50 @@ ALLOWED = {
     "cli": {"pipeline", "solvers", "schedule", "weights"},
     "evaluation": {"cli", "pipeline", "solvers", "schedule", "weights", "model", "text_encoder"},
 }
+# package -> what its command modules may import besides ALLOWED
+COMMAND_LAYERS = {"solvers": {"cli", "pipeline"}}
+
+
+def is_command(path: Path) -> bool:
+    """A `python -m` command: a `__main__.py`, or a module with the `__name__ == "__main__"` guard."""
+    if path.name == "__main__.py":
+        return True
+    guard = "__name__ == '__main__'"
+    return any(
+        isinstance(n, ast.If) and ast.unparse(n.test) == guard for n in ast.parse(path.read_text()).body
+    )
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dotted names of every module `path` imports (absolute imports, at any depth of the file); for
+    `from a import b` both a and a.b, as b may be a module."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return names
 
 
 def imported(path: Path) -> set[str]:
     """The top-level names of every module `path` imports, at any depth of the file."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+    return {name.split(".")[0] for name in imported_modules(path)}
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_a_package_imports_only_the_layers_below_it(package):
     for path in sorted((ROOT / package).rglob("*.py")):
-        wrong = (imported(path) & (PROJECT | SCRIPTS)) - ALLOWED[package] - {package}
+        allowed = ALLOWED[package] | (COMMAND_LAYERS.get(package, set()) if is_command(path) else set())
+        wrong = (imported(path) & (PROJECT | SCRIPTS)) - allowed - {package}
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("package", sorted(PROJECT))
+def test_no_module_of_the_project_imports_a_command_s_main(package):
+    for path in sorted((ROOT / package).rglob("*.py")):
+        wrong = [name for name in imported_modules(path) if name.split(".")[-1] == "__main__"]
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
 
 
 def test_the_cli_parser_module_itself_imports_nothing_of_the_project():

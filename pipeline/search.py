@@ -1,0 +1,279 @@
+"""The schedule search of solvers/search/ on a real SD model: `python -m solvers.search --weights ...`.
+
+- Samples: sample k has prompt k mod P of the prompt list and seed S + k; its starting latent is that
+  seed's noise (`initial_noise`, as generation draws it) at sigma_max.
+- The denoiser: classifier-free guided, each sample with its own prompt, in U-Net batches of
+  `batch_size` rows.
+- The teacher: the fine solve of solvers/search/teacher.py, batch by batch (`pipeline.batches`), batch k
+  on rank k mod WORLD_SIZE under torchrun (pipeline/sharding.py); each sample's trajectory goes into the
+  cache folder as soon as its batch is done, so a killed run restarts where it stopped. Rank 0 then
+  waits for the other ranks' trajectories and runs the search alone.
+- With `decoded`, final states are compared as the VAE decodes them, in [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+import weights
+from model import SizeConditioning
+from pipeline.batching import batches
+from pipeline.generate import LATENT_FACTOR, check_size, conditioning, decode_pixels, denoiser, initial_noise
+from pipeline.models import DTYPES, default_dtype, family_of, load_model, model_name, resolve_weights
+from pipeline.sharding import Shard, pick_device, shard_batches
+from solvers.search import Counted, Subject, Teacher, solve_teacher
+from weights.fingerprint import weights_sha256
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    seed: int
+
+
+def samples(prompts: Sequence[str], count: int, first_seed: int) -> list[Sample]:
+    """Sample k: prompt k mod len(prompts), seed first_seed + k."""
+    return [Sample(prompts[k % len(prompts)], first_seed + k) for k in range(count)]
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """--prompts FILE: one prompt per line, blank lines skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"cannot read --prompts {path}: {reason}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompt; write one per line")
+    return prompts
+
+
+def latents(sd: weights.StableDiffusion, rows: Sequence[Sample], height: int, width: int) -> Tensor:
+    """The starting latents at sigma_max, float32 on the model's device: each row's own seed's noise."""
+    device = next(sd.unet.parameters()).device
+    shape = (sd.unet.config.in_channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
+    return initial_noise([row.seed for row in rows], shape, device) * sd.schedule.sigma_max
+
+
+def batched_denoiser(
+    sd: weights.StableDiffusion,
+    rows: Sequence[Sample],
+    *,
+    negative_prompt: str,
+    batch_size: int,
+    size: SizeConditioning | None = None,
+    empty_negative: str | None = None,
+) -> Callable[..., Tensor]:
+    """D(x, sigma, **options) for x of len(rows) samples, row k guided by rows[k].prompt, in U-Net
+    batches of `batch_size` rows; `size` and `empty_negative` as `conditioning` takes them."""
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        prompts = [row.prompt for row in rows[start : start + batch_size]]
+        cond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
+        guided = denoiser(sd, *cond)
+        parts.append((slice(start, start + len(prompts)), guided))
+
+    def denoise(x: Tensor, sigma: float, **options: Any) -> Tensor:
+        return torch.cat([part(x[where], sigma, **options) for where, part in parts])
+
+    return denoise
+
+
+def decoder(sd: weights.StableDiffusion, batch_size: int) -> Callable[[Tensor], Tensor]:
+    """Latents -> the VAE's images in [0, 1], in batches of `batch_size`."""
+
+    def decode(x: Tensor) -> Tensor:
+        return torch.cat([(decode_pixels(sd, part) / 2 + 0.5).clamp(0, 1) for part in x.split(batch_size)])
+
+    return decode
+
+
+def default_cache() -> Path:
+    """$XDG_CACHE_HOME/fewstep-sd/teachers (default ~/.cache/...)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root).expanduser() / "fewstep-sd" / "teachers"
+
+
+@dataclass(frozen=True)
+class TeacherCache:
+    """One file per sample, `{folder}/{sha256 of what decides it}.safetensors`, holding its teacher
+    states [len(grid), C, h, w] and, as metadata, that key in full; written atomically and never over
+    an existing file."""
+
+    folder: Path
+    identity: Mapping[str, Any]  # all that decides a trajectory besides its prompt and seed
+
+    def key(self, sample: Sample) -> str:
+        return json.dumps(
+            {"format": CACHE_FORMAT, **self.identity, "prompt": sample.prompt, "seed": sample.seed}
+        )
+
+    def path(self, sample: Sample) -> Path:
+        return self.folder / f"{hashlib.sha256(self.key(sample).encode()).hexdigest()}.safetensors"
+
+    def load(self, sample: Sample) -> Tensor | None:
+        path = self.path(sample)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(path, framework="pt") as file:
+                metadata, states = file.metadata(), file.get_tensor("states")
+        except (OSError, SafetensorError) as err:
+            raise ValueError(f"teacher cache file {path} is unreadable ({err}); delete it") from None
+        if not metadata or metadata.get("key") != self.key(sample):
+            raise ValueError(f"teacher cache file {path} holds another trajectory; delete it")
+        return states
+
+    def save(self, sample: Sample, states: Tensor) -> None:
+        target = self.path(sample)
+        temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp")
+        save_file({"states": states.contiguous().cpu()}, temporary, metadata={"key": self.key(sample)})
+        try:
+            os.link(temporary, target)  # a link, unlike a rename, never replaces what another rank wrote
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+def teachers(
+    sd: weights.StableDiffusion,
+    rows: Sequence[Sample],
+    cache: TeacherCache,
+    options: Mapping[str, Any],
+    guided: Callable[[Sequence[Sample]], Callable[..., Tensor]],
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    shard: Shard,
+    progress: Callable[[int], Any] | None = None,
+) -> Teacher | None:
+    """Solve this rank's missing teachers into the cache, `guided(rows)` being those rows' denoiser; on
+    rank 0 then wait for every row's and return the Teacher of all rows (None on the other ranks)."""
+    grid, solver, substeps = (
+        tuple(cache.identity["grid"]),
+        cache.identity["solver"],
+        cache.identity["substeps"],
+    )
+    for batch in shard_batches(batches(list(rows), batch_size), shard):
+        if all(cache.path(row).exists() for _, row in batch.jobs):
+            continue
+        denoise = Counted(guided(batch.rows), progress)
+        x = latents(sd, batch.rows, height, width)
+        teacher = solve_teacher(denoise, x, grid, options, solver=solver, substeps=substeps)
+        for k, row in batch.jobs:
+            cache.save(row, teacher.states[:, k])
+    if shard.rank != 0:
+        return None
+    device = next(sd.unet.parameters()).device
+    return Teacher(grid, torch.stack([_wait(cache, row) for row in rows], dim=1).to(device), solver, substeps)
+
+
+def _wait(cache: TeacherCache, row: Sample) -> Tensor:
+    """The row's cached states, once another rank has written them (torchrun stops every rank when one
+    fails, so this ends)."""
+    told = False
+    while (states := cache.load(row)) is None:
+        if not told:
+            print("rank 0: waiting for the other ranks' teacher trajectories", file=sys.stderr)
+            told = True
+        time.sleep(1.0)
+    return states
+
+
+def subject(
+    weights_spec: str,
+    prompts: Sequence[str],
+    search_samples: int,
+    held_out: int,
+    *,
+    seed: int,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    vae: str | None = None,
+    vae_dtype: str | None = None,
+    batch_size: int = 1,
+    compile: bool = False,
+    cache: str | os.PathLike | None = None,
+    decoded: bool = False,
+    size: SizeConditioning | None = None,
+    empty_negative: str | None = None,
+    shard: Shard | None = None,
+) -> Subject:
+    """An SD model as `python -m solvers.search` searches it: samples 0..K-1 are searched on, the next
+    `held_out` score the plans; `height`/`width` default to the family's size, `vae_dtype` to the
+    family's VAE dtype for `dtype`, `size` and `empty_negative` as `conditioning` takes them, as generation
+    does. Call under torch.inference_mode()."""
+    shard = shard or Shard()
+    rows = samples(prompts, search_samples + held_out, seed)
+    where = pick_device(device, shard)
+    dtype = dtype or default_dtype(where)
+    path = resolve_weights(weights_spec, DTYPES[dtype], bundled_vae=vae is None)
+    family = family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    height, width = height or family.size, width or family.size
+    check_size(height, width)
+    vae_dtype = vae_dtype or family.vae_dtype(dtype)
+    if size is not None and not family.size_conditioning:
+        raise ValueError(
+            f"--original-size, --crop-top-left and --target-size are SDXL's size conditioning; "
+            f"{family.label} models take none"
+        )
+    sd, path = load_model(str(path), where, DTYPES[dtype], compile, vae=vae, vae_dtype=DTYPES[vae_dtype])
+    folder = Path(cache).expanduser() if cache else default_cache()
+    sha256 = weights_sha256(path)
+    parameter = next(sd.unet.parameters())
+    empty_negative = empty_negative or family.empty_negative
+    if family.size_conditioning:
+        size = size or SizeConditioning()
+    guided = partial(
+        batched_denoiser, sd, negative_prompt=negative_prompt, batch_size=batch_size, size=size,
+        empty_negative=empty_negative,
+    )  # fmt: skip
+
+    def teach(
+        grid: Sequence[float],
+        options: Mapping[str, Any],
+        solver: str,
+        substeps: int,
+        progress: Callable[[int], Any],
+    ) -> Teacher | None:
+        identity = {"weights_sha256": sha256, "negative_prompt": negative_prompt, "height": height,
+                    "width": width, "dtype": str(parameter.dtype).removeprefix("torch."),
+                    "device": parameter.device.type, "options": dict(options), "grid": list(grid),
+                    "solver": solver, "substeps": substeps, "empty_negative": empty_negative,
+                    "size_conditioning": None if size is None else list(size.numbers())}  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        store = TeacherCache(folder, json.loads(json.dumps(identity)))
+        return teachers(sd, rows, store, options, guided, height=height, width=width, batch_size=batch_size,
+                        shard=shard, progress=progress)  # fmt: skip
+
+    return Subject(
+        sd.schedule,
+        model_name(path),
+        guided(rows[:search_samples]),
+        guided(rows[search_samples:]),
+        teach,
+        decode=decoder(sd, batch_size) if decoded else None,
+    )

@@ -1,0 +1,413 @@
+"""Search the best few-step plan for a model, a solver and an NFE budget; write it as a plan file.
+
+    python -m solvers.search --denoiser solvers.analytic:GaussianMixture.default --shape 16 \\
+        --steps 5 --solver dpmpp_2m [--samples K] [--cost local|global] [--out plan.json]
+    python -m solvers.search --weights v1-5-pruned-emaonly.safetensors --prompts prompts.txt \\
+        --guidance 7.5 --steps 5 --solver dpmpp_2m --out plan.json
+    torchrun --nproc_per_node=8 -m solvers.search --weights ...    # the teacher shards over the ranks
+
+--denoiser names a callable that, called with no arguments, returns a denoiser D(x, sigma) -> x0 for x
+of shape [K, *shape]; its starting latents are standard normal noise at sigma_max of SD's noise table
+from --seed. --weights searches a real SD model (pipeline/search.py). The command prints the cost in
+denoiser calls before it starts and a progress bar while it runs, then the held-out RMSE of the plan
+after each stage next to the presets with the same solver at the same NFE and DMN. The plan (a Plan
+whose discretization records the search) goes to --out, for run_sample.py --plan and evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+import cli
+import pipeline
+from cli.generation import add_image_flags, add_model_flags, given_size_flags, size_conditioning
+from schedule import DiscreteSchedule, Searched
+from solvers.plan import Plan
+from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
+from solvers.search import (
+    COSTS,
+    EXACT,
+    STAGES,
+    Counted,
+    Problem,
+    Result,
+    Row,
+    Subject,
+    Teacher,
+    baselines,
+    candidate_grid,
+    compare,
+    estimate,
+    has_exact_solution,
+    search,
+    solve_teacher,
+)
+from solvers.table import SOLVERS
+
+PROG = "python -m solvers.search"
+DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
+SAMPLES = {"denoiser": (1024, 1024), "weights": (16, 16)}  # (search, held-out) samples by default
+
+
+def _text(shape_: tuple[int, ...]) -> str:
+    return ",".join(map(str, shape_))
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """--shape 16 or 4,64,64: the shape of one sample."""
+    return tuple(cli.positive_int(part) for part in text.split(","))
+
+
+def stage_list(text: str) -> tuple[str, ...]:
+    try:
+        return Searched.check_stages(tuple(part.strip() for part in text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    what = p.add_argument_group("what to search on: an analytic denoiser, or real weights (--weights)")
+    what.add_argument("--denoiser", metavar="MODULE:CALLABLE", help="a callable returning D(x, sigma) -> x0")
+    what.add_argument(
+        "--shape", type=shape, metavar="D[,D...]", help="the shape of one sample, with --denoiser"
+    )
+    what.add_argument(
+        "--prompts", metavar="FILE", help="prompts, one per line, with --weights (sample k: prompt k)"
+    )
+    how = p.add_argument_group("the search")
+    how.add_argument(
+        "--steps",
+        "--nfe",
+        dest="nfe",
+        type=cli.positive_int,
+        required=True,
+        metavar="N",
+        help="the NFE budget: the plan makes exactly N denoiser calls (N steps with a one-call solver)",
+    )
+    how.add_argument(
+        "--solver",
+        default="dpmpp_2m",
+        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        metavar="NAME",
+        help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m)",
+    )
+    how.add_argument(
+        "--samples",
+        type=cli.positive_int,
+        metavar="K",
+        help=f"search samples (default: {SAMPLES['denoiser'][0]}, with --weights {SAMPLES['weights'][0]})",
+    )
+    how.add_argument(
+        "--held-out",
+        type=cli.positive_int,
+        metavar="H",
+        help=f"samples the plans are scored on (default: {SAMPLES['denoiser'][1]}, with --weights "
+        f"{SAMPLES['weights'][1]})",
+    )
+    how.add_argument(
+        "--cost",
+        default="global",
+        type=cli.one_of(COSTS, "cost model"),
+        metavar="local|global",
+        help="the DP's cost: one step from the teacher (local, GITS) or from the plan's own state "
+        "(global, OSS) (default: global)",
+    )
+    how.add_argument(
+        "--grid", type=cli.positive_int, default=40, metavar="G", help="candidate noise levels (default: 40)"
+    )
+    how.add_argument(
+        "--stages",
+        type=stage_list,
+        default=STAGES,
+        metavar="dp[,grid][,polish]",
+        help="the DP, then refinements on the grid and off it (default: dp,grid,polish)",
+    )
+    how.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples (default: 0)")
+    how.add_argument(
+        "--teacher",
+        type=cli.one_of(lambda: [EXACT, *SOLVERS], "teacher"),
+        metavar="exact|SOLVER",
+        help=f"the model's exact solution, or a fine solve with this solver (default: exact where the "
+        f"model has one, else {DEFAULT_TEACHER})",
+    )
+    how.add_argument(
+        "--teacher-substeps",
+        type=cli.positive_int,
+        default=4,
+        metavar="M",
+        help="steps of the teacher's solver per candidate interval (default: 4)",
+    )
+    how.add_argument(
+        "--guidance",
+        type=cli.nonnegative_float,
+        default=DEFAULT_GUIDANCE,
+        metavar="W",
+        help=f"classifier-free guidance scale on every step (default: {DEFAULT_GUIDANCE:g})",
+    )
+    how.add_argument(
+        "--freeu-bit",
+        action="store_true",
+        help="also search, per step, FreeU on (the paper's 1.1,1.1,0.9,0.2) or off",
+    )
+    how.add_argument(
+        "--decoded", action="store_true", help="with --weights: measure final states after the VAE decode"
+    )
+    how.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="with --weights: the teacher cache (default: $XDG_CACHE_HOME/fewstep-sd/teachers)",
+    )
+    how.add_argument("--out", metavar="FILE.json", help="write the plan there (default: print its JSON)")
+    add_image_flags(p, quantize=False)
+    add_model_flags(p, device_help="; cuda means cuda:LOCAL_RANK under torchrun", weights_default=False)
+    cli.add_debug_flag(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli.run(PROG, run, args, errors=(*pipeline.USER_ERRORS, ImportError))
+
+
+def run(args: argparse.Namespace) -> None:
+    mode = _mode(args)
+    samples, held_out = (args.samples or SAMPLES[mode][0]), (args.held_out or SAMPLES[mode][1])
+    out = _check_out(args.out)
+    subject, shard = (
+        _real(args, samples, held_out) if mode == "weights" else (_analytic(args, samples, held_out), None)
+    )
+    teacher = args.teacher or (EXACT if subject.exact else DEFAULT_TEACHER)
+    substeps = 0 if teacher == EXACT else args.teacher_substeps
+    grid = candidate_grid(subject.schedule, args.grid)
+    options = {"guidance": args.guidance, "freeu": None}
+    bit = ("freeu", PAPER_FREEU) if args.freeu_bit else None
+    cost = estimate(
+        grid, args.solver, args.nfe, cost=args.cost, stages=args.stages, bit=bool(bit),
+        teacher=teacher, substeps=substeps,
+    )  # fmt: skip
+    against = baselines(args.solver, args.nfe, subject.schedule, options)
+    scoring = len(args.stages) * args.nfe + sum(row.plan.nfe for row in against)
+    teaching = "the exact solution" if teacher == EXACT else f"{teacher}, {substeps} per interval"
+    print(
+        f"{PROG}: {args.solver} at {args.nfe} NFE on {subject.name}: {args.cost} cost, {args.grid} "
+        f"candidate levels + 0, stages {'+'.join(args.stages)}, {samples} search samples, {held_out} "
+        f"held out\ncost in denoiser calls: teacher {cost.teacher} x {samples + held_out} samples "
+        f"({teaching}), search {cost.dp} (dp) + at most {cost.refine} (refinement) x {samples}, scoring "
+        f"{scoring} x {held_out}"
+    )
+    work = cost.teacher * (samples + held_out) + (cost.dp + cost.refine) * samples + scoring * held_out
+    clock = [time.perf_counter()]
+    with (
+        torch.inference_mode(),
+        tqdm(total=work, unit="sample", file=sys.stderr, disable=None) as bar,
+    ):
+        everyone = subject.teach(grid, options, teacher, substeps, bar.update)
+        if everyone is None:
+            print(f"{PROG}: rank {shard.rank} of {shard.world_size}: teachers done; rank 0 runs the search")
+            return
+        clock.append(time.perf_counter())
+        result = search(
+            subject.search, everyone.rows(slice(0, samples)), solver=args.solver, nfe=args.nfe,
+            cost=args.cost, stages=args.stages, options=options, bit=bit, decode=subject.decode,
+            seed=args.seed, model=subject.name, progress=bar.update,
+        )  # fmt: skip
+        clock.append(time.perf_counter())
+        held = Problem(
+            Counted(subject.held_out, bar.update), everyone.rows(slice(samples, None)), args.solver, args.nfe,
+            options, bit, subject.decode,
+        )  # fmt: skip
+        rows = compare(result, held, against)
+        clock.append(time.perf_counter())
+    _report(rows, result, held_out, clock)
+    if out is None:
+        print(result.plan.to_json())
+    else:
+        _write(out, result.plan)
+        print(f"wrote {out}; sample with it: python run_sample.py --plan {out} --prompt ...")
+
+
+def _report(rows: list[Row], result: Result, held_out: int, clock: list[float]) -> None:
+    best = min(row.held_out for row in rows if row.kind == "preset")
+    calls = iter(f"{stage.name} ({stage.calls} calls)" for stage in result.stages)
+    print(
+        f"\nRMSE to the teacher's x(0), on the search samples (what each stage lowered) and {held_out} others"
+    )
+    print(f"{'plan':<32}{'steps':>6}{'sigma_N':>9}{'search':>9}{'held-out':>10}{'vs best preset':>16}")
+    for row in rows:
+        label = next(calls) if row.kind == "stage" else row.plan.name
+        own = "" if row.search is None else f"{row.search:.5f}"
+        print(
+            f"{label:<32}{row.plan.steps:>6}{row.plan.sigmas[-1]:>9.4f}{own:>9}{row.held_out:>10.5f}"
+            f"{row.held_out / best - 1:>+16.1%}"
+        )
+    teacher, searched, scored = (b - a for a, b in pairwise(clock))
+    print(f"\ntime: teacher {teacher:.1f} s, search {searched:.1f} s, scoring {scored:.1f} s")
+    print(result.plan.describe())
+
+
+def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subject, Any]:
+    """--weights: the model through pipeline/search.py, imported only here (and the torchrun shard)."""
+    from pipeline import search as real
+    from pipeline.sharding import Shard
+
+    shard = Shard.from_env()
+    subject = real.subject(
+        args.weights,
+        real.read_prompts(args.prompts),
+        samples,
+        held_out,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt or "",
+        empty_negative=args.empty_negative,
+        size=size_conditioning(args, None) if given_size_flags(args) else None,
+        height=args.height,
+        width=args.width,
+        device=args.device,
+        dtype=args.dtype,
+        vae=args.vae,
+        vae_dtype=args.vae_dtype,
+        batch_size=args.batch_size or 1,
+        compile=bool(args.compile),
+        cache=args.cache,
+        decoded=args.decoded,
+        shard=shard,
+    )
+    return subject, shard
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if bool(args.denoiser) == bool(args.weights):
+        raise ValueError(
+            "give one of --denoiser MODULE:CALLABLE (with --shape) or --weights PATH (with --prompts)"
+        )
+    given = [f"--{flag}" for flag in ("prompts", "cache") if getattr(args, flag)] + [
+        "--decoded"
+    ] * args.decoded
+    if args.denoiser:
+        if args.shape is None:
+            raise ValueError("--denoiser needs --shape, the shape of one sample, e.g. --shape 16")
+        if given:
+            raise ValueError(f"{given[0]} goes with --weights, not --denoiser")
+        return "denoiser"
+    if args.shape is not None:
+        raise ValueError("--shape goes with --denoiser; with --weights the size is --height and --width")
+    if not args.prompts:
+        raise ValueError("--weights needs --prompts FILE, one prompt per line")
+    return "weights"
+
+
+def _check_out(out: str | None) -> Path | None:
+    """Refuse, before any work, a plan file that exists or a folder that cannot take it."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists():
+        raise ValueError(f"--out {out} exists; pass another file name (nothing written is replaced)")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--out {out}: the folder {path.parent} does not exist or is not writable")
+    return path
+
+
+def _write(path: Path, plan: Plan) -> None:
+    """The plan's JSON at `path`, atomically and never over a file that appeared meanwhile."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary.write_text(plan.to_json() + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise ValueError(f"--out {path} appeared while the search ran; the plan is not written") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_denoiser(spec: str) -> Callable[..., Tensor]:
+    """The denoiser that MODULE:CALLABLE returns when called with no arguments."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"--denoiser {spec!r} is not MODULE:CALLABLE, e.g. solvers.analytic:GaussianMixture.default"
+        )
+    try:
+        made: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--denoiser {spec}: cannot import {module_name} ({err})") from None
+    for part in attribute.split("."):
+        if not hasattr(made, part):
+            raise ValueError(f"--denoiser {spec}: {module_name} has no {attribute}")
+        made = getattr(made, part)
+    if not callable(made):
+        raise ValueError(f"--denoiser {spec}: {attribute} is not callable")
+    denoise = made()
+    if not callable(denoise):
+        raise ValueError(
+            f"--denoiser {spec}: {attribute}() returned {type(denoise).__name__}, not a denoiser"
+        )
+    return denoise
+
+
+def _accepted(denoise: Callable[..., Tensor]) -> Callable[[str], bool]:
+    """Which keyword options `denoise` takes: any with **options, else those it names."""
+    parameters = list(inspect.signature(denoise).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return lambda name: True
+    named = {p.name for p in parameters[2:]}
+    return lambda name: name in named
+
+
+def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
+    model = load_denoiser(args.denoiser)
+    takes = _accepted(model)
+    if args.freeu_bit and not takes("freeu"):
+        raise ValueError(f"--freeu-bit: the denoiser of {args.denoiser} takes no freeu option")
+
+    def denoise(x: Tensor, sigma: float, **options: Any) -> Tensor:
+        # a plain D(x, sigma) gets none of the options the plan records for real models
+        return model(x, sigma, **{name: value for name, value in options.items() if takes(name)})
+
+    schedule = DiscreteSchedule.sd()
+    generator = torch.Generator().manual_seed(args.seed)
+    x = torch.randn((samples + held_out, *args.shape), generator=generator, dtype=torch.float64)
+    x = x * schedule.sigma_max
+    try:  # one call on one sample, so a wrong --shape is a clear refusal rather than a traceback later
+        probe = denoise(x[:1], schedule.sigma_max)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(
+            f"--denoiser {args.denoiser} fails on samples of --shape {_text(args.shape)}: {err}"
+        ) from None
+    if not isinstance(probe, Tensor) or probe.shape != x[:1].shape:
+        got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+        raise ValueError(
+            f"--denoiser {args.denoiser} returned {got} for x of shape {tuple(x[:1].shape)}; "
+            "it must return x's shape"
+        )
+
+    def teach(
+        grid: Sequence[float],
+        options: Mapping[str, Any],
+        solver: str,
+        substeps: int,
+        progress: Callable[[int], Any],
+    ) -> Teacher:
+        counted = model if solver == EXACT else Counted(denoise, progress)
+        return solve_teacher(counted, x, grid, options, solver=solver, substeps=substeps)
+
+    return Subject(schedule, args.denoiser, denoise, denoise, teach, has_exact_solution(model))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
