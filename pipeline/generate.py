@@ -182,13 +182,14 @@ def generate(
         x = noise * run.sigmas[0] if init is None else img2img.start_latent(sd, init, run.sigmas[0], noise)
         inputs = {"x": x, "noise": draw_ahead(step_noise(seeds), x, noise_draws(run)), "cond": cond,
                   "uncond": uncond}  # fmt: skip
-        loop = prepared_steps(sd, run, x, callback)
         if graphs and callback is None:
             key = (run.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
             loops = _LOOPS.setdefault(sd.unet, {})
             if key not in loops:
-                loops[key] = StaticLoop(loop, inputs)  # captured here, on CUDA
+                loops[key] = StaticLoop(prepared_steps(sd, run, x, None), inputs)  # captured here on CUDA
             loop = loops[key]
+        else:
+            loop = prepared_steps(sd, run, x, callback)
         x, finite = loop(inputs)
         _check_finite(finite, run)
         return decode(sd, x, quantization)
