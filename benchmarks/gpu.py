@@ -259,16 +259,25 @@ def models(family: str, diffusers) -> tuple[object, Theirs | None]:
     unet.load_state_dict(unet_ref.ldm_state_dict(ref_unet))
     theirs = Theirs(copy.deepcopy(ref_unet).to(DEVICE, torch.bfloat16), ref_unet.to(DEVICE))
     if xl:
-        theirs.added = lambda cond: {
-            "text_embeds": cond["y"][:, :1280],
-            "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * len(cond["y"]), device=DEVICE),
-        }
+        theirs.added = sdxl_added(config)
     else:
         ref_vae = vae_ref.diffusers_vae(vae_ref.FULL)
         vae.load_state_dict(vae_ref.ldm_state_dict(ref_vae))
         theirs.vae, theirs.vae_fp32 = copy.deepcopy(ref_vae).to(DEVICE, torch.bfloat16), ref_vae.to(DEVICE)
         theirs.pipeline = lambda: diffusers_pipeline(diffusers, theirs)
     return our_sd(family, unet, vae), theirs
+
+
+def sdxl_added(config: dict) -> Callable[[dict], dict]:
+    """Our SDXL cond -> diffusers' added_cond_kwargs: y is [pooled text, Fourier features of the 6 size
+    numbers] (model/conditioning.py), diffusers takes the pooled text and the numbers."""
+    from model import SizeConditioning
+
+    pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+    return lambda cond: {
+        "text_embeds": cond["y"][:, :pooled],
+        "time_ids": torch.tensor([SizeConditioning().numbers()] * len(cond["y"]), device=DEVICE),
+    }
 
 
 def diffusers_pipeline(diffusers, theirs: Theirs):
@@ -347,10 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     with torch.inference_mode():
         for family in ("sd1", "sdxl") if args.sdxl else ("sd1",):
-            rows += measure(family, diffusers, args, skip)
+            measured = measure(family, diffusers, args, skip)
+            rows += measured
             torch.cuda.empty_cache()
-            print(f"[{family} done at {time.perf_counter() - started:.0f} s]", flush=True)
-    print("\n".join(report(rows, peak)))
+            print(f"[{family} done at {time.perf_counter() - started:.0f} s]")
+            print("\n".join(report(measured, peak)), flush=True)  # before the next family can fail
     print("\n".join(targets(rows)))
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
