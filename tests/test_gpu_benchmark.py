@@ -135,4 +135,4 @@ def test_every_figure_and_parity_line_comes_out_on_tiny_models_with_cpu_stand_in
     assert all(r.flops > 0 for r in rows)
     out = capsys.readouterr().out
     assert f"parity {family} U-Net bf16" in out and "FAIL" not in out
-    assert "parity image 64 px latents bf16, ours compiled + graphs vs eager: 0.00e+00 (pass" in out
+    assert "parity image 64 px latents, ours compiled + graphs vs eager in bf16: 0.00e+00 (pass" in out
