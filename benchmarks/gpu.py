@@ -300,8 +300,8 @@ def diffusers_pipeline(diffusers, theirs: Theirs):
     return pipe.to(DEVICE, torch.bfloat16)
 
 
-def diffusers_compile_settings() -> None:
-    """Inductor settings of diffusers' "speed up inference" guide, set before their compile."""
+def inductor_settings() -> None:
+    """Inductor settings of diffusers' "speed up inference" guide, for both sides' compiles."""
     config = torch._inductor.config
     config.conv_1x1_as_mm = True
     config.coordinate_descent_tuning = True
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(f"diffusers {diffusers.__version__}")
-        diffusers_compile_settings()
+    inductor_settings()
     peak = matmul_tflops(args.repeats, args.warmup)
     print(f"bf16 matmul {MATMUL_N}^3: {peak:.0f} TFLOP/s (the 'of peak' column's 100%)")
     skip = set(filter(None, args.skip.split(",")))
