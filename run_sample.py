@@ -269,7 +269,11 @@ def _generate_all(
             bar.update(1)
 
         with bar:
-            images = pipeline.generate_batch(sd, plan, batch, made, callback=step, init=init)
+            # Without --trajectory no per-step host call: the bar moves per batch, and a --compile run
+            # on CUDA replays its step loop as one CUDA graph.
+            images = pipeline.generate_batch(sd, plan, batch, made, callback=step if trajectory else None,
+                                             init=init)  # fmt: skip
+            bar.update(total - bar.n)
         for settings, image in images:
             metadata = pipeline.png_metadata(plan, settings)
             saved = pipeline.save_png(

@@ -191,7 +191,8 @@ def add_model_flags(
         "--dtype",
         type=cli.one_of(list(pipeline.DTYPES), "dtype"),
         metavar="NAME",
-        help=f"model dtype: {', '.join(pipeline.DTYPES)} (default: float16 on GPU, float32 on CPU)",
+        help=f"model dtype: {', '.join(pipeline.DTYPES)} (default: bfloat16 on CUDA, float16 on other "
+        "GPUs, float32 on CPU)",
     )
     machine.add_argument(
         "--batch-size",
@@ -201,7 +202,10 @@ def add_model_flags(
         "the same batch size (default: 1)",
     )
     machine.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the U-Net (default: no)"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the U-Net and VAE decoder; on CUDA the step loop then also runs as one CUDA "
+        "graph (default: no)",
     )
     return machine
 

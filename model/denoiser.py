@@ -9,11 +9,17 @@ at time t(sigma) to predict n. So (EDM table 1, "VP" column, eps-prediction):
 t(sigma) is the schedule's fractional time (log-sigma interpolation), not rounded, unless
 `round_timesteps=True` asks for diffusers' DPMSolverMultistep convention (integer t for the network,
 exact sigma everywhere else).
+
+Prepared coefficients: for a float sigma, sigma, c_in and t(sigma) are computed once per (sigma, batch,
+device, dtype) and kept on the device (`prepare` fills them for a plan's sigmas before the first step),
+so a step does no CPU float64 work and no host-to-device copy: what CUDA graph capture needs. They are
+computed by the same float64 code as for a per-sample tensor sigma, so both paths agree bitwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -38,6 +44,20 @@ class Denoiser:
         self.unet = unet
         self.schedule = schedule
         self.round_timesteps = round_timesteps
+        # Bounded: a long-lived denoiser (a teacher run of thousands of steps) keeps only recent sigmas.
+        self._prepared = lru_cache(maxsize=1024)(self._coefficients)
+
+    def prepare(self, sigmas: Iterable[float], batch: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Compute the coefficients of these sigmas for x of this batch, device and dtype ahead of the
+        first step (other sigmas, e.g. a 2S midpoint, are added on their first call)."""
+        for sigma in sigmas:
+            self._prepared(float(sigma), batch, torch.device(device), dtype)
+
+    @staticmethod
+    def option_readers(device: torch.device) -> dict[str, Callable[[Any], Any]]:
+        """`OPTIONS`, each giving its value ready for calls on `device` (FreeU's factors moved there), for
+        `solvers.loop.prepare_options`."""
+        return {"freeu": lambda value: _on(FreeU.option(value), device)}
 
     def __call__(
         self,
@@ -60,24 +80,37 @@ class Denoiser:
                 )
             unet_kwargs = {**{k: v for k, v in cond.items() if k != "context"}, **unet_kwargs}
             cond = cond["context"]
-        sigma = self._per_sample(sigma, x.shape[0])  # float64 [B], on the CPU
-        if (sigma == 0).all():
+        if isinstance(sigma, torch.Tensor):
+            prepared = self._coefficients(sigma, x.shape[0], x.device, x.dtype)
+        else:
+            prepared = self._prepared(float(sigma), x.shape[0], x.device, x.dtype)
+        if prepared is None:
             return x.clone()  # D(x; 0) = x: nothing to remove, no network call
+        sigma, c_in, t = prepared
+        dtype = next(self.unet.parameters()).dtype
+        eps = self.unet(
+            (x * c_in).to(dtype),
+            t,
+            cond.to(dtype),
+            freeu=_as_freeu(freeu),
+            **{k: _to_float_dtype(v, dtype) for k, v in unet_kwargs.items()},
+        )
+        return x - sigma * eps.to(x.dtype)
+
+    def _coefficients(
+        self, sigma: float | torch.Tensor, batch: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(sigma, c_in) as [B, 1, 1, 1] in x's dtype and t(sigma) as float32 [B], on x's device; None
+        when every sigma is 0."""
+        sigma = self._per_sample(sigma, batch)  # float64 [B], on the CPU
+        if (sigma == 0).all():
+            return None
         # sigma = 0 entries get c_out = 0, so the time they are evaluated at does not matter.
         t = self.schedule.t(torch.where(sigma > 0, sigma, self.schedule.sigma_min))
         if self.round_timesteps:
             t = t.round()
         c_in = (sigma**2 + 1).rsqrt()
-
-        dtype = next(self.unet.parameters()).dtype
-        eps = self.unet(
-            (x * _per_pixel(c_in, x)).to(dtype),
-            t.to(x.device, torch.float32),
-            cond.to(dtype),
-            freeu=_as_freeu(freeu),
-            **{k: _to_float_dtype(v, dtype) for k, v in unet_kwargs.items()},
-        )
-        return x - _per_pixel(sigma, x) * eps.to(x.dtype)
+        return _per_pixel(sigma, device, dtype), _per_pixel(c_in, device, dtype), t.to(device, torch.float32)
 
     @staticmethod
     def _per_sample(sigma: float | torch.Tensor, batch: int) -> torch.Tensor:
@@ -93,14 +126,18 @@ class Denoiser:
         return sigma
 
 
-def _per_pixel(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _per_pixel(values: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[B] float64 -> [B, 1, 1, 1] in x's dtype and device, to scale each sample of x."""
-    return values.to(x.device, x.dtype)[:, None, None, None]
+    return values.to(device, dtype)[:, None, None, None]
 
 
 def _to_float_dtype(value: Any, dtype: torch.dtype) -> Any:
     """Floating tensors (SDXL's y) in the U-Net's dtype; anything else as it is."""
     return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _on(freeu: FreeU | None, device: torch.device) -> FreeU | None:
+    return None if freeu is None else freeu.to(device)
 
 
 def _as_freeu(freeu: FreeU | Mapping[str, Any] | None) -> FreeU | None:

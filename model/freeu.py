@@ -13,6 +13,8 @@ The settings are passed to every U-Net call, so a sampler can change them betwee
 factors also live in one float32 tensor (`FreeU.factors`), which is all of them the U-Net reads: under
 torch.compile a tensor is a graph input, so new values reuse the compiled graph instead of being
 baked in as constants. Off (None) and on are two graphs; so is each version and placement.
+`FreeU.to(device)` gives the same settings with that tensor on the device, made once per run, so a
+U-Net call copies nothing from the host (what CUDA graph capture needs).
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class FreeU:
         """A plan's per-step `freeu` option (None, a dict of the fields, or a FreeU) as a FreeU or None."""
         return value if value is None or isinstance(value, FreeU) else cls.from_dict(value)
 
+    def to(self, device: str | torch.device) -> FreeU:
+        """The same settings (equal, same hash) with `factors` on `device`."""
+        moved = dataclasses.replace(self)
+        object.__setattr__(moved, "factors", self.factors.to(device))
+        return moved
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -113,7 +121,7 @@ class FreeU:
 
     def __call__(self, h: torch.Tensor, skip: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply stage `stage` to the backbone feature h [B, C, H, W] and the skip feature."""
-        factors = self.factors.to(h.device)
+        factors = self.factors.to(h.device)  # a no-op after `to(device)`
         b, s = factors[stage], factors[2 + stage]
         half = h.shape[1] // 2
         if self.version == 2:

@@ -10,23 +10,29 @@ part-way instead (pipeline/img2img.py).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 import torch
+from torch import nn
 
 import weights
 from model import Denoiser, SizeConditioning
 from pipeline import img2img
 from pipeline.batching import Batch
+from pipeline.graphs import StaticLoop
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
 from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
+from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
 
 LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
+# The captured step loops of each U-Net, by plan and input shapes (dropped with the U-Net).
+_LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.WeakKeyDictionary()
 
 
 class SamplingError(RuntimeError):
@@ -147,6 +153,7 @@ def generate(
     empty_negative: str | None = None,
     init: img2img.InitImage | None = None,
     quantization: str = "round",
+    graphs: bool = False,
 ) -> torch.Tensor:
     """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU
     (default: the family's size, 512 for SD 1.x, 1024 for SDXL).
@@ -156,7 +163,9 @@ def generate(
     as the unconditional one (`size`, `empty_negative`: see `conditioning`). With `init`, every image
     starts from that image at the step its strength selects (pipeline/img2img.py). `callback` sees
     every step, after the check for non-finite values. Raises SamplingError naming the step at which
-    the latents stopped being finite.
+    the latents stopped being finite. `graphs` (with no callback): the step loop of this plan and
+    batch shape runs over static buffers, captured once as a CUDA graph on CUDA and replayed by later
+    calls (pipeline/graphs.py); the same numbers as without it elsewhere.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
@@ -167,28 +176,74 @@ def generate(
     device = next(sd.unet.parameters()).device
     channels = sd.unet.config.in_channels
     run = img2img.cut(plan, init, sd.schedule)
-
-    def checked(info: StepInfo) -> None:
-        if not (torch.isfinite(info.x).all() and torch.isfinite(info.denoised).all()):
-            raise SamplingError(
-                f"the latents became non-finite at step {info.index + 1} of {run.steps} "
-                f"(sigma {info.sigma:.4g}); the model's dtype overflowed or the weights are broken: "
-                "try --dtype float32"
-            )
-        if callback is not None:
-            callback(info)
-
     with torch.inference_mode():
-        cond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
-        denoise = denoiser(sd, *cond)
+        cond, uncond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
         noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
         x = noise * run.sigmas[0] if init is None else img2img.start_latent(sd, init, run.sigmas[0], noise)
-        x = sample(denoise, x, run, checked, noise=step_noise(seeds))
-        if not torch.isfinite(x).all():
-            raise SamplingError(
-                f"the latents became non-finite after step {run.steps} of {run.steps}; try --dtype float32"
-            )
+        inputs = {"x": x, "noise": draw_ahead(step_noise(seeds), x, noise_draws(run)), "cond": cond,
+                  "uncond": uncond}  # fmt: skip
+        if graphs and callback is None:
+            key = (run.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
+            loops = _LOOPS.setdefault(sd.unet, {})
+            if key not in loops:
+                loops[key] = StaticLoop(prepared_steps(sd, run, x, None), inputs)  # captured here on CUDA
+            loop = loops[key]
+        else:
+            loop = prepared_steps(sd, run, x, callback)
+        x, finite = loop(inputs)
+        _check_finite(finite, run)
         return decode(sd, x, quantization)
+
+
+def prepared_steps(
+    sd: weights.StableDiffusion, run: Plan, like: torch.Tensor, callback: Callable[[StepInfo], None] | None
+) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
+    """The step loop of a run, prepared: `loop(inputs) -> (x, finite)` over inputs x, noise (drawn
+    ahead), cond, uncond. finite[i] records on the device whether step i's x and D were finite
+    (finite[N]: the result), so the loop never waits for the device; only a callback, a host call
+    per step anyway, checks each step before it sees it."""
+    device, batch = like.device, like.shape[0]
+    denoiser = Denoiser(sd.unet, sd.schedule)
+    for rows in (batch, 2 * batch):  # guidance 1 runs the conditional half only
+        denoiser.prepare(run.sigmas, rows, device, like.dtype)
+    options = prepare_options(run, Denoiser.option_readers(device))
+
+    def loop(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        finite = torch.ones(run.steps + 1, dtype=torch.bool, device=device)
+
+        def record(info: StepInfo) -> None:
+            finite[info.index] = torch.isfinite(info.x).all() & torch.isfinite(info.denoised).all()
+            if callback is not None:
+                _check_finite(finite, run)
+                callback(info)
+
+        denoise = guided(denoiser, inputs["cond"], inputs["uncond"])
+        x = sample(denoise, inputs["x"], run, record, buffered(inputs["noise"]), options)
+        finite[run.steps] = torch.isfinite(x).all()
+        return x, finite
+
+    return loop
+
+
+def _check_finite(finite: torch.Tensor, run: Plan) -> None:
+    """Raise SamplingError naming the first step whose latents were not finite (one device sync)."""
+    if bool(finite.all()):
+        return
+    k = int((~finite).nonzero()[0])
+    if k == run.steps:
+        raise SamplingError(
+            f"the latents became non-finite after step {run.steps} of {run.steps}; try --dtype float32"
+        )
+    raise SamplingError(
+        f"the latents became non-finite at step {k + 1} of {run.steps} (sigma {run.sigmas[k]:.4g}); "
+        "the model's dtype overflowed or the weights are broken: try --dtype float32"
+    )
+
+
+def _tensors(tree: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(tree, dict):
+        return [item for k, v in tree.items() for item in _tensors(v, f"{prefix}{k}.")]
+    return [(prefix, tree)]
 
 
 def generate_batch(
@@ -215,6 +270,7 @@ def generate_batch(
         empty_negative=made.empty_negative,
         init=init,
         quantization=made.quantization,
+        graphs=made.compile,
     )
     return [
         (replace(made, prompt=job.prompt, seed=job.seed, batch=len(batch.rows), batch_index=k), images[k])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline
 from run_sample import main
 from tests.checkpoints import write_checkpoint
 from tests.helpers import pixels, text_chunks
@@ -49,4 +50,17 @@ def test_png_written_before_the_restructure_replays_bitwise(
     assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
     [made] = tmp_path.glob("*.png")
     assert made.name == png.name
+    assert np.array_equal(pixels(made), pixels(png))
+
+
+def test_a_replay_keeps_its_stored_dtype_whatever_the_devices_default(
+    weights_file, one_thread, tmp_path, monkeypatch
+):
+    """CUDA now defaults to bfloat16: a replayed float32 PNG still runs in float32 (stored settings win)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(pipeline, "default_dtype", lambda device: "bfloat16")
+    png = PNGS[0]
+    assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
+    [made] = tmp_path.glob("*.png")
+    assert json.loads(text_chunks(made)["fewstep-settings"])["dtype"] == "float32"
     assert np.array_equal(pixels(made), pixels(png))

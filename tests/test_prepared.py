@@ -1,0 +1,179 @@
+"""The prepared run (pipeline.prepared_steps, pipeline/graphs.py) and torch.compile of its networks.
+
+Everything a run needs that does not depend on x is computed before the first step (the denoiser's
+sigma / c_in / t on the device, FreeU's factors on the device, the step noise drawn ahead into one
+buffer, finite flags recorded on the device). On CPU float32 that must change no bit: the prepared
+values come from the same float64 code, and the noise from the same generators in the same order.
+
+Compile: the U-Net and the VAE decoder are one graph each with no graph break, and a FreeU switch
+between steps costs at most one recompilation (new FreeU values, sigmas and guidance none). Traced
+by dynamo only (`torch._dynamo.explain`, the counting backend): what breaks a graph or recompiles is
+decided there, before any code generation.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+import pipeline
+import weights
+from model import Denoiser, FreeU
+from pipeline.generate import _LOOPS, conditioning, prepared_steps, step_noise
+from pipeline.graphs import StaticLoop
+from schedule import DiscreteSchedule
+from solvers import SOLVERS, Plan, sample
+from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
+from tests.checkpoints import write_checkpoint
+from tests.helpers import one_thread
+
+SEEDS = (3, 11)
+LATENT = (4, 8, 8)  # 64 px: the tiny model's smallest size the VAE / U-Net levels take
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():  # tiny networks: 2 threads on a shared machine are many times slower
+        yield
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return weights.load(write_checkpoint(tmp_path_factory.mktemp("prepared"), "single"))
+
+
+@pytest.fixture(scope="module")
+def cond(sd):
+    with torch.inference_mode():
+        return pipeline.conditioning(sd, ["a red cube", "a blue sphere"], "")
+
+
+def plain_run(sd, plan: Plan, cond) -> torch.Tensor:
+    """The loop before preparation: the plan's own options read at every call, lazy step noise."""
+    x = pipeline.initial_noise(SEEDS, LATENT) * plan.sigmas[0]
+    return sample(pipeline.denoiser(sd, *cond), x, plan, noise=step_noise(SEEDS))
+
+
+def prepared_run(sd, plan: Plan, cond) -> tuple[torch.Tensor, torch.Tensor]:
+    x = pipeline.initial_noise(SEEDS, LATENT) * plan.sigmas[0]
+    inputs = {"x": x, "noise": draw_ahead(step_noise(SEEDS), x, noise_draws(plan)), "cond": cond[0],
+              "uncond": cond[1]}  # fmt: skip
+    return prepared_steps(sd, plan, x, None)(inputs)
+
+
+def plan_for(solver: str, guidance: float, freeu: bool) -> Plan:
+    # 4 steps: every multistep rule reaches a step with two earlier estimates; the last into 0.
+    sigmas = [14.6, 3.0, 0.9, 0.2, 0.0]
+    return Plan(sigmas, solver, guidance, FreeU.common().to_dict() if freeu else None)
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_a_prepared_run_equals_the_plain_loop_bitwise_for_every_solver(sd, cond, solver):
+    with torch.inference_mode():
+        for guidance in (1.0, 7.5):
+            for freeu in (False, True):
+                plan = plan_for(solver, guidance, freeu)
+                x, finite = prepared_run(sd, plan, cond)
+                assert torch.equal(x, plain_run(sd, plan, cond)), (guidance, freeu)
+                assert finite.tolist() == [True] * (plan.steps + 1)
+
+
+def test_a_freeu_switch_between_steps_is_prepared_per_step(sd, cond):
+    on = FreeU.common().to_dict()
+    plan = Plan([14.6, 3.0, 0.9, 0.2], "dpmpp_2m", 7.5, [on, on, None])
+    with torch.inference_mode():
+        assert torch.equal(prepared_run(sd, plan, cond)[0], plain_run(sd, plan, cond))
+    options = prepare_options(plan, Denoiser.option_readers(torch.device("cpu")))
+    assert options[0]["freeu"] is options[1]["freeu"] == FreeU.common()  # read once per distinct value
+    assert options[2]["freeu"] is None
+
+
+def test_noise_drawn_ahead_is_the_lazy_stream_in_order():
+    like = torch.zeros(2, *LATENT)
+    lazy = step_noise(SEEDS)
+    source = buffered(draw_ahead(step_noise(SEEDS), like, 3))
+    for _ in range(3):
+        assert torch.equal(source(like), lazy(like))
+    with pytest.raises(ValueError, match="drew more than the 3 noise tensors drawn ahead"):
+        source(like)
+
+
+def test_denoiser_coefficients_come_from_the_table_without_changing_a_bit():
+    """The table holds what the per-sample float64 path computes; a float sigma and a [B] tensor agree."""
+    unet = torch.nn.Linear(1, 1)
+    unet.forward = lambda x, t, context, freeu=None: x * t[:, None, None, None] / 1000
+    denoiser = Denoiser(unet, DiscreteSchedule.sd())
+    x, context = torch.randn(2, *LATENT), torch.randn(2, 3, 5)
+    denoiser.prepare([14.6, 0.5], 2, x.device, x.dtype)
+    assert denoiser._prepared.cache_info().currsize == 2
+    for sigma in (14.6, 0.5, 0.123):
+        assert torch.equal(denoiser(x, sigma, context), denoiser(x, torch.tensor([sigma] * 2), context))
+
+
+def test_a_run_with_graphs_gives_the_same_images_and_reuses_its_static_loop(sd):
+    plan = plan_for("dpmpp_2m_sde", 7.5, True)
+    kwargs = {"negative_prompt": "", "height": 64, "width": 64}
+    plain = pipeline.generate(sd, plan, ["a red cube", "a blue sphere"], list(SEEDS), **kwargs)
+    assert torch.equal(pipeline.generate(sd, plan, ["a red cube", "a blue sphere"], list(SEEDS), **kwargs,
+                                    graphs=True), plain)  # fmt: skip
+    other = pipeline.generate(sd, plan, ["a cat", "a dog"], [5, 6], **kwargs, graphs=True)  # the same buffers
+    assert len(_LOOPS[sd.unet]) == 1
+    assert torch.equal(other, pipeline.generate(sd, plan, ["a cat", "a dog"], [5, 6], **kwargs))
+
+
+def test_a_static_loop_refuses_inputs_of_another_shape():
+    loop = StaticLoop(lambda inputs: inputs["x"] * 2, {"x": torch.ones(2, 3)})
+    assert torch.equal(loop({"x": torch.full((2, 3), 3.0)}), torch.full((2, 3), 6.0))
+    with pytest.raises(ValueError, match=r"a captured run takes shape \(2, 3\), got \(1, 3\)"):
+        loop({"x": torch.ones(1, 3)})
+
+
+def test_non_finite_latents_name_their_step_without_a_per_step_check(sd):
+    """w = 1e300 is inf in float32: the first guided estimate is non-finite; the flags recorded on the
+    device name step 1 after the run, as the per-step check did."""
+    plan = Plan([14.6, 3.0, 0.0], "euler", 1e300)
+    with pytest.raises(pipeline.SamplingError, match=r"non-finite at step 1 of 2 \(sigma 14\.6\)"):
+        pipeline.generate(sd, plan, ["a"], [0], height=64, width=64)
+
+
+def unet_inputs(sd, batch: int = 2):
+    x = torch.randn(batch, 4, 8, 8)
+    return x, torch.full((batch,), 500.0), torch.randn(batch, 77, sd.unet.config.context_dim)
+
+
+@pytest.mark.slow  # ~30 s of dynamo tracing each on 2 shared cores
+@pytest.mark.parametrize(
+    "freeu",
+    [None, *(FreeU(1.3, 1.4, 0.9, 0.2, v, where) for v in (1, 2) for where in ("channels", "blocks"))],
+    ids=lambda f: "off" if f is None else f"v{f.version}-{f.placement}",
+)
+def test_the_unet_compiles_to_one_graph_with_no_break(sd, freeu):
+    torch._dynamo.reset()
+    x, t, context = unet_inputs(sd)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(sd.unet)(x, t, context, freeu=freeu)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_the_vae_decoder_compiles_to_one_graph_with_no_break(sd):
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(sd.vae.decoder)(torch.randn(1, 4, 8, 8))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.slow
+def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd):
+    """FreeU on for 2 steps with two different values, then off; sigmas and guidance vary per step."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(sd.unet, backend=counter)
+    on, other = FreeU.common().to_dict(), FreeU(1.3, 1.4, 0.9, 0.2).to_dict()
+    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", [7.5, 7.5, 5.0, 3.0], [on, other, None, None])
+    with torch.inference_mode():
+        cond, uncond = conditioning(sd, ["a cube"], "")
+        x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
+        loop = prepared_steps(dataclasses.replace(sd, unet=compiled), plan, x, None)
+        loop({"x": x, "noise": x.new_empty(0, *x.shape), "cond": cond, "uncond": uncond})
+    assert counter.frame_count == 2  # FreeU on, then off
