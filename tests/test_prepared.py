@@ -26,7 +26,7 @@ from schedule import DiscreteSchedule
 from solvers import SOLVERS, Plan, sample
 from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
 from tests.checkpoints import write_checkpoint
-from tests.helpers import one_thread
+from tests.helpers import one_thread, tiny_unet
 
 SEEDS = (3, 11)
 LATENT = (4, 8, 8)  # 64 px: the tiny model's smallest size the VAE / U-Net levels take
@@ -142,7 +142,6 @@ def unet_inputs(sd, batch: int = 2):
     return x, torch.full((batch,), 500.0), torch.randn(batch, 77, sd.unet.config.context_dim)
 
 
-@pytest.mark.slow  # ~30 s of dynamo tracing each on 2 shared cores
 @pytest.mark.parametrize(
     "freeu",
     [None, *(FreeU(1.3, 1.4, 0.9, 0.2, v, where) for v in (1, 2) for where in ("channels", "blocks"))],
@@ -152,7 +151,7 @@ def test_the_unet_compiles_to_one_graph_with_no_break(sd, freeu):
     torch._dynamo.reset()
     x, t, context = unet_inputs(sd)
     with torch.inference_mode():
-        explained = torch._dynamo.explain(sd.unet)(x, t, context, freeu=freeu)
+        explained = torch._dynamo.explain(tiny_unet(context.shape[-1]))(x, t, context, freeu=freeu)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
@@ -163,12 +162,11 @@ def test_the_vae_decoder_compiles_to_one_graph_with_no_break(sd):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-@pytest.mark.slow
 def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd):
     """FreeU on for 2 steps with two different values, then off; sigmas and guidance vary per step."""
     torch._dynamo.reset()
     counter = CompileCounter()
-    compiled = torch.compile(sd.unet, backend=counter)
+    compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     on, other = FreeU.common().to_dict(), FreeU(1.3, 1.4, 0.9, 0.2).to_dict()
     plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", [7.5, 7.5, 5.0, 3.0], [on, other, None, None])
     with torch.inference_mode():

@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from model import FreeU, UNet, UNetConfig, timestep_embedding
-from tests.helpers import rel_err
+from tests.helpers import rel_err, tiny_unet
 from tests.reference.unet import (
     FULL,
     diffusers_unet,
@@ -243,21 +243,6 @@ def test_y_is_required_exactly_when_the_model_has_label_emb(sd15_pair, sdxl_pair
 
 
 # --- torch.compile ---------------------------------------------------------------------------------
-
-
-def tiny_unet() -> UNet:
-    """Three levels so both FreeU stages (4x and 2x model channels) occur; one ResBlock per level and
-    attention only at level 0 and in the middle, to keep tracing cheap."""
-    config = UNetConfig(
-        model_channels=16,
-        channel_mult=(1, 2, 4),
-        num_res_blocks=1,
-        transformer_depth=(1, 0, 0),
-        num_heads=2,
-        context_dim=8,
-        norm_groups=8,
-    )
-    return UNet(config).eval()
 
 
 class CountingBackend:
