@@ -20,13 +20,12 @@ import weights
 from model import Denoiser, SizeConditioning
 from pipeline import img2img
 from pipeline.batching import Batch
+from pipeline.limits import LATENT_FACTOR, check_size
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
 from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
-
-LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
 
 
 class SamplingError(RuntimeError):
@@ -38,26 +37,6 @@ class Job(Protocol):
 
     prompt: str
     seed: int
-
-
-def size_problem(value: int) -> str | None:
-    """Why `value` pixels cannot be a side of an image, or None: it must be a positive multiple of 8."""
-    if value >= LATENT_FACTOR and value % LATENT_FACTOR == 0:
-        return None
-    below = max(value // LATENT_FACTOR * LATENT_FACTOR, LATENT_FACTOR)
-    suggestion = f"{below} or {below + LATENT_FACTOR}" if value > below else f"{below}"
-    return (
-        f"{value} is not a positive multiple of {LATENT_FACTOR} (the VAE's downsampling factor); "
-        f"use e.g. {suggestion}"
-    )
-
-
-def check_size(height: int, width: int) -> None:
-    """Refuse a size the VAE cannot make: each side a positive multiple of 8 pixels."""
-    for flag, value in (("--height", height), ("--width", width)):
-        problem = size_problem(value)
-        if problem:
-            raise ValueError(f"{flag} {problem}")
 
 
 def initial_noise(
@@ -133,6 +112,17 @@ def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str
     return quantize(decode_pixels(sd, latents), quantization).cpu()
 
 
+def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
+    """What to do about non-finite latents: a half-precision run may have overflowed; a float32 one
+    points at the plan (its guidance scale) or the weights."""
+    if next(sd.unet.parameters()).dtype != torch.float32:
+        return "the model's dtype overflowed or the weights are broken: try --dtype float32"
+    return (
+        f"the run is float32 already, so the plan (guidance up to {max(plan.guidance):g}) or the weights "
+        f"{sd.source} are at fault: lower --guidance, or check the weights"
+    )
+
+
 def generate(
     sd: weights.StableDiffusion,
     plan: Plan,
@@ -172,8 +162,7 @@ def generate(
         if not (torch.isfinite(info.x).all() and torch.isfinite(info.denoised).all()):
             raise SamplingError(
                 f"the latents became non-finite at step {info.index + 1} of {run.steps} "
-                f"(sigma {info.sigma:.4g}); the model's dtype overflowed or the weights are broken: "
-                "try --dtype float32"
+                f"(sigma {info.sigma:.4g}); {_blame(sd, plan)}"
             )
         if callback is not None:
             callback(info)
@@ -186,7 +175,7 @@ def generate(
         x = sample(denoise, x, run, checked, noise=step_noise(seeds))
         if not torch.isfinite(x).all():
             raise SamplingError(
-                f"the latents became non-finite after step {run.steps} of {run.steps}; try --dtype float32"
+                f"the latents became non-finite after step {run.steps} of {run.steps}; {_blame(sd, plan)}"
             )
         return decode(sd, x, quantization)
 
