@@ -28,6 +28,7 @@ from pipeline.generate import (
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
 from pipeline.limits import (
+    LARGE_FLAG,
     LATENT_FACTOR,
     MAX_BATCH,
     MAX_SIDE,
@@ -72,6 +73,7 @@ __all__ = [
     "DTYPES",
     "EMPTY_NEGATIVE",
     "FAMILIES",
+    "LARGE_FLAG",
     "LATENT_FACTOR",
     "MAX_BATCH",
     "MAX_SIDE",

@@ -11,13 +11,15 @@ lowest layers (weights/, solvers/) and the parser (cli/) can all use it:
 """
 
 from safeio.files import TEMPORARY_SUFFIX, remove_stale, temporary_name, write_atomically
-from safeio.jsontext import MAX_DEPTH, parse_json, read_json
+from safeio.jsontext import MAX_DEPTH, JSONProblem, decode, parse_json, read_json
 from safeio.values import SEED_LIMIT, integer, number, seed, short
 
 __all__ = [
     "MAX_DEPTH",
     "SEED_LIMIT",
     "TEMPORARY_SUFFIX",
+    "JSONProblem",
+    "decode",
     "integer",
     "number",
     "parse_json",

@@ -27,10 +27,16 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_json(
-    text: str | bytes, where: str, fix: str, error: type[Exception] = ValueError, *, depth: int = MAX_DEPTH
-) -> Any:
-    """`text` decoded, or `error("{where} is not valid JSON (...); {fix}")`."""
+class JSONProblem(ValueError):
+    """Why a text is not JSON the project reads; `reason` without a file name."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode(text: str | bytes, *, depth: int = MAX_DEPTH) -> Any:
+    """`text` decoded, or JSONProblem saying why not."""
     try:
         value = json.loads(text)
     except RecursionError:
@@ -39,13 +45,21 @@ def parse_json(
         reason = f"not UTF-8: {err.reason} at byte {err.start}"
     except ValueError as err:  # JSONDecodeError, and integers beyond sys.get_int_max_str_digits()
         reason = " ".join(str(err).split())
-        if "int_max_str_digits" in reason or "integer string conversion" in reason:
+        if "integer string conversion" in reason:
             reason = "it holds an integer with too many digits"
     else:
         if not _depth_exceeds(value, depth):
             return value
         reason = f"nested more than {depth} levels deep"
-    raise error(f"{where} is not valid JSON ({reason}); {fix}")
+    raise JSONProblem(reason)
+
+
+def parse_json(text: str | bytes, where: str, fix: str, error: type[Exception] = ValueError) -> Any:
+    """`text` decoded, or `error("{where} is not valid JSON (...); {fix}")`."""
+    try:
+        return decode(text)
+    except JSONProblem as problem:
+        raise error(f"{where} is not valid JSON ({problem.reason}); {fix}") from None
 
 
 def read_json(
