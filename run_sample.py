@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--init-image and --strength go together: give both, or neither for text to image")
     init_pixels = None if init_spec is None else pipeline.read_image(init_spec)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
+    bounds(images=len(prompts) * args.num_images)  # before the list of jobs is built
     each = [prompt for prompt in prompts for _ in range(args.num_images)]
     jobs = [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
     if jobs[-1].seed >= 2**63:

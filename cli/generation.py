@@ -206,8 +206,9 @@ def add_model_flags(
     machine.add_argument(
         pipeline.LARGE_FLAG,
         action="store_true",
-        help=f"lift the limits of {pipeline.MAX_SIDE} px per side, {pipeline.MAX_STEPS} steps and "
-        f"{pipeline.MAX_BATCH} images per batch (from flags, plan files and replayed PNGs alike)",
+        help=f"lift the limits of {pipeline.MAX_SIDE} px per side, {pipeline.MAX_STEPS} steps, "
+        f"{pipeline.MAX_BATCH} images per batch and {pipeline.MAX_IMAGES} per run (from flags, plan files "
+        "and replayed PNGs alike)",
     )
     return machine
 

@@ -10,7 +10,9 @@ tens of GB after minutes of loading, an endless loop); `--allow-large` lifts the
 - MAX_STEPS 1000: SD's DDPM table has 1000 noise levels (docs/model-facts.md section 6), so more
   steps place sigmas between the levels the model was trained on and buy nothing;
 - MAX_BATCH 64 images per U-Net batch (128 with guidance's two halves): a batch at the default size
-  then needs ~20 GB of activations for SD 1.5 in float16; more is seldom faster.
+  then needs ~20 GB of activations for SD 1.5 in float16; more is seldom faster;
+- MAX_IMAGES 100,000 images per run_sample.py run (prompts x --num-images): ten times the paper's
+  10,000-prompt evaluation sets; the run's list of jobs is built up front.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
 MAX_SIDE = 2048
 MAX_STEPS = 1000
 MAX_BATCH = 64
+MAX_IMAGES = 100_000
 LARGE_FLAG = "--allow-large"
 
 
@@ -51,10 +54,12 @@ def check_bounds(
     width: int | None = None,
     steps: int | None = None,
     batch: int | None = None,
+    images: int | None = None,
     allow_large: bool = False,
     source: str = "",
 ) -> None:
-    """Refuse a side, step count or batch size beyond the documented maxima, unless `allow_large`.
+    """Refuse a side, step count, batch size or image count beyond the documented maxima, unless
+    `allow_large`.
     `source` says where the values came from when not from flags (e.g. "the settings of x.png: ")."""
     if allow_large:
         return
@@ -63,6 +68,7 @@ def check_bounds(
         ("--width", width, MAX_SIDE, "pixels per side"),
         ("steps", steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
         ("--batch-size", batch, MAX_BATCH, "images per U-Net batch"),
+        ("images", images, MAX_IMAGES, "images per run (prompts x --num-images)"),
     ):
         if value is not None and value > limit:
             raise ValueError(

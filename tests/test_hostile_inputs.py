@@ -153,6 +153,7 @@ def test_pngs_declaring_huge_dimensions_are_one_line_in_replay_init_image_and_me
 FLAGS = [
     (["--steps", "1001"], "steps 1001 is over the maximum of 1000 steps"),
     (["--batch-size", "65"], "--batch-size 65 is over the maximum of 64"),
+    (["--num-images", "1000000"], "images 1000000 is over the maximum of 100000 images per run"),
     (["--seed", DIGITS], "argument --seed: '" + "1" * 36 + "... is not an integer"),
     (["--steps", DIGITS], "is not an integer"),
     (["--guidance", "1e999"], "argument --guidance: must be a finite number, got inf"),
