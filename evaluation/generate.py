@@ -332,11 +332,11 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
 
 
 def _make(
-    sd,
+    sd: weights.StableDiffusion,
     plan: Plan,
     made: Settings,
     out: Path,
-    work: list,
+    work: list[tuple[Batch[Prompt], list[int]]],
     total: int,
     tag: str,
     shard: Shard,

@@ -537,7 +537,8 @@ def test_an_interrupted_or_full_run_says_what_it_wrote_and_how_to_resume(
     interrupting(monkeypatch, 1, failure)
     out = tmp_path / "out"
     argv = ["--weights", str(checkpoints["single"]), "--prompt", "a cat", "--seed", "42", "--num-images", "2",
-            "--steps", "1", "--height", "64", "--width", "64", "--out", str(out)]  # fmt: skip
+            "--batch-size", "2", "--steps", "1", "--height", "64", "--width", "64",
+            "--out", str(out)]  # fmt: skip
     assert one_line(capsys, run_sample.main, *argv, status=status) == message.format(out=out)
     assert [p.name for p in out.iterdir()] == ["42-a-cat.png"]  # no temporary left
 
