@@ -12,6 +12,7 @@ each image with its provenance.
 from __future__ import annotations
 
 import argparse
+import errno
 import secrets
 import sys
 import time
@@ -153,8 +154,12 @@ def run(args: argparse.Namespace) -> None:
     dtype = pick(args.dtype, "dtype", pipeline.default_dtype(device))
     if dtype not in pipeline.DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(pipeline.DTYPES)}")
+    bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
+    bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
+    if base is not None:
+        bounds(steps=base.steps, source=f"the plan of {args.plan or args.replay}: ")
     plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
     plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before minutes go into fetching weights
     if args.print_plan:
@@ -167,6 +172,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--init-image and --strength go together: give both, or neither for text to image")
     init_pixels = None if init_spec is None else pipeline.read_image(init_spec)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
+    bounds(images=len(prompts) * args.num_images)  # before the list of jobs is built
     each = [prompt for prompt in prompts for _ in range(args.num_images)]
     jobs = [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
     if jobs[-1].seed >= 2**63:
@@ -176,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
     rows, offset = min(args.batch_size or 1, len(jobs)), 0
     if replayed is not None and args.batch_size is None and len(jobs) == 1:
         rows, offset = replayed.batch, replayed.batch_index  # rebuild the batch the image was made in
+        bounds(batch=rows, source=f"the settings of {args.replay}: ")
     out = pipeline.prepare_output(args.out)
 
     started = time.perf_counter()
@@ -189,6 +196,9 @@ def run(args: argparse.Namespace) -> None:
     default_height, default_width = (family.size,) * 2 if init_pixels is None else init_pixels.shape[1:]
     height, width = pick(args.height, "height", default_height), pick(args.width, "width", default_width)
     pipeline.check_size(height, width)
+    given = args.height is not None and args.width is not None
+    bounds(height=height, width=width, source="" if given or replayed is None else f"{args.replay}: ")
+    pipeline.check_free_space(out, height, width, len(jobs))
     init = None
     if init_pixels is not None:
         init = pipeline.InitImage(init_pixels, strength, pick(args.strength_cut, "strength_cut", "steps"))
@@ -233,7 +243,18 @@ def run(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     batches = pipeline.batches(jobs, rows, offset)
-    trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory)
+    written: list[Path] = []
+    try:
+        trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory, written)
+    except KeyboardInterrupt:
+        raise cli.Interrupted(f"{_written(written, jobs, out)}; {_resume(jobs, len(written))}") from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(
+            f"{err.filename or out}: No space left on device; {_written(written, jobs, out)}; free space, "
+            f"then {_resume(jobs, len(written))}"
+        ) from None
     elapsed = time.perf_counter() - started
     extra = f" and {trajectories} trajectories" if trajectories else ""
     print(
@@ -250,8 +271,10 @@ def _generate_all(
     init: pipeline.InitImage | None,
     out: Path,
     trajectory: bool,
+    written: list[Path],
 ) -> int:
-    """Generate and save every batch's own images (and their trajectories). Returns the trajectories saved."""
+    """Generate and save every batch's own images (and their trajectories), adding each image's path to
+    `written` as it lands. Returns the trajectories saved."""
     saved_trajectories = 0
     quantization, total = made.quantization, pipeline.img2img.cut(plan, init, sd.schedule).steps
     for b, batch in enumerate(batches):
@@ -279,12 +302,33 @@ def _generate_all(
             saved = pipeline.save_png(
                 image, out, pipeline.image_stem(settings.prompt, settings.seed), metadata
             )
+            written.append(saved)
             if trajectory:
                 k = settings.batch_index
                 grid = pipeline.trajectory_grid([x[k] for x, _ in steps], [d[k] for _, d in steps])
                 pipeline.save_png(grid, out, f"{saved.stem}-trajectory", metadata)
                 saved_trajectories += 1
     return saved_trajectories
+
+
+def _written(written: list[Path], jobs: list[Job], out: Path) -> str:
+    last = f", the last {written[-1].name}" if written else ""
+    return f"wrote {len(written)} of {len(jobs)} images to {out}/ (each one complete{last})"
+
+
+def _resume(jobs: list[Job], done: int) -> str:
+    """How to make the images a run did not get to: they are jobs[done:], in order."""
+    left = jobs[done:]
+    if not left:
+        return "nothing is left to make"
+    if len({job.prompt for job in left}) == 1:
+        prompt = "" if len({job.prompt for job in jobs}) == 1 else f" --prompt {left[0].prompt!r}"
+        flags = f"{prompt} --seed {left[0].seed} --num-images {len(left)}"
+        return f"to make the other {len(left)}, rerun with{flags}"
+    return (
+        f"to make the other {len(left)}, rerun from prompt {left[0].prompt!r} with --seed {left[0].seed} "
+        "(image k of a run uses seed + k)"
+    )
 
 
 def _note_differences(png: str, stored: Settings, now: Settings) -> None:

@@ -6,17 +6,23 @@
     return cli.run(parser.prog, work, args, errors=(ValueError,))
 
 A refusal, by argparse or by the work itself, is one line `{prog}: error: {what, where, what to do}`
-on stderr with exit status 2; `--debug` shows the traceback instead. Ctrl-C ends with one line and
-status 130. This module imports nothing of the project, so every layer's commands can use it.
+on stderr with exit status 2; `--debug` shows the traceback instead. Ctrl-C and SIGTERM end with one
+line (a command may say there what it wrote and how to resume: `Interrupted`) and status 130. The
+value checks are safeio's, which file readers call too, so a flag and a file refuse the same values.
+This module imports nothing of the project but safeio, so every layer's commands can use it.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+import safeio
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,53 +39,46 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 def _integer(text: str) -> int:
     try:
         return int(text)
+    except ValueError:  # also a number of more than 4300 digits
+        raise argparse.ArgumentTypeError(f"{safeio.short(text)} is not an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{safeio.short(text)} is not a number") from None
+
+
+def _checked(check: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return check(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+    return _checked(lambda v: safeio.integer(v, 1), _integer(text))
 
 
 def nonnegative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _checked(lambda v: safeio.integer(v, 0), _integer(text))
 
 
 def seed(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {value}")
-    return value
+    return _checked(safeio.seed, _integer(text))
 
 
 def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+    return _checked(safeio.number, _number(text))
 
 
 def nonnegative_float(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _checked(lambda v: safeio.number(v, 0), _number(text))
 
 
 def positive_float(text: str) -> float:
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return _checked(lambda v: safeio.number(v, 0, strict=True), _number(text))
 
 
 def one_of(names: Sequence[str] | Callable[[], Sequence[str]], what: str) -> Callable[[str], str]:
@@ -103,6 +102,28 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with the command's one line: what it wrote and how to resume."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill, `timeout`) raises KeyboardInterrupt like Ctrl-C, so the same
+    cleanup runs (temporary files removed) and the same line is printed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(
     prog: str,
     work: Callable[[argparse.Namespace], Any],
@@ -110,17 +131,19 @@ def run(
     errors: tuple[type[BaseException], ...] = (ValueError, OSError),
 ) -> int:
     """`work(args)`, turned into an exit status: 0; 2 with one line for any of `errors` (a traceback
-    under `args.debug`); 130 with one line for Ctrl-C."""
+    under `args.debug`); 130 with one line for Ctrl-C or SIGTERM (`Interrupted`'s text if it says more)."""
     try:
-        work(args)
+        with _sigterm_as_interrupt():
+            work(args)
     except errors as err:
         if getattr(args, "debug", False):
             raise
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if getattr(args, "debug", False):
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
+        said = one_line(interrupt) if isinstance(interrupt, Interrupted) and interrupt.args else ""
+        print(f"{prog}: interrupted{'; ' + said if said else ''}", file=sys.stderr)
         return 130
     return 0

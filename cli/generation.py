@@ -207,6 +207,13 @@ def add_model_flags(
         help="torch.compile the U-Net and VAE decoder; on CUDA the step loop then also runs as one CUDA "
         "graph (default: no)",
     )
+    machine.add_argument(
+        pipeline.LARGE_FLAG,
+        action="store_true",
+        help=f"lift the limits of {pipeline.MAX_SIDE} px per side, {pipeline.MAX_STEPS} steps, "
+        f"{pipeline.MAX_BATCH} images per batch and {pipeline.MAX_IMAGES} per run (from flags, plan files "
+        "and replayed PNGs alike)",
+    )
     return machine
 
 

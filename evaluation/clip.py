@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from einops import rearrange
 from PIL import Image
 from torch import nn
 
 from text_encoder.clip import ACTIVATIONS, CLIPTextConfig, Encoder, TextTransformer, ignore_position_ids
+from weights.checkpoint import read_header, read_tensors
 
 # CLIP's training-set pixel statistics (CLIPImageProcessor's image_mean / image_std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -144,7 +144,8 @@ def load_clip(
 ) -> CLIPModel:
     """A CLIPModel (ViT-B/32 unless configs are given) from an HF-layout `model.safetensors`, in float32."""
     text, vision = text or CLIPTextConfig.vit_b32(), vision or CLIPVisionConfig.vit_b32()
-    state = safetensors.torch.load_file(str(weights_path))
+    header = read_header(weights_path)  # checked whole, naming the file (WeightsError), before any tensor
+    state = dict(read_tensors(header.path, header.tensors.items(), torch.float32, stamp=header.stamp))
     with torch.device("meta"):  # parameters come from the file; no random init, no second copy
         model = CLIPModel(text, vision)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from evaluation.clip import CLIPModel, load_clip, preprocess
+from evaluation.images import load_rgb
 from evaluation.prompts import read_manifest
 from text_encoder import Tokenizer
 
@@ -82,12 +83,7 @@ def score_folder(
     model, tokenizer = load_clip(weights_path, device), Tokenizer.sd1()
     scores = []
     for start in range(0, len(paths), batch_size):  # one batch of images in memory at a time
-        images = [_load_rgb(path) for path in paths[start : start + batch_size]]
+        images = [load_rgb(path) for path in paths[start : start + batch_size]]
         prompts = [entry.prompt for entry in entries[start : start + batch_size]]
         scores.append(similarities(images, prompts, model, tokenizer, batch_size))
     return mean_score(torch.cat(scores))
-
-
-def _load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")

@@ -8,6 +8,8 @@ keyed by a fingerprint of the file list, sizes, mtimes, the weights' hash and th
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import safeio
 from evaluation.images import image_batches, list_images
 from evaluation.inception import FIDInception  # also evaluation.fid.FIDInception
 from evaluation.runs import PROTOCOLS
@@ -164,6 +167,59 @@ def fingerprint(paths: list[Path], weights_sha256: str, protocol: str) -> str:
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
+def _read_cache(path: Path, key: str) -> FolderStats | None:
+    """The statistics cached at `path` if they are whole and keyed by `key`; a damaged cache (truncated,
+    a pickle, fields missing or mis-shaped) is ignored with a warning, never unpickled."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if "fingerprint" not in cached.files or str(cached["fingerprint"]) != key:
+                return None if "fingerprint" in cached.files else _damaged(path, "it has no fingerprint")
+            features, mu, sigma = (cached[name] for name in ("features", "mu", "sigma"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        return _damaged(path, " ".join(str(error).split()) or type(error).__name__)
+    d = features.shape[-1] if features.ndim == 2 else -1
+    if features.ndim != 2 or mu.shape != (d,) or sigma.shape != (d, d) or len(features) < 2:
+        return _damaged(path, f"its arrays have shapes {features.shape}, {mu.shape}, {sigma.shape}")
+    return FolderStats(features, mu, sigma, key, cached=True)
+
+
+def _damaged(path: Path, why: str) -> None:
+    warnings.warn(f"ignoring the damaged feature cache {path} ({why}); recomputing it", stacklevel=3)
+
+
+def writable_cache_dir(folder: str | Path, cache_dir: str | Path | None) -> Path | None:
+    """Where the caches of `folder` can go: `cache_dir` (refused if it cannot be written), else the
+    folder's parent, else (read-only parent, with a note) the user cache $XDG_CACHE_HOME/fewstep-sd/fid.
+    Checked before any feature is computed."""
+    candidates = [Path(cache_dir)] if cache_dir else [Path(folder).resolve().parent, user_cache_dir()]
+    for n, directory in enumerate(candidates):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / safeio.temporary_name("write-test")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
+        except OSError as error:
+            if cache_dir:
+                raise OSError(
+                    f"cannot write the feature cache folder {directory} ({error.strerror}); "
+                    "pass a writable --cache-dir"
+                ) from None
+            continue
+        if n:
+            warnings.warn(f"{candidates[0]} is not writable; feature caches go to {directory}", stacklevel=2)
+        return directory
+    raise OSError(
+        f"cannot write a feature cache beside {folder} nor in {user_cache_dir()}; pass a writable --cache-dir"
+    )
+
+
+def user_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root).expanduser() / "fewstep-sd" / "fid"
+
+
 def folder_stats(
     folder: str | Path,
     model: FIDInception,
@@ -178,22 +234,21 @@ def folder_stats(
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     paths = list_images(folder)
     key = fingerprint(paths, weights_sha256, protocol)
-    path = cache_path(folder, protocol, cache_dir)
-    if path.is_file():
-        with np.load(path) as cached:
-            if str(cached["fingerprint"]) == key:
-                return FolderStats(cached["features"], cached["mu"], cached["sigma"], key, cached=True)
+    path = cache_path(folder, protocol, writable_cache_dir(folder, cache_dir))
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached
     features = inception_features(paths, model, protocol, batch_size, device)
     mu, sigma = feature_statistics(features)
+    safeio.remove_stale(path.parent, path.name)
+
+    def write(file) -> None:
+        np.savez(file, features=features, mu=mu, sigma=sigma, count=len(features), fingerprint=key)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(partial, "wb") as f:
-            np.savez(f, features=features, mu=mu, sigma=sigma, count=len(features), fingerprint=key)
-        os.replace(partial, path)  # readers never see a half-written cache
+        safeio.write_atomically(path, write)  # readers never see a half-written cache
     except OSError as error:
         raise OSError(
-            f"cannot write the feature cache {path} ({error.strerror}); "
-            "pass a writable cache_dir (--cache-dir)"
-        ) from error
+            f"cannot write the feature cache {path} ({error.strerror}); pass a writable --cache-dir"
+        ) from None
     return FolderStats(features, mu, sigma, key, cached=False)

@@ -26,10 +26,10 @@ Scoring: `python -m evaluation.metrics fid|clip|prd ... --json DIR/{fid,clip,prd
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import cli
 import pipeline
+import safeio
 import weights
 from cli.generation import (
     add_image_flags,
@@ -77,7 +78,7 @@ IMAGE_IDENTITY = ("prompt", "seed", "weights_sha256", *DECIDING)
 # What a run.json or PNG made before a setting was recorded means by its absence (SD 1.x, bundled VAE
 # in the model's dtype, rounded pixels).
 RECORDED_BEFORE = {
-    "vae_dtype": lambda record: record["dtype"],
+    "vae_dtype": lambda record: record.get("dtype"),
     "vae_sha256": lambda record: None,
     "size_conditioning": lambda record: None,
     "empty_negative": lambda record: "encode",
@@ -149,18 +150,11 @@ def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
             )
     if shard.rank != 0:
         return
-    temporary = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    try:
-        if existing is not None:  # under force
-            os.replace(temporary, path)
-            return
-        try:
-            os.link(temporary, path)  # fails if another run wrote run.json meanwhile
-        except FileExistsError:
-            claim_run(out, record, force, shard)
-    finally:
-        temporary.unlink(missing_ok=True)
+    text = json.dumps(record, indent=2) + "\n"
+    try:  # under force, replace; else link, which fails if another run wrote run.json meanwhile
+        safeio.write_atomically(path, text, replace=existing is not None)
+    except FileExistsError:
+        claim_run(out, record, force, shard)
 
 
 def run_differences(old: dict, new: dict) -> list[str]:
@@ -258,7 +252,11 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     manifest_rows = len(rows)
     rows = rows[: args.limit]
     manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
+    bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
+    bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
     base = pipeline.read_plan_file(args.plan) if args.plan else None
+    if base is not None:
+        bounds(steps=base.steps, source=f"the plan of {args.plan}: ")
     plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
     plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before the weights are fetched
     out = pipeline.prepare_output(args.out)
@@ -274,6 +272,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     refuse_size_flags(args, family)
     height, width = args.height or family.size, args.width or family.size
     pipeline.check_size(height, width)
+    bounds(height=height, width=width)
+    pipeline.check_free_space(out, height, width, len(rows))
     vae_dtype = args.vae_dtype or family.vae_dtype(dtype)
     sd, path = pipeline.load_model(
         str(path),
@@ -310,7 +310,39 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     total = sum(len(slots) for _, slots in work)
     present = sum(len(batch.slots) for batch in mine) - total
     tag = f"rank {shard.rank} of {shard.world_size}: " if shard.world_size > 1 else ""
-    started = time.perf_counter()
+    started, made_now = time.perf_counter(), []
+    try:
+        _make(sd, plan, made, out, work, total, tag, shard, made_now)
+    except KeyboardInterrupt:
+        raise cli.Interrupted(
+            f"{tag}made {len(made_now)} of {total} images in {out}/ (each one complete); rerun the same "
+            "command to make the rest (the images there are kept)"
+        ) from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(
+            f"{err.filename or out}: No space left on device; {tag}made {len(made_now)} of {total} images; "
+            "free space, then rerun the same command to make the rest"
+        ) from None
+    elapsed = time.perf_counter() - started
+    rate = f" ({total / elapsed:.2f} images/s)" if total else ""
+    images = f"{total} image{'' if total == 1 else 's'}"
+    print(f"{tag}made {images} in {out}/ in {elapsed:.1f} s{rate}; {present} were already there")
+
+
+def _make(
+    sd: weights.StableDiffusion,
+    plan: Plan,
+    made: Settings,
+    out: Path,
+    work: list[tuple[Batch[Prompt], list[int]]],
+    total: int,
+    tag: str,
+    shard: Shard,
+    made_now: list[Path],
+) -> None:
+    """Make the missing images of `work` ((batch, slots) pairs), adding each path to `made_now`."""
     with tqdm(
         total=total,
         unit="img",
@@ -323,11 +355,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
                 if settings.batch_index in slots:
                     row = batch.rows[settings.batch_index]
                     _save(image, out, row, pipeline.png_metadata(plan, settings))
+                    made_now.append(image_path(out, row))
             bar.update(len(slots))
-    elapsed = time.perf_counter() - started
-    rate = f" ({total / elapsed:.2f} images/s)" if total else ""
-    images = f"{total} image{'' if total == 1 else 's'}"
-    print(f"{tag}made {images} in {out}/ in {elapsed:.1f} s{rate}; {present} were already there")
 
 
 def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str]) -> None:

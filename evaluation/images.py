@@ -36,8 +36,16 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """An image file as RGB; ValueError naming the file for one that cannot be read (not an image,
+    truncated, or over Pillow's decompression-bomb limit of ~179 million pixels)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        reason = (
+            error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+        )
+        raise ValueError(f"cannot read the image {path}: {reason}; remove or replace it") from None
 
 
 def center_crop_square(image: Image.Image) -> Image.Image:

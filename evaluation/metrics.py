@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 import cli
+import safeio
 from evaluation import fid, prd
 from evaluation.runs import PROTOCOLS
+from pipeline.models import parse_device
+from weights.errors import WeightsError
 from weights.fingerprint import file_sha256
 
 PROG = "python -m evaluation.metrics"
@@ -31,7 +34,7 @@ def _note(message: str) -> None:
 
 def _write_json(path: str | None, record: dict) -> None:
     if path:
-        Path(path).write_text(json.dumps(record, indent=2) + "\n")
+        safeio.write_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
 def _folder_features(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -112,6 +115,21 @@ def run_clip(args: argparse.Namespace) -> None:
     _write_json(args.json, {"metric": "clip", **run, "clip_score": float(value)})
 
 
+def device(text: str) -> str:
+    """--device: one this machine has (pipeline.parse_device's check)."""
+    try:
+        return str(parse_device(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--device {text} ")) from None
+
+
+def angles(text: str) -> int:
+    value = cli.positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"the PRD curve needs at least 3 angles, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.Parser(prog=PROG, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
@@ -129,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--inception", help=f"pt_inception-2015-12-05-6726825d.pth (default: ${fid.WEIGHTS_ENV})"
         )
-        sub.add_argument("--batch-size", type=int, default=50)
-        sub.add_argument("--device", default="cpu")
+        sub.add_argument("--batch-size", type=cli.positive_int, default=50)
+        sub.add_argument("--device", default="cpu", type=device, help="torch device (default: cpu)")
         sub.add_argument(
             "--cache-dir", type=Path, help="where feature caches go (default: beside each folder)"
         )
@@ -141,18 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     folders_command("fid", "Frechet Inception Distance").set_defaults(run=run_fid)
     prd_parser = folders_command("prd", "precision and recall for distributions, as (F_8, F_1/8)")
     prd_parser.add_argument("--plot", help="write the PRD curve to this PNG (needs matplotlib)")
-    prd_parser.add_argument("--clusters", type=int, default=20)
-    prd_parser.add_argument("--angles", type=int, default=1001)
-    prd_parser.add_argument("--runs", type=int, default=10)
-    prd_parser.add_argument("--seed", type=int, default=0)
+    prd_parser.add_argument("--clusters", type=cli.positive_int, default=20, help="k-means clusters")
+    prd_parser.add_argument("--angles", type=angles, default=1001, help="slopes of the PRD curve (>= 3)")
+    prd_parser.add_argument("--runs", type=cli.positive_int, default=10, help="clusterings averaged")
+    prd_parser.add_argument("--seed", type=cli.seed, default=0)
     prd_parser.set_defaults(run=run_prd)
 
     clip = commands.add_parser("clip", help="CLIP score of images against their prompts")
     clip.add_argument("--images", type=Path, required=True, help="folder of {index:05d}.png images")
     clip.add_argument("--manifest", type=Path, required=True, help="JSONL with index and prompt per line")
     clip.add_argument("--weights", type=Path, required=True, help="CLIP ViT-B/32 weights")
-    clip.add_argument("--batch-size", type=int, default=32)
-    clip.add_argument("--device", default="cpu")
+    clip.add_argument("--batch-size", type=cli.positive_int, default=32)
+    clip.add_argument("--device", default="cpu", type=device, help="torch device (default: cpu)")
     clip.add_argument("--json", help="also write the result to this JSON file")
     cli.add_debug_flag(clip)
     clip.set_defaults(run=run_clip)
@@ -162,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (2 with a one-line message for any refusal)."""
     args = build_parser().parse_args(argv)
-    return cli.run(f"{PROG} {args.command}", args.run, args, errors=(ValueError, OSError, ImportError))
+    errors = (ValueError, OSError, ImportError, WeightsError)  # WeightsError: clip --weights
+    return cli.run(f"{PROG} {args.command}", args.run, args, errors=errors)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import sys
 from collections import defaultdict
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import safeio
 
 COCO_SHUFFLE_SEED = 42  # the authors' `seed_everything(42)` seeds Python's `random` with it
 CAPTION_STRIDE = 5  # every 5th caption of the flat list (idx % 5 == 0)
@@ -140,16 +140,20 @@ def write_manifest(prompt_set: PromptSet, out: str | Path, force: bool = False) 
     out = Path(out)
     references = reference_list_path(out)
     for path in (out, references):
+        if path.is_dir() or (path.is_symlink() and not path.is_file()):
+            raise ValueError(f"{path} is a folder (or a link to no file); pass a file name to --out")
         if path.exists() and not force:
             raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    safeio.remove_stale(out.parent)
     lines = []
     for p in prompt_set.prompts:
         record = asdict(p)
         if record["image_id"] is None:
             del record["image_id"]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    _write_atomically(out, "".join(lines))
-    _write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references))
+    safeio.write_atomically(out, "".join(lines))
+    safeio.write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references))
     return out, references
 
 
@@ -168,10 +172,10 @@ def read_manifest(path: str | Path) -> list[Prompt]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = safeio.decode(line)
             problem = _record_problem(record)
-        except json.JSONDecodeError as error:
-            problem = f"not JSON: {error}"
+        except safeio.JSONProblem as error:
+            problem = f"not JSON: {error.reason}"
         if problem is None and record["index"] in lines_of:
             problem = f"index {record['index']} is already on line {lines_of[record['index']]}"
         if problem is not None:
@@ -198,8 +202,10 @@ def _record_problem(record: object) -> str | None:
         return f"'index' must be an integer >= 0, got {record['index']!r}"
     if not isinstance(record["prompt"], str):
         return f"'prompt' must be a string, got {record['prompt']!r}"
-    if not _is_int(record["seed"]) or not 0 <= record["seed"] < 2**63:
-        return f"'seed' must be an integer in [0, 2^63), got {record['seed']!r}"
+    try:
+        safeio.seed(record["seed"])  # the check of --seed
+    except ValueError as error:
+        return f"'seed' {error}"
     if record["reference"] is not None and not isinstance(record["reference"], str):
         return f"'reference' must be a path or null, got {record['reference']!r}"
     if record.get("image_id") is not None and not _is_int(record["image_id"]):
@@ -223,16 +229,16 @@ def _check_count(count: int) -> None:
 
 
 def _read_json(path: str | Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); pass the COCO {what} file") from None
+    data = safeio.read_json(path, f"pass the COCO {what} file")
     if not isinstance(data, dict):
         raise ValueError(
             f"{path} is not a COCO annotation file (top level is not an object); pass the {what} file"
         )
     return data
+
+
+# The COCO fields read, and their JSON types (ids are integers, as every COCO release writes them).
+COCO_FIELDS = {"id": int, "image_id": int, "file_name": str, "caption": str}
 
 
 def _records(data: dict, key: str, path: str | Path, fields: tuple[str, ...]) -> list[dict]:
@@ -242,11 +248,31 @@ def _records(data: dict, key: str, path: str | Path, fields: tuple[str, ...]) ->
     for n, record in enumerate(records):
         if not isinstance(record, dict) or any(field not in record for field in fields):
             raise ValueError(f"{path}: {key}[{n}] lacks one of the fields {', '.join(fields)}")
+        for field in fields:
+            kind, value = COCO_FIELDS[field], record[field]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(
+                    f"{path}: {key}[{n}].{field} is {safeio.short(value)}, not a {kind.__name__}; pass the "
+                    "COCO annotation file as released"
+                )
     return records
 
 
 def _read_caption_table(path: Path) -> list[tuple[str, str | None]]:
     """[(caption, image or None)] in file order."""
+    try:
+        return _caption_rows(path)
+    except csv.Error as error:  # a field over csv's 128 KiB limit, a NUL byte
+        raise ValueError(
+            f"{path} is not a readable {path.suffix[1:]} file ({error}); fix or convert it"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); convert it"
+        ) from None
+
+
+def _caption_rows(path: Path) -> list[tuple[str, str | None]]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -296,13 +322,6 @@ def _find_column(columns: dict, names: tuple[str, ...], path: Path, required: bo
             f"{path} has no caption column (columns: {', '.join(columns)}); name one {' / '.join(names)}"
         )
     return None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 PROG = "python -m evaluation.prompts"

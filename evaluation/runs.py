@@ -3,8 +3,9 @@ no models, so reading results imports nothing heavy."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+import safeio
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
@@ -18,14 +19,9 @@ PROTOCOLS = {
 def read_run(path: Path, fix: str) -> dict | None:
     """The run record at `path`, None if there is none; refused (with `fix`, what to do) if it is
     not a record of this format."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from None
+    record = safeio.read_json(path, fix)
     if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} is not a run record of format {RUN_FORMAT}; {fix}")
     return record

@@ -17,13 +17,13 @@ prd.json. FID and PRD are read for one protocol (--protocol, default the paper's
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cli
+import safeio
 from evaluation.runs import PROTOCOLS, RUN_FILE, read_run
 
 PROG = "python -m evaluation.table"
@@ -105,23 +105,22 @@ def _number_text(value: float | None, decimals: int) -> str:
 def _read_json(path: Path, what: str) -> dict | None:
     """The JSON object in `path` (the result of metric `what`); None if there is no such file."""
     command = f"python -m evaluation.metrics {what} --json"
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); write it again with {command}") from None
+    record = safeio.read_json(path, f"write it again with {command}")
     if not isinstance(record, dict) or record.get("metric") != what:
         raise ValueError(f"{path} is not a {what} record; write it with {command}")
     return record
 
 
 def _number(value: object, what: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    try:
+        return safeio.number(value)
+    except ValueError:
         raise ValueError(
-            f"{path}: {what} is {value!r}, not a number; rewrite it with python -m evaluation.metrics"
-        )
-    return float(value)
+            f"{path}: {what} is {safeio.short(value)}, not a number; rewrite it with python -m "
+            "evaluation.metrics"
+        ) from None
 
 
 def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:

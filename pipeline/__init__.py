@@ -14,11 +14,9 @@ metadata, replay, atomic writes). `run_sample.py` and `evaluation/` are command 
 
 from model import SizeConditioning
 from pipeline.batching import Batch, batches
-from pipeline.files import image_stem, prepare_output, save_png
+from pipeline.files import check_free_space, image_stem, prepare_output, save_png
 from pipeline.generate import (
-    LATENT_FACTOR,
     SamplingError,
-    check_size,
     conditioning,
     decode,
     decode_pixels,
@@ -26,10 +24,20 @@ from pipeline.generate import (
     generate,
     generate_batch,
     initial_noise,
-    size_problem,
     trajectory_grid,
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
+from pipeline.limits import (
+    LARGE_FLAG,
+    LATENT_FACTOR,
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_SIDE,
+    MAX_STEPS,
+    check_bounds,
+    check_size,
+    size_problem,
+)
 from pipeline.models import (
     DEFAULT_WEIGHTS,
     DTYPES,
@@ -66,7 +74,12 @@ __all__ = [
     "DTYPES",
     "EMPTY_NEGATIVE",
     "FAMILIES",
+    "LARGE_FLAG",
     "LATENT_FACTOR",
+    "MAX_BATCH",
+    "MAX_IMAGES",
+    "MAX_SIDE",
+    "MAX_STEPS",
     "PARAMETERS_KEY",
     "PLAN_KEY",
     "QUANTIZATIONS",
@@ -81,6 +94,8 @@ __all__ = [
     "SizeConditioning",
     "batches",
     "build_plan",
+    "check_bounds",
+    "check_free_space",
     "check_plan",
     "check_size",
     "check_strength",

@@ -1,45 +1,43 @@
-"""Output files: PNGs written atomically and never over an existing file."""
+"""Output files: PNGs written atomically and never over an existing file, and the output folder
+checked (writable, room for an image) before minutes go into loading weights."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+import safeio
+
+# A PNG is at most its raw pixels plus zlib's and the chunks' overhead (stored blocks: 5 bytes per
+# 64 KiB, a filter byte per row) and the metadata; twice the raw size bounds it with room to spare.
+PNG_BOUND_FACTOR = 2
+METADATA_BOUND = 1 << 20  # Pillow refuses text chunks over 1 MiB when reading them back
+
 
 def save_png(image: torch.Tensor, directory: str | os.PathLike, stem: str, metadata: dict[str, str]) -> Path:
     """Write uint8 [3, H, W] as `directory/stem.png` with text chunks `metadata`, atomically and never
-    over an existing file: into a temporary file in the same folder, then hard-linked to the first
-    free name of stem.png, stem-1.png, stem-2.png, ... (a link, unlike a rename, fails if it exists)."""
+    over an existing file: the first free name of stem.png, stem-1.png, stem-2.png, ...
+    (`safeio.write_atomically`)."""
     directory = Path(directory)
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_text(key, value)  # Pillow writes iTXt (UTF-8) where latin-1 tEXt cannot hold the text
-    temporary = directory / f".{stem}.{secrets.token_hex(4)}.tmp"
-    # O_EXCL: never clobber; mode 0o666 under the umask, as any file the user creates
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            Image.fromarray(image.permute(1, 2, 0).numpy().astype(np.uint8), "RGB").save(
-                file, format="PNG", pnginfo=info
-            )
-            file.flush()
-            os.fsync(file.fileno())
-        n = 0
-        while True:
-            target = directory / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
-            try:
-                os.link(temporary, target)
-                return target
-            except FileExistsError:
-                n += 1
-    finally:
-        temporary.unlink(missing_ok=True)
+    pixels = Image.fromarray(image.permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
+    others = (directory / f"{stem}-{n}.png" for n in itertools.count(1))
+    return safeio.write_atomically(
+        directory / f"{stem}.png",
+        lambda file: pixels.save(file, format="PNG", pnginfo=info),
+        replace=False,
+        alternatives=others,
+    )
 
 
 def image_stem(prompt: str, seed: int) -> str:
@@ -49,7 +47,8 @@ def image_stem(prompt: str, seed: int) -> str:
 
 
 def prepare_output(directory: str | os.PathLike) -> Path:
-    """Create the output folder and prove it writable, before minutes are spent loading weights."""
+    """Create the output folder and prove it writable, before minutes are spent loading weights; the
+    temporary files an earlier, killed run left there are removed."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -61,4 +60,21 @@ def prepare_output(directory: str | os.PathLike) -> Path:
         raise OSError(
             f"cannot write to the output folder {directory}: {reason}; pass --out DIR with a writable folder"
         ) from None
+    safeio.remove_stale(directory)
     return directory
+
+
+def png_bound(height: int, width: int) -> int:
+    """Bytes one PNG of this size can take at most (pixels and metadata)."""
+    return PNG_BOUND_FACTOR * 3 * height * width + METADATA_BOUND
+
+
+def check_free_space(directory: Path, height: int, width: int, images: int = 1) -> None:
+    """Refuse a folder whose disk has no room for one image (and say how many it takes)."""
+    free = shutil.disk_usage(directory).free
+    need = png_bound(height, width)
+    if free < need:
+        raise OSError(
+            f"{directory}: No space left for even one {width}x{height} image ({free} bytes free, up to "
+            f"{need} needed per image, {images} images to write); free space or pass another --out"
+        )

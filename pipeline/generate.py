@@ -23,6 +23,7 @@ from model import Denoiser, SizeConditioning
 from pipeline import img2img
 from pipeline.batching import Batch
 from pipeline.graphs import StaticLoop
+from pipeline.limits import LATENT_FACTOR, check_size
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
@@ -30,7 +31,6 @@ from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
 from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
 
-LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
 # The captured step loops of each U-Net, by plan and input shapes (dropped with the U-Net).
 _LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.WeakKeyDictionary()
 
@@ -44,26 +44,6 @@ class Job(Protocol):
 
     prompt: str
     seed: int
-
-
-def size_problem(value: int) -> str | None:
-    """Why `value` pixels cannot be a side of an image, or None: it must be a positive multiple of 8."""
-    if value >= LATENT_FACTOR and value % LATENT_FACTOR == 0:
-        return None
-    below = max(value // LATENT_FACTOR * LATENT_FACTOR, LATENT_FACTOR)
-    suggestion = f"{below} or {below + LATENT_FACTOR}" if value > below else f"{below}"
-    return (
-        f"{value} is not a positive multiple of {LATENT_FACTOR} (the VAE's downsampling factor); "
-        f"use e.g. {suggestion}"
-    )
-
-
-def check_size(height: int, width: int) -> None:
-    """Refuse a size the VAE cannot make: each side a positive multiple of 8 pixels."""
-    for flag, value in (("--height", height), ("--width", width)):
-        problem = size_problem(value)
-        if problem:
-            raise ValueError(f"{flag} {problem}")
 
 
 def initial_noise(
@@ -139,6 +119,17 @@ def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str
     return quantize(decode_pixels(sd, latents), quantization).cpu()
 
 
+def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
+    """What to do about non-finite latents: a half-precision run may have overflowed; a float32 one
+    points at the plan (its guidance scale) or the weights."""
+    if next(sd.unet.parameters()).dtype != torch.float32:
+        return "the model's dtype overflowed or the weights are broken: try --dtype float32"
+    return (
+        f"the run is float32 already, so the plan (guidance up to {max(plan.guidance):g}) or the weights "
+        f"{sd.source} are at fault: lower --guidance, or check the weights"
+    )
+
+
 def generate(
     sd: weights.StableDiffusion,
     plan: Plan,
@@ -191,7 +182,7 @@ def generate(
         else:
             loop = prepared_steps(sd, run, x, callback)
         x, finite = loop(inputs)
-        _check_finite(finite, run)
+        _check_finite(finite, run, _blame(sd, run))
         return decode(sd, x, quantization)
 
 
@@ -207,6 +198,7 @@ def prepared_steps(
     for rows in (batch, 2 * batch):  # guidance 1 runs the conditional half only
         denoiser.prepare(run.sigmas, rows, device, like.dtype)
     options = prepare_options(run, Denoiser.option_readers(device))
+    blame = _blame(sd, run)
 
     def loop(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         finite = torch.ones(run.steps + 1, dtype=torch.bool, device=device)
@@ -214,7 +206,7 @@ def prepared_steps(
         def record(info: StepInfo) -> None:
             finite[info.index] = torch.isfinite(info.x).all() & torch.isfinite(info.denoised).all()
             if callback is not None:
-                _check_finite(finite, run)
+                _check_finite(finite, run, blame)
                 callback(info)
 
         denoise = guided(denoiser, inputs["cond"], inputs["uncond"])
@@ -225,18 +217,16 @@ def prepared_steps(
     return loop
 
 
-def _check_finite(finite: torch.Tensor, run: Plan) -> None:
-    """Raise SamplingError naming the first step whose latents were not finite (one device sync)."""
+def _check_finite(finite: torch.Tensor, run: Plan, blame: str) -> None:
+    """Raise SamplingError naming the first step whose latents were not finite (one device sync);
+    `blame` says what to do (`_blame`)."""
     if bool(finite.all()):
         return
     k = int((~finite).nonzero()[0])
     if k == run.steps:
-        raise SamplingError(
-            f"the latents became non-finite after step {run.steps} of {run.steps}; try --dtype float32"
-        )
+        raise SamplingError(f"the latents became non-finite after step {run.steps} of {run.steps}; {blame}")
     raise SamplingError(
-        f"the latents became non-finite at step {k + 1} of {run.steps} (sigma {run.sigmas[k]:.4g}); "
-        "the model's dtype overflowed or the weights are broken: try --dtype float32"
+        f"the latents became non-finite at step {k + 1} of {run.steps} (sigma {run.sigmas[k]:.4g}); {blame}"
     )
 
 

@@ -121,7 +121,9 @@ def parse_device(spec: str | None) -> torch.device:
         reason = " ".join(str(err).split())
         raise ValueError(f"--device {spec} is not a torch device ({reason}); use e.g. cpu or cuda") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, True):
+    if device.type not in available:  # meta holds no data; xla, hpu, ... are not supported
+        raise ValueError(f"--device {spec} cannot run the models; use {', '.join(available)}")
+    if not available[device.type]:
         raise ValueError(f"--device {spec} is not available on this machine; use --device cpu")
     return device
 

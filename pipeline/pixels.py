@@ -34,7 +34,7 @@ def read_image(path: str | os.PathLike, what: str = "--init-image") -> torch.Ten
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
         raise ValueError(f"cannot read {what} {path} as an image: {reason}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)

@@ -46,8 +46,8 @@ def check_plan(plan: Plan) -> Plan:
 def read_plan_file(path: str | os.PathLike) -> Plan:
     """A Plan saved as JSON (`plan.to_json()`), checked like a plan built from flags."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        text = Path(path).read_bytes()
+    except OSError as err:
         raise PlanError(f"cannot read plan file {path}: {_reason(err)}") from None
     try:
         return check_plan(Plan.from_json(text))

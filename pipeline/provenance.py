@@ -19,7 +19,7 @@ import importlib.metadata
 import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+import safeio
 from model import FreeU, SizeConditioning
 from pipeline.img2img import STRENGTH_CUTS, check_strength
+from pipeline.limits import size_problem
 from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
 from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan
@@ -101,10 +103,7 @@ class Settings:
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"the settings are not valid JSON ({err})") from None
+        data = safeio.parse_json(text, "the settings", "re-make the image", PlanError)
         if not isinstance(data, dict) or data.get("format") != SETTINGS_FORMAT:
             raise PlanError(f"the settings are not a settings object of format {SETTINGS_FORMAT}")
         names = {f.name for f in fields(cls)}
@@ -127,6 +126,11 @@ class Settings:
                 except ValueError as err:
                     raise PlanError(f"the settings' {f.name} is wrong: {err}") from None
             values[f.name] = value
+        if values["batch_index"] >= values["batch"]:
+            raise PlanError(
+                f"the settings' batch_index {values['batch_index']} is not a row of a batch of "
+                f"{values['batch']}; re-make the image, or pass --batch-size"
+            )
         return cls(**values)
 
 
@@ -151,8 +155,26 @@ def _one_of(names: tuple[str, ...]) -> Callable[[str], None]:
     return check
 
 
-# The settings read from a PNG are checked as the command line checks the same values.
+def _side(value: int) -> None:
+    problem = size_problem(value)
+    if problem:
+        raise ValueError(problem)
+
+
+def _named(value: str) -> None:
+    if not value.strip():
+        raise ValueError("it is empty")
+
+
+# The settings read from a PNG are checked as the command line checks the same values (the same
+# functions: cli's --seed and --batch-size types call safeio's, --width and --height size_problem).
 VALUE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "seed": safeio.seed,
+    "width": _side,
+    "height": _side,
+    "batch": lambda value: safeio.integer(value, 1),
+    "batch_index": lambda value: safeio.integer(value, 0),
+    "weights": _named,
     "size_conditioning": SizeConditioning.from_numbers,
     "empty_negative": _one_of(EMPTY_NEGATIVE),
     "dtype": _one_of(tuple(DTYPES)),
@@ -247,8 +269,14 @@ def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
     try:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", {}))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise PlanError(f"cannot read {path} as a PNG: {_reason(err)}") from None
+    return replay_from_text(text, path)
+
+
+def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tuple[Settings, Plan]:
+    """The settings and Plan of a PNG's text chunks (`read_replay` without the file); raises PlanError
+    naming `path` for anything else."""
     missing = [key for key in (PLAN_KEY, SETTINGS_KEY) if key not in text]
     if missing:
         raise PlanError(

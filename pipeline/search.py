@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +27,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
+import safeio
 import weights
 from model import SizeConditioning
 from pipeline.batching import batches
-from pipeline.generate import LATENT_FACTOR, check_size, conditioning, decode_pixels, denoiser, initial_noise
+from pipeline.generate import conditioning, decode_pixels, denoiser, initial_noise
+from pipeline.limits import LATENT_FACTOR, check_size
 from pipeline.models import DTYPES, default_dtype, family_of, load_model, model_name, resolve_weights
 from pipeline.sharding import Shard, pick_device, shard_batches
 from solvers.search import Counted, Subject, Teacher, solve_teacher
@@ -143,15 +145,9 @@ class TeacherCache:
         return states
 
     def save(self, sample: Sample, states: Tensor) -> None:
-        target = self.path(sample)
-        temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp")
-        save_file({"states": states.contiguous().cpu()}, temporary, metadata={"key": self.key(sample)})
-        try:
-            os.link(temporary, target)  # a link, unlike a rename, never replaces what another rank wrote
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
+        data = save({"states": states.contiguous().cpu()}, metadata={"key": self.key(sample)})
+        with contextlib.suppress(FileExistsError):  # a link never replaces what another rank wrote
+            safeio.write_atomically(self.path(sample), data, replace=False)
 
 
 def teachers(

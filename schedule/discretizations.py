@@ -536,7 +536,7 @@ def from_dict(data: Mapping[str, Any]) -> Discretization:
     if not isinstance(data, Mapping):
         raise ValueError(f"a discretization must be an object with a kind, got {data!r}")
     kind = data.get("kind")
-    if kind not in RECORDS:
+    if not isinstance(kind, str) or kind not in RECORDS:
         raise ValueError(f"unknown discretization kind {kind!r}; choose from {', '.join(RECORDS)}")
     fields = {f.name for f in dataclasses.fields(RECORDS[kind])}
     unknown = sorted(set(data) - fields - {"kind"})

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+import safeio
 from schedule import discretizations
 from schedule.discretizations import Discretization
 from solvers.guidance import check_guidance
@@ -107,8 +108,10 @@ class Plan:
         n = len(sigmas) - 1
         solvers = _per_step(solver, n, "solver")
         for i, entry in enumerate(solvers):
-            if entry not in SOLVERS:
-                raise PlanError(f"unknown solver {entry!r} at step {i}; choose from {', '.join(SOLVERS)}")
+            if not isinstance(entry, str) or entry not in SOLVERS:
+                raise PlanError(
+                    f"unknown solver {safeio.short(entry)} at step {i}; choose from {', '.join(SOLVERS)}"
+                )
         columns = {}
         for key, value in {"guidance": guidance, "freeu": freeu, **options}.items():
             check, column = OPTION_CHECKS.get(key), []
@@ -187,7 +190,8 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if not isinstance(data, Mapping):
             raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
-        layout = _LAYOUTS.get(data.get("format")) if isinstance(data.get("format"), int) else None
+        plan_format = data.get("format")
+        layout = _LAYOUTS.get(plan_format) if type(plan_format) is int else None  # not `true`
         if layout is None:
             raise PlanError(
                 f"unsupported plan format {data.get('format')!r}; this version reads formats "
@@ -210,16 +214,17 @@ class Plan:
         sigmas = data["sigmas"]
         if not isinstance(sigmas, list) or not all(_is_number(s) for s in sigmas):
             raise PlanError(f"plan sigmas must be a list of numbers, got {_short(sigmas)}")
+        for i, s in enumerate(sigmas):
+            try:
+                safeio.number(s)  # an integer beyond float64 overflows the tensor
+            except ValueError as err:
+                raise PlanError(f"plan sigma {i} {err}") from None
         solver = _renamed(data["solver"], data["format"])
         return cls(sigmas, solver, final=data["final"], name=data["name"], discretization=recipe, **options)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"plan is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(safeio.parse_json(text, "the plan", "write it with Plan.to_json()", PlanError))
 
     def describe(self, render: Mapping[str, Callable[[Any], str]] | None = None) -> str:
         """One line per step: sigma interval, solver, then each option; `render` maps an option's name

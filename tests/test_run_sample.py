@@ -519,14 +519,16 @@ def test_replay_of_a_file_that_is_not_an_image(tmp_path, capsys):
     assert error.startswith(f"run_sample.py: error: cannot read {path} as a PNG: ")
 
 
-def test_non_finite_latents_name_the_step_and_suggest_float32(checkpoints, tmp_path, capsys):
-    # w = 1e300 is inf in float32: the first guided estimate D_u + w (D_c - D_u) is non-finite
+def test_non_finite_latents_name_the_step_and_blame_the_plan_on_a_float32_run(checkpoints, tmp_path, capsys):
+    # w = 1e300 is inf in float32: the first guided estimate D_u + w (D_c - D_u) is non-finite. The run
+    # is float32 already, so "try --dtype float32" (the message before issue 12) would mislead.
     argv = sample_args(
         checkpoints["single"], tmp_path, "--steps", "3", "--prompt", CAT, "--guidance", "1e300"
     )
     assert one_line_error(capsys, *argv) == (
-        "run_sample.py: error: the latents became non-finite at step 1 of 3 (sigma 14.61); the model's dtype "
-        "overflowed or the weights are broken: try --dtype float32"
+        "run_sample.py: error: the latents became non-finite at step 1 of 3 (sigma 14.61); the run is "
+        f"float32 already, so the plan (guidance up to 1e+300) or the weights {checkpoints['single']} are "
+        "at fault: lower --guidance, or check the weights"
     )
     assert list(tmp_path.iterdir()) == []
 

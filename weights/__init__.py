@@ -20,7 +20,6 @@ file's tensors one at a time (weights/checkpoint.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,10 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import safeio
 from model import SizeConditioning, added_vector
 from model.unet import UNet
 from schedule import DiscreteSchedule
 from text_encoder import CLIPTextModel, Tokenizer, sdxl_text
+from text_encoder.clip import ACTIVATIONS
+from text_encoder.tokenizer import build_bpe
 from vae import AutoencoderKL
 from weights import detect, keymaps
 from weights.checkpoint import (
@@ -267,7 +269,15 @@ def _file_schedule(header: Header) -> DiscreteSchedule:
     info = header.tensors.get("alphas_cumprod")
     if info is None:
         return DiscreteSchedule.sd()
-    [(_, alphas_cumprod)] = read_tensors(header.path, [("alphas_cumprod", info)], torch.float64)
+    if info.shape != (detect.TRAINING_STEPS,) or not info.dtype.is_floating_point:
+        raise WeightsError(
+            f"{header.path}: its alphas_cumprod is {str(info.dtype).removeprefix('torch.')} of shape "
+            f"{list(info.shape)}, not the {detect.TRAINING_STEPS} floats of SD's training table "
+            "(docs/model-facts.md section 6); the file is corrupt or holds another model"
+        )
+    [(_, alphas_cumprod)] = read_tensors(
+        header.path, [("alphas_cumprod", info)], torch.float64, stamp=header.stamp
+    )
     try:
         return DiscreteSchedule(alphas_cumprod)
     except ValueError as error:
@@ -297,16 +307,15 @@ def _diffusers_folder(folder: Path, dtype: torch.dtype, bundled_vae: bool) -> _C
     with _naming(folder):
         configs = {"unet": detect.unet_config(shapes["unet"], detect.unet_heads(configs_json["unet"]))}
         if bundled_vae:
-            configs["vae"] = detect.vae_config(
-                shapes["vae"], configs_json["vae"].get("scaling_factor", kind.latent_scale)
-            )
+            scale = _scaling_factor(folder / "vae", configs_json["vae"], kind)
+            configs["vae"] = detect.vae_config(shapes["vae"], scale)
         for component, text in texts.items():
-            config = configs_json[component]
+            config, path = configs_json[component], folder / component / "config.json"
             configs[component] = detect.clip_config(
                 shapes[component],
-                config.get("num_attention_heads"),
-                config.get("hidden_act", text.activation),
-                config.get("layer_norm_eps", 1e-5),
+                _setting(config, path, "num_attention_heads", None, _head_count),
+                _setting(config, path, "hidden_act", text.activation, _activation),
+                _setting(config, path, "layer_norm_eps", 1e-5, _positive),
             )
     scheduler = folder / "scheduler" / "scheduler_config.json"
     schedule = DiscreteSchedule.sd()
@@ -382,10 +391,23 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
     """vocab.json + merges.txt in `folder`; without the folder, the vendored CLIP vocabulary."""
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file():
+        fix = "re-download the tokenizer folder"
+        tokens = safeio.read_json(vocab, fix, WeightsError)
+        if not isinstance(tokens, dict) or not all(type(i) is int and i >= 0 for i in tokens.values()):
+            raise WeightsError(f"{vocab} is not a vocabulary (an object of token: id >= 0); {fix}")
         try:
-            return Tokenizer.from_files(vocab, merges, pad_id)
-        except (ValueError, json.JSONDecodeError) as error:
-            raise WeightsError(f"{folder} holds no CLIP vocabulary ({error})") from None
+            lines = merges.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise WeightsError(f"cannot read {merges}: {cli_reason(error)}; {fix}") from None
+        pairs = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        wrong = next((n for n, pair in enumerate(pairs) if len(pair) != 2), None)
+        if wrong is not None:
+            raise WeightsError(f"{merges}: merge {wrong + 1} is not two tokens separated by a space; {fix}")
+        try:
+            return Tokenizer(build_bpe(tokens, pairs), pad_id)
+        except Exception as error:  # the tokenizers library raises plain Exceptions on a bad vocabulary
+            reason = " ".join(str(error).split())
+            raise WeightsError(f"{folder} holds no CLIP vocabulary ({reason}); {fix}") from None
     if vocab.is_file() or merges.is_file():
         missing = merges if vocab.is_file() else vocab
         raise WeightsError(
@@ -403,8 +425,7 @@ def _separate_vae(source: Path, kind: Kind, dtype: torch.dtype) -> tuple[_Part, 
     the family's."""
     scaling_factor = kind.latent_scale
     if source.is_dir():
-        config = _json(source / "config.json")
-        scaling_factor = config.get("scaling_factor", scaling_factor)
+        scaling_factor = _scaling_factor(source, _json(source / "config.json"), kind)
         header = read_header(_variant(source / WEIGHT_STEMS["vae"], dtype, source))
     else:
         header = read_header(source)
@@ -435,6 +456,36 @@ def _naming(source: Path) -> Iterator[None]:
         raise WeightsError(f"{source}: {error}") from None
 
 
+def _setting(config: dict, path: Path, key: str, default, check):
+    """`config[key]` (`default` when absent or null), checked by `check`, which raises ValueError."""
+    value = config.get(key)
+    if value is None:
+        return default
+    try:
+        check(value)
+    except ValueError as error:
+        raise WeightsError(f"{path}: {key} {error}; fix it or re-download the file") from None
+    return value
+
+
+def _positive(value) -> None:
+    safeio.number(value, 0, strict=True)
+
+
+def _head_count(value) -> None:
+    safeio.integer(value, 1, detect.MAX_HEADS)
+
+
+def _activation(value) -> None:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"must be one of {', '.join(sorted(ACTIVATIONS))}, got {safeio.short(value)}")
+
+
+def _scaling_factor(folder: Path, config: dict, kind: Kind) -> float:
+    """A VAE config's latent scale (the family's when absent): a finite number > 0."""
+    return _setting(config, folder / "config.json", "scaling_factor", kind.latent_scale, _positive)
+
+
 def _missing(folder: Path, path: Path) -> str:
     return f"{path.relative_to(folder)} is missing"
 
@@ -445,10 +496,7 @@ def _json(path: Path) -> dict:
         raise WeightsError(
             f"{path.parent.parent} is not a complete diffusers folder: {_missing(path.parent.parent, path)}"
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{path} is not valid JSON ({error}); re-download it") from None
+    config = safeio.read_json(path, "re-download it", WeightsError)
     if not isinstance(config, dict):
         raise WeightsError(f"{path} is not a JSON object; re-download it")
     return config
@@ -468,6 +516,10 @@ def _shapes(part: _Part) -> dict[str, tuple[int, ...]]:
                 )
             shapes[target.name] = shape
     return shapes
+
+
+def cli_reason(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
 
 
 def _count(items: list, noun: str) -> str:
@@ -507,7 +559,14 @@ def _check_tensors(part: _Part, module: nn.Module, kind: Kind) -> None:
             f"{source} does not match the {label} inferred from its shapes: "
             f"{' and '.join(found)}; the file is incomplete or holds another model"
         )
+    floating = {name for name, t in module.state_dict().items() if t.dtype.is_floating_point}
     for key, targets in part.rules.items():
+        stored = part.header.tensors[key].dtype
+        if not stored.is_floating_point and any(target.name in floating for target in targets):
+            raise WeightsError(
+                f"{source}: {key} is stored as {str(stored).removeprefix('torch.')}, but the {label}'s "
+                "weights are floating point (F32, F16, BF16); the file is corrupt or was converted wrongly"
+            )
         for target in targets:
             got, shape = target.shape(part.header.tensors[key].shape), expected[target.name]
             if got != shape:
@@ -531,8 +590,9 @@ def _fill(
         groups.setdefault((part.header.path, dtypes[part.component]), []).append(part)
     for (path, dtype), group in groups.items():
         targets = {key: (modules[p.component], rule) for p in group for key, rule in p.rules.items()}
-        tensors = group[0].header.tensors
-        for key, tensor in read_tensors(path, [(key, tensors[key]) for key in targets], dtype, device):
+        header = group[0].header
+        wanted = [(key, header.tensors[key]) for key in targets]
+        for key, tensor in read_tensors(path, wanted, dtype, device, header.stamp):
             module, rule = targets[key]
             for target in rule:
                 assign(module, target.name, target.take(tensor))

@@ -15,7 +15,6 @@ file's dtype.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+import safeio
 from weights.errors import WeightsError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -73,9 +73,25 @@ class Header:
     path: Path
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    stamp: tuple[int, int, int] = (0, 0, 0)  # (size, mtime_ns, inode) when the header was read
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: info.shape for name, info in self.tensors.items()}
+
+
+def file_stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def check_unchanged(path: Path, stamp: tuple[int, int, int], stat: os.stat_result) -> None:
+    """Refuse a file replaced or rewritten since its header was checked (its size, time or inode
+    moved): the checked header no longer describes it. Overwriting in place while pages are mapped
+    cannot be caught this way (the process then dies of SIGBUS; see the README)."""
+    if stamp != (0, 0, 0) and file_stamp(stat) != stamp:
+        raise WeightsError(
+            f"{path} changed while it was being loaded (size, modification time or inode differ from "
+            "when its header was read); let the copy or download finish, then run again"
+        )
 
 
 def refuse_pickle(path: Path) -> None:
@@ -99,7 +115,8 @@ def read_header(path: str | os.PathLike) -> Header:
     """Parse and check the whole header against the file size before any tensor is read."""
     path = Path(path)
     refuse_pickle(path)
-    size = path.stat().st_size
+    stat = path.stat()
+    size = stat.st_size
     corrupt = f"{path} is not a valid safetensors file"
     redownload = "re-download or re-convert it"
     if size < 8:
@@ -114,20 +131,17 @@ def read_header(path: str | os.PathLike) -> Header:
                 f"so the file is truncated or not safetensors; {redownload}"
             )
         raw = f.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{corrupt}: its header is not valid JSON ({error}); {redownload}") from None
+    header = safeio.parse_json(raw, f"{corrupt}: its header", redownload, WeightsError)
     if not isinstance(header, dict):
         raise WeightsError(f"{corrupt}: its header is JSON but not an object; {redownload}")
 
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise WeightsError(f"{corrupt}: __metadata__ is not an object; {redownload}")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightsError(f"{corrupt}: __metadata__ is not an object of strings; {redownload}")
     data_start = 8 + length
     tensors = {name: _tensor_info(name, entry, data_start, corrupt) for name, entry in header.items()}
     _check_coverage(tensors, data_start, size, corrupt)
-    return Header(path, tensors, metadata)
+    return Header(path, tensors, metadata, file_stamp(stat))
 
 
 def _tensor_info(name: str, entry: object, data_start: int, corrupt: str) -> TensorInfo:
@@ -179,6 +193,7 @@ def read_tensors(
     infos: Iterable[tuple[str, TensorInfo]],
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    stamp: tuple[int, int, int] = (0, 0, 0),
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) for the given header entries in file order: floating tensors in `dtype`
     (when given), all on `device`.
@@ -188,9 +203,12 @@ def read_tensors(
     use and may drop again under memory pressure. Any other tensor is converted straight from a
     read-only mapping, whose pages are then released (MADV_DONTNEED), so the source bytes never stay
     resident next to the converted copy: at most one tensor's worth of them is mapped in at a time.
+    With the header's `stamp`, a file changed since its header was read is refused, before and after
+    the tensors are read (WeightsError).
     """
     device = torch.device(device)
     with Path(path).open("rb") as f:
+        check_unchanged(Path(path), stamp, os.fstat(f.fileno()))  # `stamp`: the header's, if given
         size = os.fstat(f.fileno()).st_size
         storage = None
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as source:
@@ -208,6 +226,7 @@ def read_tensors(
                 start = info.begin - info.begin % mmap.PAGESIZE
                 if info.end > start:
                     source.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+        check_unchanged(Path(path), stamp, os.fstat(f.fileno()))  # rewritten in place meanwhile
 
 
 def _convert(source: mmap.mmap, info: TensorInfo, target: torch.dtype, device: torch.device) -> torch.Tensor:

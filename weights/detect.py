@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
+import safeio
 from model.unet import UNetConfig
 from schedule import DiscreteSchedule
 from text_encoder import CLIPTextConfig
@@ -32,6 +33,10 @@ IN_CHANNEL_KINDS = {
 }
 SUPPORTED = "only SD 1.x and SDXL are supported"
 SCHEDULER_KEYS = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")
+# SD 1.x and SDXL were trained on a 1000-level DDPM table; the U-Net's timestep input spans it
+# (docs/model-facts.md section 6), so a table of another length is another model or a broken file.
+TRAINING_STEPS = 1000
+MAX_HEADS = 1024  # far above any SD model's (SDXL: 20 per level); guards the division by the head count
 
 
 def _sample(keys, count: int = 3) -> str:
@@ -217,12 +222,25 @@ def unet_heads(config: Mapping) -> dict[str, int]:
     `attention_head_dim`, which holds head COUNTS (docs/model-facts.md section 9, item 1): one count
     (SD 1.x: 8), or one per level whose attention levels share one head size (SDXL: [5, 10, 20] at
     [320, 640, 1280] channels, 64-wide heads)."""
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim", SD1.unet_heads["num_heads"])
+    key = "num_attention_heads" if config.get("num_attention_heads") is not None else "attention_head_dim"
+    heads = config.get(key, SD1.unet_heads["num_heads"])
+    for count in heads if isinstance(heads, list) and heads else [heads]:
+        try:
+            safeio.integer(count, 1, MAX_HEADS)
+        except ValueError as error:
+            raise WeightsError(f"unet/config.json: {key} {error} (a head count, or one per level)") from None
     if not isinstance(heads, list):
-        return {"num_heads": int(heads)}
+        return {"num_heads": heads}
     if len(set(heads)) == 1:
-        return {"num_heads": int(heads[0])}
+        return {"num_heads": heads[0]}
     channels, blocks = config.get("block_out_channels", []), config.get("down_block_types", [])
+    if not (isinstance(channels, list) and all(type(c) is int and c > 0 for c in channels)) or not (
+        isinstance(blocks, list) and all(isinstance(b, str) for b in blocks)
+    ):
+        raise WeightsError(
+            "unet/config.json: block_out_channels must be a list of widths and down_block_types a list of "
+            f"names, got {safeio.short(channels)} and {safeio.short(blocks)}; re-download it"
+        )
     levels = [(c, h) for c, h, block in zip(channels, heads, blocks, strict=False) if "CrossAttn" in block]
     sizes = {c // h for c, h in levels if h and c % h == 0}
     if len(sizes) != 1 or len(levels) != sum(1 for c, h in levels if h and c % h == 0):
@@ -245,6 +263,22 @@ def schedule_from_config(config: Mapping, source: object) -> DiscreteSchedule:
             f"{source} lacks {', '.join(missing)}; add them, or delete the file to use SD's schedule"
         )
     start, end, steps = config["beta_start"], config["beta_end"], config["num_train_timesteps"]
+    for key, check in (
+        ("beta_start", lambda v: safeio.number(v, 0, strict=True)),
+        ("beta_end", lambda v: safeio.number(v, 0, strict=True)),
+        ("num_train_timesteps", lambda v: safeio.integer(v, TRAINING_STEPS, TRAINING_STEPS)),
+    ):
+        try:
+            check(config[key])
+        except ValueError as error:
+            raise WeightsError(
+                f"{source}: {key} {error}; fix it, or delete the file to use SD's schedule"
+            ) from None
+    if not start < end < 1:
+        raise WeightsError(
+            f"{source}: beta_start {start} and beta_end {end} must satisfy 0 < beta_start < beta_end < 1; "
+            "fix them, or delete the file to use SD's schedule"
+        )
     if config["beta_schedule"] == "scaled_linear":  # linear in sqrt(beta): LDM's "linear"
         return DiscreteSchedule.sd(start, end, steps)
     if config["beta_schedule"] == "linear":

@@ -18,11 +18,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
+import safeio
 from weights.errors import WeightsError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -98,8 +98,8 @@ def _hash_file(path: Path, progress: bool) -> str:
 def _read_cache() -> dict:
     # A missing, unreadable or half-written cache only costs a recomputation.
     try:
-        data = json.loads(cache_file().read_text())
-    except (OSError, ValueError):
+        data = safeio.read_json(cache_file(), "")
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -113,11 +113,4 @@ def _remember(key: str, entry: dict) -> None:
     # an unwritable cache folder is not an error: the hash is simply not remembered
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sha256-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as file:
-                json.dump(data, file, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        safeio.write_atomically(path, json.dumps(data, indent=1, sort_keys=True))

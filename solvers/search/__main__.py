@@ -20,7 +20,6 @@ import argparse
 import importlib
 import inspect
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 import cli
 import pipeline
+import safeio
 from cli.generation import add_image_flags, add_model_flags, given_size_flags, size_conditioning
 from schedule import DiscreteSchedule, Searched
 from solvers.plan import Plan
@@ -266,6 +266,9 @@ def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subjec
     from pipeline.sharding import Shard
 
     shard = Shard.from_env()
+    pipeline.check_bounds(
+        height=args.height, width=args.width, batch=args.batch_size, allow_large=args.allow_large
+    )
     subject = real.subject(
         args.weights,
         real.read_prompts(args.prompts),
@@ -325,14 +328,10 @@ def _check_out(out: str | None) -> Path | None:
 
 def _write(path: Path, plan: Plan) -> None:
     """The plan's JSON at `path`, atomically and never over a file that appeared meanwhile."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temporary.write_text(plan.to_json() + "\n")
     try:
-        os.link(temporary, path)
+        safeio.write_atomically(path, plan.to_json() + "\n", replace=False)
     except FileExistsError:
         raise ValueError(f"--out {path} appeared while the search ran; the plan is not written") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_denoiser(spec: str) -> Callable[..., Tensor]:

@@ -1,0 +1,32 @@
+"""What every layer shares about outside input and output files, with no project imports, so the
+lowest layers (weights/, solvers/) and the parser (cli/) can all use it:
+
+- `parse_json` / `read_json`: JSON from a file, with its nesting depth and integer sizes bounded,
+  refused as one line that names the file and says what to do (never a RecursionError);
+- the checks of values that both a flag and a file may give (`integer`, `number`, `seed`), one
+  function each, so a value read from a file is validated exactly like the same value on the
+  command line;
+- `write_atomically`: every file the project writes, created exclusively under a random name in its
+  folder, then renamed or linked into place; `remove_stale` clears what a killed run left.
+"""
+
+from safeio.files import TEMPORARY_SUFFIX, remove_stale, temporary_name, write_atomically
+from safeio.jsontext import MAX_DEPTH, JSONProblem, decode, parse_json, read_json
+from safeio.values import SEED_LIMIT, integer, number, seed, short
+
+__all__ = [
+    "MAX_DEPTH",
+    "SEED_LIMIT",
+    "TEMPORARY_SUFFIX",
+    "JSONProblem",
+    "decode",
+    "integer",
+    "number",
+    "parse_json",
+    "read_json",
+    "remove_stale",
+    "seed",
+    "short",
+    "temporary_name",
+    "write_atomically",
+]

@@ -1,0 +1,54 @@
+"""The checks of values that a flag and a file may both give: one function per kind of value, which
+the argparse types (cli/) call on the parsed text and the file readers on the JSON value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: int64, and never negative here
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """`value` as repr, cut to `limit` characters, so a 5000-digit number or a huge string still fits
+    one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def integer(value: Any, low: int | None = None, high: int | None = None) -> int:
+    """`value` if it is an integer (not a bool, not a float) in [low, high]; else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, got {short(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            wanted = f"{low} or more"
+        elif low is None:
+            wanted = f"at most {high}"
+        else:
+            wanted = f"an integer in [{low}, {high}]"
+        raise ValueError(f"must be {wanted}, got {short(value)}")
+    return value
+
+
+def number(value: Any, low: float | None = None, *, strict: bool = False) -> float:
+    """`value` as a float if it is a finite number (not a bool) >= low (> low when `strict`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, got {short(value)}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"must be a finite number, got {short(value)}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"must be {'>' if strict else '>='} {low:g}, got {value:g}")
+    return value
+
+
+def seed(value: Any) -> int:
+    """A seed: an integer in [0, 2^63)."""
+    try:
+        return integer(value, 0, SEED_LIMIT - 1)
+    except ValueError:
+        raise ValueError(f"must be an integer in [0, 2^63), got {short(value)}") from None

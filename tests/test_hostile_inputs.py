@@ -1,0 +1,576 @@
+"""Hostile and broken inputs (issue 12), one table per input kind: every row is refused with exit
+status 2 (or the library's own error), one line that names the file and the field, no traceback, and
+nothing written. Then the resource bounds, the caches, the temporary files, and signals and faults.
+
+Everything here is refused before any sampling (the tiny checkpoints of tests/checkpoints.py are
+read for their headers and configs only), except the two interrupted runs: one 64 px image each."""
+
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import cli
+import pipeline
+import run_sample
+import safeio
+import weights
+from evaluation import fid, images, metrics, prompts, runs, table
+from evaluation import generate as evaluation_generate
+from pipeline import png_metadata, save_png
+from pipeline.provenance import Settings
+from solvers import Plan, PlanError, preset
+from tests.checkpoints import write_checkpoint
+from tests.helpers import refused, run_main, snapshot
+from weights.checkpoint import read_header, read_tensors
+
+DEEP = "[" * 200_000  # RecursionError in Python's decoder
+DIGITS = "1" * 5000  # ValueError: Exceeds the limit (4300 digits)
+SETTINGS = Settings(
+    prompt="a cat", negative_prompt="", seed=1, width=64, height=64, weights="w.safetensors",
+    weights_sha256="0" * 64, model="w", dtype="float32", device="cpu", compile=False, batch=1, batch_index=0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-checkpoints")
+    return {layout: write_checkpoint(root / layout, layout=layout) for layout in ("single", "diffusers")}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def one_line(capsys, main, *argv: str, status: int = 2) -> str:
+    code, out, err = run_main(main, capsys, *argv)
+    assert code == status, out + err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# -- 1. PNG metadata replayed: checked as the flags are -----------------------------------------------
+
+
+def replay_png(folder: Path, settings: dict | None = None, plan: dict | None = None) -> Path:
+    metadata = png_metadata(preset("paper-5"), SETTINGS)
+    if settings is not None:
+        metadata[pipeline.SETTINGS_KEY] = json.dumps(
+            {**json.loads(metadata[pipeline.SETTINGS_KEY]), **settings}
+        )
+    if plan is not None:
+        metadata[pipeline.PLAN_KEY] = json.dumps(plan)
+    folder.mkdir(exist_ok=True)
+    return save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), folder, "replay", metadata)
+
+
+REPLAYED_SETTINGS = [
+    ({"batch": 2, "batch_index": 5}, "batch_index 5 is not a row of a batch of 2"),
+    ({"batch": -4}, "batch is wrong: must be 1 or more, got -4"),
+    ({"batch": 0}, "batch is wrong: must be 1 or more, got 0"),
+    ({"batch_index": -1}, "batch_index is wrong: must be 0 or more, got -1"),
+    ({"seed": -5}, "seed is wrong: must be an integer in [0, 2^63), got -5"),
+    ({"seed": 2**63}, "seed is wrong: must be an integer in [0, 2^63)"),
+    ({"width": 100}, "width is wrong: 100 is not a positive multiple of 8"),
+    ({"height": 0}, "height is wrong: 0 is not a positive multiple of 8"),
+    ({"width": "64"}, "lack a valid 'width'"),
+    ({"weights": " "}, "weights is wrong: it is empty"),
+    ({"dtype": "float8"}, "dtype is wrong"),
+    ({"seed": True}, "lack a valid 'seed'"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), REPLAYED_SETTINGS)
+def test_replayed_settings_are_checked_like_their_flags(tmp_path, capsys, change, message):
+    png = replay_png(tmp_path / "in", change)
+    error = one_line(capsys, run_sample.main, "--replay", str(png), "--out", str(tmp_path / "out"))
+    assert f"{png} cannot be replayed: the settings" in error and message in error
+    assert files_in(tmp_path / "out") == []
+
+
+def test_replayed_json_that_is_deep_or_huge_is_one_line(tmp_path, capsys):
+    for text, reason in ((DEEP, "nested too deeply"), (DIGITS, "too many digits")):
+        metadata = png_metadata(preset("paper-5"), SETTINGS) | {pipeline.PLAN_KEY: text}
+        png = save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path, "deep", metadata)
+        error = one_line(capsys, run_sample.main, "--replay", str(png), "--out", str(tmp_path / "out"))
+        assert f"{png} cannot be replayed: the plan is not valid JSON" in error and reason in error
+
+
+def test_a_replayed_batch_or_plan_over_the_limits_is_refused_before_loading(tmp_path, capsys):
+    png = replay_png(tmp_path / "in", {"batch": 10**6, "batch_index": 0})
+    error = one_line(capsys, run_sample.main, "--replay", str(png), "--out", str(tmp_path / "out"))
+    assert error.endswith(
+        f"the settings of {png}: --batch-size 1000000 is over the maximum of 64 images per U-Net batch; "
+        "pass --allow-large to lift the limits (see the README)"
+    )
+    long = Plan(np.linspace(14.6, 0.03, 1002), "dpmpp_2m", name="long").to_dict()
+    png = replay_png(tmp_path / "in2", plan=long)
+    error = one_line(capsys, run_sample.main, "--replay", str(png), "--out", str(tmp_path / "out"))
+    assert f"the plan of {png}: steps 1001 is over the maximum of 1000" in error
+    assert files_in(tmp_path / "out") == []
+
+
+def huge_png(path: Path, side: int = 100_000) -> Path:
+    """A valid 1 x 1 PNG whose header then claims side x side pixels (CRC fixed)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_pngs_declaring_huge_dimensions_are_one_line_in_replay_init_image_and_metrics(tmp_path, capsys):
+    png = huge_png(tmp_path / "bomb.png")
+    error = one_line(capsys, run_sample.main, "--replay", str(png), "--out", str(tmp_path / "out"))
+    assert f"cannot read {png} as a PNG" in error and "decompression bomb" in error
+    with pytest.raises(ValueError, match=f"cannot read --init-image {png} as an image: .*decompression bomb"):
+        pipeline.read_image(png)
+    with pytest.raises(ValueError, match=f"cannot read the image {png}: .*decompression bomb"):
+        images.load_rgb(png)
+
+
+# -- 2. flags: bounds and misleading one-liners --------------------------------------------------------
+
+FLAGS = [
+    (["--steps", "1001"], "steps 1001 is over the maximum of 1000 steps"),
+    (["--batch-size", "65"], "--batch-size 65 is over the maximum of 64"),
+    (["--num-images", "1000000"], "images 1000000 is over the maximum of 100000 images per run"),
+    (["--seed", DIGITS], "argument --seed: '" + "1" * 36 + "... is not an integer"),
+    (["--steps", DIGITS], "is not an integer"),
+    (["--guidance", "1e999"], "argument --guidance: must be a finite number, got inf"),
+    (["--device", "meta"], "--device meta cannot run the models; use cpu, cuda, mps"),
+    (["--plan", "missing.json"], "cannot read plan file missing.json: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), FLAGS)
+def test_bad_flags_are_one_line_before_anything_is_read(tmp_path, capsys, flags, message):
+    error = one_line(capsys, run_sample.main, "--prompt", "a cat", "--out", str(tmp_path / "out"), *flags)
+    assert message in error
+    assert files_in(tmp_path / "out") == []
+
+
+def test_huge_sizes_are_refused_after_the_header_and_allow_large_lifts_the_limits(
+    checkpoints, tmp_path, capsys
+):
+    base = ["--weights", str(checkpoints["single"]), "--prompt", "a cat", "--out", str(tmp_path / "out")]
+    error = one_line(capsys, run_sample.main, *base, "--width", "100000", "--height", "64")
+    assert error.endswith("--width 100000 is over the maximum of 2048 pixels per side; pass --allow-large to "
+                          "lift the limits (see the README)")  # fmt: skip
+    code, out, _ = run_main(run_sample.main, capsys, "--steps", "1001", "--allow-large", "--print-plan")
+    assert code == 0 and '"name": "paper-1001"' in out
+    assert files_in(tmp_path / "out") == []
+
+
+def test_evaluation_generate_applies_the_same_bounds(tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}\n')
+    argv = ["--manifest", str(manifest), "--out", str(tmp_path / "out"), "--steps", "5000"]
+    assert "steps 5000 is over the maximum of 1000" in one_line(capsys, evaluation_generate.main, *argv)
+
+
+METRICS_FLAGS = [
+    (["prd", "--clusters", "0"], "argument --clusters: must be 1 or more, got 0"),
+    (["prd", "--runs", "0"], "argument --runs: must be 1 or more, got 0"),
+    (["prd", "--angles", "2"], "argument --angles: the PRD curve needs at least 3 angles, got 2"),
+    (["fid", "--batch-size", "0"], "argument --batch-size: must be 1 or more, got 0"),
+    (["fid", "--device", "meta"], "argument --device: cannot run the models; use cpu, cuda, mps"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), METRICS_FLAGS)
+def test_metrics_flags_are_bounded(tmp_path, capsys, argv, message):
+    folders = ["--generated", str(tmp_path), "--reference", str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        metrics.main([*argv, *folders])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", [b"not safetensors at all", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a"'])
+def test_clip_weights_that_are_not_safetensors_or_truncated_name_the_file(tmp_path, capsys, content):
+    weights_file = tmp_path / "clip.safetensors"
+    weights_file.write_bytes(content)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "00000.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}\n')
+    argv = ["clip", "--images", tmp_path / "images", "--manifest", manifest, "--weights", weights_file]
+    error = one_line(capsys, metrics.main, *map(str, argv))
+    assert f"{weights_file} is not a valid safetensors file" in error
+
+
+# -- 3. checkpoints and their configs ------------------------------------------------------------------
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+FOLDER_FILES = [
+    ("vae/config.json", {"scaling_factor": "abc"}, "config.json: scaling_factor must be a number, got 'abc'"),
+    ("vae/config.json", {"scaling_factor": -1}, "scaling_factor must be > 0, got -1"),
+    ("text_encoder/config.json", {"layer_norm_eps": "x"}, "layer_norm_eps must be a number, got 'x'"),
+    ("text_encoder/config.json", {"num_attention_heads": 0}, "num_attention_heads must be an integer in [1,"),
+    ("text_encoder/config.json", {"hidden_act": "swish"}, "hidden_act must be one of"),
+    ("unet/config.json", {"num_attention_heads": 0}, "num_attention_heads must be an integer in [1, 1024]"),
+    ("unet/config.json", {"attention_head_dim": "x"}, "attention_head_dim must be an integer, got 'x'"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 1e9}, "num_train_timesteps must be an"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 5}, "num_train_timesteps must be an integer"),
+    ("scheduler/scheduler_config.json", {"beta_start": "a"}, "beta_start must be a number, got 'a'"),
+    ("scheduler/scheduler_config.json", {"beta_end": 2.0}, "must satisfy 0 < beta_start < beta_end < 1"),
+]  # fmt: skip
+FOLDER_TEXTS = [
+    ("unet/config.json", DEEP, "unet/config.json is not valid JSON (nested too deeply); re-download it"),
+    ("vae/config.json", '{"scaling_factor": ' + DIGITS + "}", "integer with too many digits"),
+    ("tokenizer/vocab.json", DEEP, "tokenizer/vocab.json is not valid JSON (nested too deeply)"),
+    ("tokenizer/vocab.json", "[1, 2]", "is not a vocabulary (an object of token: id >= 0)"),
+    ("tokenizer/merges.txt", "#version: 0.2\na b c\n", "merges.txt: merge 1 is not two tokens"),
+    ("text_encoder/config.json", "\xff", "text_encoder/config.json is not valid JSON"),
+]
+
+
+@pytest.fixture
+def folder(checkpoints, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(checkpoints["diffusers"], copy)
+    return copy
+
+
+@pytest.mark.parametrize(("name", "change", "message"), FOLDER_FILES)
+def test_config_values_are_checked_naming_the_file_and_field(folder, name, change, message):
+    edit_json(folder / name, **change)
+    assert message in refused(folder, ".")
+
+
+@pytest.mark.parametrize(("name", "text", "message"), FOLDER_TEXTS)
+def test_malformed_config_and_tokenizer_files_are_one_line(folder, name, text, message):
+    (folder / name).write_text(text, encoding="latin-1" if text == "\xff" else "utf-8")
+    assert message in refused(folder, ".")
+
+
+def rewrite(path: Path, change) -> None:
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path)
+
+
+def raw_safetensors(path: Path, header: str, data: bytes = b"") -> Path:
+    raw = header.encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+OUT_BIAS = "model.diffusion_model.out.2.bias"
+SINGLE_FILES = [
+    ("alphas_cumprod 5", lambda t: t.update(alphas_cumprod=torch.linspace(0.99, 0.1, 5)),
+     "its alphas_cumprod is float32 of shape [5], not the 1000 floats of SD's training table"),
+    ("int32 weight", lambda t: t.update({OUT_BIAS: torch.zeros(4, dtype=torch.int32)}),
+     f"{OUT_BIAS} is stored as int32, but the SD 1.x U-Net's weights are floating point"),
+]  # fmt: skip
+HEADERS = [
+    (DEEP, "its header is not valid JSON (nested too deeply)"),
+    ('{"__metadata__": ' + "[" * 99 + "]" * 99 + "}", "header is not valid JSON (nested more than 32"),
+    ('{"__metadata__": {"format": 1}}', "__metadata__ is not an object of strings"),
+    ('{"a": {"dtype": "F32", "shape": [' + DIGITS + '], "data_offsets": [0, 4]}}', "too many digits"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "change", "message"), SINGLE_FILES)
+def test_checkpoint_values_are_checked_before_sampling(checkpoints, tmp_path, name, change, message):
+    path = tmp_path / "model.safetensors"
+    shutil.copy(checkpoints["single"], path)
+    rewrite(path, change)
+    assert message in refused(path, ".")
+
+
+@pytest.mark.parametrize(("header", "message"), HEADERS)
+def test_malformed_safetensors_headers_are_one_line(tmp_path, header, message):
+    path = raw_safetensors(tmp_path / "bad.safetensors", header)
+    assert message in refused(path, ".")
+
+
+def test_a_weights_file_changed_after_its_header_was_read_is_refused(checkpoints, tmp_path):
+    path = tmp_path / "model.safetensors"
+    shutil.copy(checkpoints["single"], path)
+    header = read_header(path)
+    os.utime(path, ns=(time.time_ns(), header.stamp[1] + 10**9))  # rewritten in place: mtime moves
+    with pytest.raises(weights.WeightsError, match=f"{path} changed while it was being loaded"):
+        next(read_tensors(path, list(header.tensors.items())[:1], stamp=header.stamp))
+
+
+# -- 4. evaluation files: manifests, run.json, COCO and caption files, metric records ------------------
+
+MANIFEST_LINES = [
+    (DEEP, "not JSON: nested too deeply"),
+    ('{"index": ' + DIGITS + "}", "not JSON: it holds an integer with too many digits"),
+    ('{"index": 0, "prompt": "a", "seed": -1, "reference": null}', "'seed' must be an integer in [0, 2^63)"),
+    ('{"index": 0, "prompt": "a", "seed": 1.5, "reference": null}', "'seed' must be an integer in [0, 2^63)"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), MANIFEST_LINES)
+def test_manifest_lines_name_the_line_and_the_problem(tmp_path, line, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match="line 1 is not a manifest record") as info:
+        prompts.read_manifest(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+COCO = [
+    (DEEP, "is not valid JSON (nested too deeply); pass the COCO captions file"),
+    (json.dumps({"images": [{"id": [1], "file_name": "a"}], "annotations": []}), "images[0].id is [1], not"),
+    (json.dumps({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"image_id": 1, "caption": 5}]}),
+     "annotations[0].caption is 5, not a str"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), COCO)
+def test_coco_files_are_checked(tmp_path, capsys, text, message):
+    captions, instances = tmp_path / "captions.json", tmp_path / "instances.json"
+    captions.write_text(text)
+    instances.write_text(json.dumps({"images": [{"id": 1}]}))
+    argv = ["coco", "--captions", captions, "--instances", instances, "--out", tmp_path / "out" / "c.jsonl"]
+    assert message in one_line(capsys, prompts.main, *map(str, argv))
+    assert files_in(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("caption\n" + "x" * 200_000 + "\n", "is not a readable csv file (field larger than field limit"),
+     ("caption\n\xff\n", "is not UTF-8 text")],
+)  # fmt: skip
+def test_broken_caption_tables_are_one_line(tmp_path, capsys, text, message):
+    captions = tmp_path / "laion.csv"
+    captions.write_bytes(text.encode("latin-1") if "\xff" in text else text.encode())
+    argv = ["laion", "--captions", str(captions), "--out", str(tmp_path / "out" / "l.jsonl")]
+    assert message in one_line(capsys, prompts.main, *argv)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(DEEP, "run.json is not valid JSON (nested too deeply)"), ("[]", "is not a run record of format 1")],
+)
+def test_run_records_are_one_line(tmp_path, text, message):
+    (tmp_path / "run.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        runs.read_run(tmp_path / "run.json", "delete it")
+    assert evaluation_generate.recorded({"format": 1}, "vae_dtype") is None  # no KeyError on old records
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(DEEP, "fid.json is not valid JSON (nested too deeply)"),
+     ('{"metric": "clip", "clip_score": NaN}', "clip_score is nan, not a number")],
+)  # fmt: skip
+def test_metric_records_are_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "run.json").write_text(json.dumps({"format": 1, "method": "m", "nfe": 5, "guidance": 7.5}))
+    (tmp_path / ("fid.json" if "fid" in message else "clip.json")).write_text(text)
+    assert message in one_line(capsys, table.main, str(tmp_path))
+
+
+# -- 5. caches -----------------------------------------------------------------------------------------
+
+
+class Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["EXPLOIT_MARK"]),))
+
+
+def damaged_caches(path: Path) -> dict:
+    good = {
+        "features": np.zeros((2, 4), np.float32),
+        "mu": np.zeros(4),
+        "sigma": np.eye(4),
+        "fingerprint": "k",
+    }
+    np.savez(path, **good)
+    whole = path.read_bytes()
+    return {
+        "truncated": lambda: path.write_bytes(whole[: len(whole) // 2]),
+        "no fingerprint": lambda: np.savez(path, **{k: v for k, v in good.items() if k != "fingerprint"}),
+        "a pickle": lambda: path.write_bytes(pickle.dumps(Exploit())),
+        "mis-shaped": lambda: np.savez(path, **(good | {"sigma": np.eye(3)})),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no fingerprint", "a pickle", "mis-shaped"])
+def test_a_damaged_feature_cache_is_ignored_with_a_warning_and_never_unpickled(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("EXPLOIT_MARK", str(tmp_path / "ran"))
+    path = tmp_path / "cache.npz"
+    damaged_caches(path)[damage]()
+    with pytest.warns(UserWarning, match=f"ignoring the damaged feature cache {path}"):
+        assert fid._read_cache(path, "k") is None
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_read_only_cache_parent_falls_back_before_any_feature_is_computed(tmp_path, monkeypatch):
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).parent == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.warns(UserWarning, match=f"{tmp_path} is not writable; feature caches go to"):
+        assert fid.writable_cache_dir(folder, None) == tmp_path / "xdg" / "fewstep-sd" / "fid"
+    with pytest.raises(OSError, match=f"cannot write the feature cache folder {tmp_path}"):
+        fid.writable_cache_dir(folder, tmp_path)
+
+
+# -- 6. files written in shared places -----------------------------------------------------------------
+
+
+def test_prompts_never_follows_a_planted_temporary_and_a_refused_force_leaves_nothing(tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a cat\n")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "out.jsonl.tmp").symlink_to(target)  # where the old writer wrote, following the link
+    code, _, _ = run_main(
+        prompts.main, capsys, "laion", "--captions", str(captions), "--out", str(tmp_path / "out.jsonl")
+    )
+    assert code == 0 and target.read_text() == "keep me" and (tmp_path / "out.jsonl").is_file()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    before = snapshot(tmp_path)
+    argv = ["laion", "--captions", str(captions), "--out", str(folder), "--force"]
+    assert f"{folder} is a folder" in one_line(capsys, prompts.main, *argv)
+    assert snapshot(tmp_path) == before
+
+
+def test_write_atomically_removes_its_temporary_on_failure_and_interrupt(tmp_path):
+    for failure in (OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()):
+
+        def write(file, failure=failure):
+            file.write(b"half")
+            raise failure
+
+        with pytest.raises(type(failure)) as info:
+            safeio.write_atomically(tmp_path / "x.json", write)
+        assert list(tmp_path.iterdir()) == []
+        if isinstance(failure, OSError):  # a full disk names the file being written
+            assert info.value.filename == str(tmp_path / "x.json")
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_by_the_next_run(tmp_path):
+    dead = tmp_path / ".42-a-cat.png.999999999-0123abcd.tmp"
+    live = tmp_path / f".42-a-cat.png.{os.getpid()}-0123abcd.tmp"
+    fresh = tmp_path / ".43-a-cat.png.999999998-0123abcd.tmp"
+    for path in (dead, live, fresh):
+        path.write_bytes(b"partial")
+    old = time.time() - 3600
+    for path in (dead, live):
+        os.utime(path, (old, old))
+    other = tmp_path / ".user-notes.tmp"
+    other.write_text("not ours")
+    pipeline.prepare_output(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([live, fresh, other])
+
+
+# -- 7. signals and faults -----------------------------------------------------------------------------
+
+
+def test_sigterm_ends_a_command_like_ctrl_c_with_one_line_and_status_130(capsys):
+    def work(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    args = cli.Parser(prog="p").parse_args([])
+    assert cli.run("p", work, args) == 130
+    assert capsys.readouterr().err == "p: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def interrupting(monkeypatch, after: int, failure: BaseException) -> None:
+    """pipeline.save_png writes `after` images, then raises `failure`."""
+    real, calls = pipeline.save_png, []
+
+    def save(*args, **kwargs):
+        if len(calls) == after:
+            raise failure
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "save_png", save)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, "run_sample.py: interrupted; wrote 1 of 2 images to {out}/ (each one "
+         "complete, the last 42-a-cat.png); to make the other 1, rerun with --seed 43 --num-images 1"),
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "run_sample.py: error: {out}: No space left on "
+         "device; wrote 1 of 2 images to {out}/ (each one complete, the last 42-a-cat.png); free space, then "
+         "to "
+         "make the other 1, rerun with --seed 43 --num-images 1"),
+    ],
+)  # fmt: skip
+def test_an_interrupted_or_full_run_says_what_it_wrote_and_how_to_resume(
+    checkpoints, tmp_path, capsys, monkeypatch, failure, status, message
+):
+    interrupting(monkeypatch, 1, failure)
+    out = tmp_path / "out"
+    argv = ["--weights", str(checkpoints["single"]), "--prompt", "a cat", "--seed", "42", "--num-images", "2",
+            "--batch-size", "2", "--steps", "1", "--height", "64", "--width", "64",
+            "--out", str(out)]  # fmt: skip
+    assert one_line(capsys, run_sample.main, *argv, status=status) == message.format(out=out)
+    assert [p.name for p in out.iterdir()] == ["42-a-cat.png"]  # no temporary left
+
+
+def test_a_full_disk_is_refused_before_loading(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    argv = [
+        "--weights",
+        str(checkpoints["single"]),
+        "--prompt",
+        "a cat",
+        "--out",
+        str(tmp_path),
+        *("--width", "64"),
+    ]
+    error = one_line(capsys, run_sample.main, *argv, "--height", "64")
+    assert error.startswith(
+        f"run_sample.py: error: {tmp_path}: No space left for even one 64x64 image (1000 bytes"
+    )
+    assert files_in(tmp_path) == []
+
+
+# -- the shared JSON reader ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [(DEEP, "nested too deeply"), ("[" * 33 + "]" * 33, "nested more than 32 levels deep"),
+     (DIGITS, "integer with too many digits"), (b"\xff\xfe\x00", "not valid JSON"), ("{", "Expecting")],
+)  # fmt: skip
+def test_parse_json_turns_every_malformed_text_into_the_callers_error(text, reason):
+    with pytest.raises(PlanError, match=r"^the file is not valid JSON") as info:
+        safeio.parse_json(text, "the file", "fix it", PlanError)
+    assert reason in str(info.value) and str(info.value).endswith("; fix it")
+    assert safeio.parse_json("[" * 32 + "]" * 32, "f", "") is not None
