@@ -117,14 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[str]:
     if args.prompts:
-        try:
-            lines = Path(args.prompts).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read --prompts {args.prompts}: {cli.one_line(err)}") from None
-        prompts = [line.strip() for line in lines if line.strip()]
-        if not prompts:
-            raise ValueError(f"--prompts {args.prompts} holds no prompt; write one per line")
-        return prompts
+        return pipeline.read_prompts(args.prompts)
     if args.prompt:
         return args.prompt
     if replayed is not None:

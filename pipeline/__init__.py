@@ -14,7 +14,7 @@ metadata, replay, atomic writes). `run_sample.py` and `evaluation/` are command 
 
 from model import SizeConditioning
 from pipeline.batching import Batch, batches
-from pipeline.files import check_free_space, image_stem, prepare_output, save_png
+from pipeline.files import check_free_space, image_stem, prepare_output, read_prompts, save_png
 from pipeline.generate import (
     SamplingError,
     conditioning,
@@ -118,6 +118,7 @@ __all__ = [
     "prepare_output",
     "read_image",
     "read_plan_file",
+    "read_prompts",
     "read_replay",
     "resolve_weights",
     "run_settings",

@@ -1,5 +1,6 @@
-"""Output files: PNGs written atomically and never over an existing file, and the output folder
-checked (writable, room for an image) before minutes go into loading weights."""
+"""A run's files: the prompt list it reads; the PNGs it writes, atomically and never over an existing
+file, and the output folder checked (writable, room for an image) before minutes go into loading
+weights."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ import safeio
 # 64 KiB, a filter byte per row) and the metadata; twice the raw size bounds it with room to spare.
 PNG_BOUND_FACTOR = 2
 METADATA_BOUND = 1 << 20  # Pillow refuses text chunks over 1 MiB when reading them back
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """--prompts FILE: one prompt per line, blank lines skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"cannot read --prompts {path}: {reason}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompt; write one per line")
+    return prompts
 
 
 def save_png(image: torch.Tensor, directory: str | os.PathLike, stem: str, metadata: dict[str, str]) -> Path:

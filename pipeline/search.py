@@ -55,19 +55,6 @@ def samples(prompts: Sequence[str], count: int, first_seed: int) -> list[Sample]
     return [Sample(prompts[k % len(prompts)], first_seed + k) for k in range(count)]
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    """--prompts FILE: one prompt per line, blank lines skipped."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ValueError(f"cannot read --prompts {path}: {reason}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path} holds no prompt; write one per line")
-    return prompts
-
-
 def latents(sd: weights.StableDiffusion, rows: Sequence[Sample], height: int, width: int) -> Tensor:
     """The starting latents at sigma_max, float32 on the model's device: each row's own seed's noise."""
     device = next(sd.unet.parameters()).device

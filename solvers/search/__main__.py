@@ -271,7 +271,7 @@ def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subjec
     )
     subject = real.subject(
         args.weights,
-        real.read_prompts(args.prompts),
+        pipeline.read_prompts(args.prompts),
         samples,
         held_out,
         seed=args.seed,
