@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 import cli
 import pipeline
-import weights
 from cli.generation import (
     add_image_flags,
     add_init_image_flags,
@@ -130,7 +129,7 @@ def _plan_to_print(spec: str | None, plan_for: partial) -> Plan:
     if spec is None or not is_local_path(spec) or not Path(spec).expanduser().exists():
         return plan_for(schedule=DiscreteSchedule.sd())
     path = Path(spec).expanduser()
-    return plan_for(schedule=DiscreteSchedule.sd(), family=pipeline.family_of(weights.kind(path), path))
+    return plan_for(schedule=DiscreteSchedule.sd(), family=pipeline.file_family(path))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -182,7 +181,7 @@ def run(args: argparse.Namespace) -> None:
     spec = pick(args.weights, "weights", pipeline.DEFAULT_WEIGHTS)
     vae_spec = pick(args.vae, "vae", None)
     path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=vae_spec is None)
-    family = pipeline.family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    family = pipeline.file_family(path)
     plan_for = partial(plan_for, family=family)
     checked = plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
     refuse_size_flags(args, family)

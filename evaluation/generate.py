@@ -266,7 +266,7 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     batch_size = args.batch_size or 1
 
     path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=args.vae is None)
-    family = pipeline.family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    family = pipeline.file_family(path)
     plan_for = partial(plan_for, family=family)
     plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
     refuse_size_flags(args, family)

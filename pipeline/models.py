@@ -59,6 +59,11 @@ def family_of(kind: str, source: object = "the weights") -> Family:
     return FAMILIES[kind]
 
 
+def file_family(path: Path) -> Family:
+    """The family of a weights file or diffusers folder, from its headers: before any tensor is read."""
+    return family_of(weights.kind(path), path)
+
+
 def owner(preset_name: str) -> Family | None:
     """The family whose tuned row a preset is, or None (rule rows and baselines fit any)."""
     return next((f for f in FAMILIES.values() if preset_name in f.rows.values()), None)

@@ -36,7 +36,7 @@ from model import SizeConditioning
 from pipeline.batching import batches
 from pipeline.generate import conditioning, decode_pixels, denoiser, initial_noise
 from pipeline.limits import LATENT_FACTOR, check_size
-from pipeline.models import DTYPES, default_dtype, family_of, load_model, model_name, resolve_weights
+from pipeline.models import DTYPES, default_dtype, file_family, load_model, model_name, resolve_weights
 from pipeline.sharding import Shard, pick_device, shard_batches
 from solvers.search import Counted, Subject, Teacher, solve_teacher
 from weights.fingerprint import weights_sha256
@@ -214,7 +214,7 @@ def subject(
     where = pick_device(device, shard)
     dtype = dtype or default_dtype(where)
     path = resolve_weights(weights_spec, DTYPES[dtype], bundled_vae=vae is None)
-    family = family_of(weights.kind(path), path)  # from the headers: before any tensor is read
+    family = file_family(path)
     height, width = height or family.size, width or family.size
     check_size(height, width)
     vae_dtype = vae_dtype or family.vae_dtype(dtype)
