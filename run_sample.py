@@ -12,7 +12,6 @@ each image with its provenance.
 from __future__ import annotations
 
 import argparse
-import errno
 import secrets
 import sys
 import time
@@ -236,17 +235,8 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     batches = pipeline.batches(jobs, rows, offset)
     written: list[Path] = []
-    try:
+    with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
         trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory, written)
-    except KeyboardInterrupt:
-        raise cli.Interrupted(f"{_written(written, jobs, out)}; {_resume(jobs, len(written))}") from None
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise OSError(
-            f"{err.filename or out}: No space left on device; {_written(written, jobs, out)}; free space, "
-            f"then {_resume(jobs, len(written))}"
-        ) from None
     elapsed = time.perf_counter() - started
     extra = f" and {trajectories} trajectories" if trajectories else ""
     print(

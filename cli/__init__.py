@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -104,6 +105,22 @@ def one_line(err: BaseException) -> str:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM, with the command's one line: what it wrote and how to resume."""
+
+
+@contextlib.contextmanager
+def reporting_stops(folder: object, written: Callable[[], str], rest: Callable[[], str]) -> Iterator[None]:
+    """A run that writes files into `folder`, stopped by Ctrl-C, SIGTERM or a full disk: one line with
+    what it `written()` and how to make the `rest()`, as `Interrupted` (exit 130) or as the OSError."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"{written()}; {rest()}") from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(
+            f"{err.filename or folder}: No space left on device; {written()}; free space, then {rest()}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ Scoring: `python -m evaluation.metrics fid|clip|prd ... --json DIR/{fid,clip,prd
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import os
@@ -311,20 +310,12 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     present = sum(len(batch.slots) for batch in mine) - total
     tag = f"rank {shard.rank} of {shard.world_size}: " if shard.world_size > 1 else ""
     started, made_now = time.perf_counter(), []
-    try:
+    with cli.reporting_stops(
+        out,
+        lambda: f"{tag}made {len(made_now)} of {total} images in {out}/ (each one complete)",
+        lambda: "rerun the same command to make the rest (the images there are kept)",
+    ):
         _make(sd, plan, made, out, work, total, tag, shard, made_now)
-    except KeyboardInterrupt:
-        raise cli.Interrupted(
-            f"{tag}made {len(made_now)} of {total} images in {out}/ (each one complete); rerun the same "
-            "command to make the rest (the images there are kept)"
-        ) from None
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise OSError(
-            f"{err.filename or out}: No space left on device; {tag}made {len(made_now)} of {total} images; "
-            "free space, then rerun the same command to make the rest"
-        ) from None
     elapsed = time.perf_counter() - started
     rate = f" ({total / elapsed:.2f} images/s)" if total else ""
     images = f"{total} image{'' if total == 1 else 's'}"
