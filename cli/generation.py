@@ -14,7 +14,7 @@ from typing import Any
 import cli
 import pipeline
 from schedule import DISCRETIZATIONS
-from schedule.discretizations import flag_knobs
+from schedule.discretizations import knob_flags
 from solvers import SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from weights.hub import SD15_FILE, SHORT_NAMES
@@ -77,11 +77,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
         metavar="KIND",
         help=f"place the plan's steps anew: {', '.join(DISCRETIZATIONS)} (default: the plan's sigmas)",
     )
-    for name, owners in flag_knobs().items():  # each knob's text read by its first owner's check
-        text = "; ".join(f"{cls.kind}: {f.metadata['help']}{_default(f.default)}" for cls, f in owners)
+    for name, (parse, text) in knob_flags().items():
         how.add_argument(
             f"--{name}",
-            type=knob_type(name, owners[0][1].metadata["check"].parse),
+            type=knob_type(parse),
             metavar="X",
             help=f"{text}; a knob of the plan's discretization",
         )
@@ -122,26 +121,16 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     return how
 
 
-def knob_type(name: str, check: Callable[[str, str], Any]) -> Callable[[str], Any]:
+def knob_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """A knob flag's argparse type: the text read and checked as the same value in a plan file is."""
 
-    def parse(text: str) -> Any:
+    def read(text: str) -> Any:
         try:
-            return check(name, text)
+            return parse(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    return parse
-
-
-def _default(value: Any) -> str:
-    return (
-        ""
-        if value is None
-        else f" (default {value:g})"
-        if isinstance(value, float)
-        else f" (default {value})"
-    )
+    return read
 
 
 def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,7 +139,7 @@ def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "solver": args.solver,
         "discretization": args.discretization,
         "knobs": {
-            name: getattr(args, name) for name in flag_knobs() if getattr(args, name, None) is not None
+            name: getattr(args, name) for name in knob_flags() if getattr(args, name, None) is not None
         },
         "guidance": args.guidance,
         "freeu": args.freeu,

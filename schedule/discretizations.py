@@ -21,6 +21,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -82,6 +83,7 @@ class OneOf:
             raise ValueError(f"{name} must be {self.wanted}, got {value!r}")
 
     def parse(self, name: str, text: str) -> Any:
+        """A flag's text as the knob's value: one of the choices."""
         try:
             value = text if isinstance(self.choices[0], str) else float(text)
         except ValueError:
@@ -136,12 +138,10 @@ class Discretization:
         raise NotImplementedError(f"the {self.kind} discretization places no steps")
 
     def describe(self) -> str:
-        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.knob_values().items()]
+        """The kind, N and every knob that is set, then how the sigmas end: "karras N=8 rho=7, then 0"."""
+        values = [(name, getattr(self, name)) for name in knobs(self)]
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values if v is not None]
         return " ".join([self.kind, f"N={self.N}", *shown]) + self.ending
-
-    def knob_values(self) -> dict[str, Any]:
-        """The knobs that are set, N excluded."""
-        return {name: getattr(self, name) for name in knobs(self) if getattr(self, name) is not None}
 
 
 def _table(schedule: NoiseSchedule, kind: str) -> DiscreteSchedule:
@@ -180,7 +180,7 @@ class Paper(Discretization, kind="paper", display="paper"):
     stop: int = knob(
         2,
         Number(0, integer=True),
-        "eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
+        "the stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
     )
     p1: float = knob(1.2, POSITIVE, "the time exponent of eq. (18)")
     p2: float = knob(
@@ -448,14 +448,28 @@ def knobs(cls_or_kind: type | str | Discretization) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "N")
 
 
-def flag_knobs() -> dict[str, list[tuple[type[Discretization], dataclasses.Field]]]:
-    """The knobs a command line sets (those with help), by name: the kinds that have each, with its field."""
-    flags: dict[str, list[tuple[type[Discretization], dataclasses.Field]]] = {}
+def knob_flags() -> dict[str, tuple[Callable[[str], Any], str]]:
+    """The knobs a command line sets (those with help), by name: how a flag's text is read and checked
+    (by the first kind that has the knob; a plan of another kind checks it again) and the flag's help,
+    kind by kind with the default."""
+    owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     for cls in DISCRETIZATIONS.values():
         for f in dataclasses.fields(cls):
             if f.metadata.get("help"):
-                flags.setdefault(f.name, []).append((cls, f))
-    return flags
+                owners.setdefault(f.name, []).append((cls.kind, f))
+    return {
+        name: (
+            partial(fields[0][1].metadata["check"].parse, name),
+            "; ".join(f"{kind}: {f.metadata['help']}{_default(f.default)}" for kind, f in fields),
+        )
+        for name, fields in owners.items()
+    }
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return ""
+    return f" (default {value:g})" if isinstance(value, float) else f" (default {value})"
 
 
 def to_dict(value: Discretization) -> dict[str, Any]:

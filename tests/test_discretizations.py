@@ -4,7 +4,10 @@ scipy's Beta quantiles), and the table that makes them usable by plans, presets 
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -29,7 +32,7 @@ from schedule import (
 from schedule.discretizations import POSITIVE, from_dict, to_dict
 from schedule.gits_tables import GITS_STEPS
 from schedule.spacing import ramp
-from solvers import Plan, preset
+from solvers import Plan, Searched, preset
 from solvers.presets import discretization_for
 from tests.helpers import run_main
 
@@ -578,3 +581,19 @@ def test_a_new_discretization_is_one_class_that_runs_from_the_flags_to_a_plan(fo
         from_dict({"kind": "power", "N": 4, "gamma": -1})
     with pytest.raises(ValueError, match="N must be an integer >= 1"):
         Power(N=0)
+
+
+def test_a_plan_naming_the_searchs_record_reads_back_where_nothing_imported_the_search(tmp_path):
+    # The record lives with the search (solvers/search/record.py); solvers registers it on import.
+    record = Searched(
+        N=2, solver="dpmpp_2m", nfe=2, cost="global", grid=10, samples=4, seed=0, stages=("dp",),
+        teacher="exact", substeps=0,
+    )  # fmt: skip
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**preset("karras-2m-2").to_dict(), "discretization": to_dict(record)}))
+    read = f"from solvers.plan import Plan; print(Plan.from_json(open({str(path)!r}).read()).discretization)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", read], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == repr(record)
