@@ -278,10 +278,10 @@ class GITS(Discretization, kind="gits", display="GITS"):
     coeff: float = knob(1.2, OneOf(tuple(GITS_STEPS)), "the GITS row's DP coefficient, 0.8 to 1.5 by 0.05")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        table, rows = _table(schedule, self.kind), GITS_STEPS[self.coeff]
-        k = torch.tensor(rows[min(self.N, len(rows) + 1) - 2], dtype=torch.float64)
+        table, rows, n = _table(schedule, self.kind), GITS_STEPS[self.coeff], self.N
+        k = torch.tensor(rows[min(n, len(rows) + 1) - 2], dtype=torch.float64)
         row = table.sigma(table.t_max * (1 - k / GITS_GRID))
-        return _last_zero(row if len(rows) + 1 >= self.N else loglinear(row.tolist(), self.N))
+        return _last_zero(row if n <= len(rows) + 1 else loglinear(row.tolist(), n))
 
 
 @dataclass(frozen=True)
