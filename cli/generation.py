@@ -8,39 +8,16 @@ its own defaults (or a replayed image's settings) and says which in --help.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import cli
 import pipeline
 from schedule import DISCRETIZATIONS
-from schedule.discretizations import SPACINGS
+from schedule.discretizations import knob_flags
 from solvers import SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from weights.hub import SD15_FILE, SHORT_NAMES
-
-# Discretization knobs with a flag: name -> (help, argparse type).
-KNOBS = {
-    "stop": (
-        "the paper's stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
-        cli.nonnegative_int,
-    ),
-    "p1": ("the paper's time exponent of eq. (18) (its recipe: 1.2)", cli.positive_float),
-    "p2": (
-        "the paper's Karras exponent of sigma_stop, eq. (19) (its recipe: 5 for 5-6 steps, 7 for 8)",
-        cli.positive_float,
-    ),
-    "rho": ("the exponent of karras (default 7) and of polyexponential (default 1)", cli.positive_float),
-    "alpha": ("the beta discretization's alpha of Beta(alpha, beta) (default 0.6)", cli.positive_float),
-    "beta": ("the beta discretization's beta (default 0.6)", cli.positive_float),
-    "coeff": ("the GITS row's DP coefficient, 0.8 to 1.5 by 0.05 (default 1.2)", cli.positive_float),
-    "threshold": ("linear_quadratic: 1 - sigma/sigma_max where its linear part ends (default 0.025)",
-                  cli.positive_float),
-    "linear": ("linear_quadratic: steps in its linear part (default N // 2)", cli.positive_int),
-    "spacing": (f"the diffusers discretization's timestep_spacing: {', '.join(SPACINGS)} (default linspace)",
-                cli.one_of(SPACINGS, "spacing")),
-    "offset": ("the diffusers discretization's steps_offset (default 1, as in SD's configs)",
-               cli.nonnegative_int),
-}  # fmt: skip
 
 
 def freeu_values(text: str) -> tuple[float, ...]:
@@ -96,14 +73,16 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     )
     how.add_argument(
         "--discretization",
-        "--schedule",
-        type=cli.one_of(list(DISCRETIZATIONS), "discretization"),
+        type=cli.one_of(lambda: list(DISCRETIZATIONS), "discretization"),
         metavar="KIND",
         help=f"place the plan's steps anew: {', '.join(DISCRETIZATIONS)} (default: the plan's sigmas)",
     )
-    for knob, (text, kind) in KNOBS.items():
+    for name, (parse, text) in knob_flags().items():
         how.add_argument(
-            f"--{knob}", type=kind, metavar="X", help=f"{text}; a knob of the plan's discretization"
+            f"--{name}",
+            type=knob_type(parse),
+            metavar="X",
+            help=f"{text}; a knob of the plan's discretization",
         )
     how.add_argument(
         "--guidance",
@@ -142,12 +121,26 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     return how
 
 
+def knob_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A knob flag's argparse type: the text read and checked as the same value in a plan file is."""
+
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return read
+
+
 def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `pipeline.build_plan` that the plan flags give."""
     return {
         "solver": args.solver,
         "discretization": args.discretization,
-        "knobs": {knob: getattr(args, knob) for knob in KNOBS if getattr(args, knob) is not None},
+        "knobs": {
+            name: getattr(args, name) for name in knob_flags() if getattr(args, name, None) is not None
+        },
         "guidance": args.guidance,
         "freeu": args.freeu,
         "freeu_version": args.freeu_version,

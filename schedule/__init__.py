@@ -1,10 +1,11 @@
 """Noise-level math and step placement. No networks here: only sigmas and times.
 
 The noise schedule sigma(t) (`DiscreteSchedule`, `VPSDE`) belongs to a model; a discretization
-(`schedule.discretizations`) says which noise levels a sampler visits."""
+(`schedule.discretizations`, one class per kind) says which noise levels a sampler visits."""
 
 from schedule.discretizations import (
     AYS,
+    AYS_TABLES,
     DISCRETIZATIONS,
     GITS,
     RECORDS,
@@ -18,27 +19,18 @@ from schedule.discretizations import (
     Linspace,
     Paper,
     Polyexponential,
-    Searched,
     SGMUniform,
     Simple,
     discretization,
+    knob,
 )
 from schedule.noise import VPSDE, DiscreteSchedule, NoiseSchedule
 from schedule.spacing import (
-    AYS_TABLES,
     append_zero,
-    ays,
-    beta_sigmas,
     exponential,
-    gits,
     karras,
-    kl_optimal,
     loglinear,
-    multistep_timesteps,
     paper_sigmas,
-    polyexponential,
-    sgm_uniform,
-    simple,
     time_uniform,
     uniform,
 )
@@ -63,22 +55,14 @@ __all__ = [
     "Paper",
     "Polyexponential",
     "SGMUniform",
-    "Searched",
     "Simple",
     "append_zero",
-    "ays",
-    "beta_sigmas",
     "discretization",
     "exponential",
-    "gits",
     "karras",
-    "kl_optimal",
+    "knob",
     "loglinear",
-    "multistep_timesteps",
     "paper_sigmas",
-    "polyexponential",
-    "sgm_uniform",
-    "simple",
     "time_uniform",
     "uniform",
 ]

@@ -1,15 +1,18 @@
-"""Discretizations: where the N steps of a run go, as named recipes with their knobs.
+"""Discretizations: where the N steps of a run go, one frozen dataclass per kind.
 
 EDM's split: the noise schedule sigma(t) belongs to the model (`DiscreteSchedule`, `VPSDE`); a
-discretization says which N + 1 noise levels a sampler visits. Each one here is a small frozen record
-of its knobs, named after its paper's symbols, that computes its sigmas on a noise schedule. A Plan
-keeps the record beside the sigmas it made, so a run's PNG says how its steps were placed and a
-command line can sweep any knob (`--p2 5`, `--rho 9`) the way EDM's `generate.py` sweeps `--rho`.
+discretization says which N + 1 noise levels a sampler visits. Each kind here is one class: its knobs
+are its fields, named after its paper's symbols (made with `knob`: default, allowed values, flag
+help), and `sigmas(schedule)` holds its formula. A Plan keeps the record beside the sigmas it made, so a
+run's PNG says how its steps were placed and a command line can sweep any knob (`--p2 5`, `--rho 9`)
+the way EDM's `generate.py` sweeps `--rho`.
 
-`DISCRETIZATIONS` is the one table of them: a new kind is a dataclass with `kind`, `display` (the
-PNG's "Schedule type", A1111's name where A1111 has one), `N` and `sigmas(schedule)`, added there.
-`RECORDS` adds the kinds a plan's JSON may name that place nothing themselves: `Searched`, the
-settings of an automated search whose sigmas stay the plan's.
+Everything else is read off the class: the step-count and knob checks, `describe`, `to_dict` /
+`from_dict`, the flags of cli/generation.py. Defining a subclass registers its kind, so a new
+discretization is one class: `class Mine(Discretization, kind="mine", display="Mine")`, with
+`@dataclass(frozen=True)`. `DISCRETIZATIONS` holds the kinds a command line picks; `RECORDS` every
+kind a plan's JSON may name, including records that place nothing themselves (`places=False`: the
+settings of the schedule search, solvers/search/record.py, whose sigmas stay the plan's).
 """
 
 from __future__ import annotations
@@ -18,39 +21,127 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from schedule.gits_tables import GITS_STEPS
+from schedule.gits_tables import GITS_GRID, GITS_STEPS
 from schedule.noise import DiscreteSchedule, NoiseSchedule
-from schedule.spacing import (
-    append_zero,
-    ays,
-    beta_sigmas,
-    exponential,
-    gits,
-    karras,
-    kl_optimal,
-    multistep_timesteps,
-    paper_sigmas,
-    polyexponential,
-    sgm_uniform,
-    simple,
-    uniform,
-)
+from schedule.spacing import append_zero, exponential, karras, loglinear, paper_sigmas, ramp, uniform
 
 SPACINGS = ("linspace", "leading", "trailing")
+# Align Your Steps (Sabour et al. 2024), the published 10-step tables (11 sigmas, ending at sigma_min).
+AYS_TABLES = {
+    "sd1": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+}
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+@dataclass(frozen=True)
+class Number:
+    """A numeric knob's values: integers >= low when `integer`, else finite numbers > low."""
+
+    low: float = 0
+    integer: bool = False
+
+    @property
+    def wanted(self) -> str:
+        return f"an integer >= {self.low}" if self.integer else f"a finite number > {self.low:g}"
+
+    def __call__(self, name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            ok = False
+        else:
+            ok = value >= self.low if self.integer else math.isfinite(value) and value > self.low
+        if not ok:
+            raise ValueError(f"{name} must be {self.wanted}, got {value!r}")
+
+    def parse(self, name: str, text: str) -> int | float:
+        """A flag's text as the knob's value, checked as a value read from a file is."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'an integer' if self.integer else 'a number'}") from None
+        self(name, value)
+        return value
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+@dataclass(frozen=True)
+class OneOf:
+    """A knob that takes one of a few values (names, or the published coefficients of a table)."""
+
+    choices: tuple
+
+    @property
+    def wanted(self) -> str:
+        return f"one of {', '.join(map(str, self.choices))}"
+
+    def __call__(self, name: str, value: Any) -> None:
+        if isinstance(value, bool) or value not in self.choices:
+            raise ValueError(f"{name} must be {self.wanted}, got {value!r}")
+
+    def parse(self, name: str, text: str) -> Any:
+        """A flag's text as the knob's value: one of the choices."""
+        try:
+            value = text if isinstance(self.choices[0], str) else float(text)
+        except ValueError:
+            value = None
+        if value not in self.choices:
+            raise ValueError(f"unknown {name} {text!r}; choose from {', '.join(map(str, self.choices))}")
+        return value
+
+
+POSITIVE = Number()
+Check = Number | OneOf
+
+
+def knob(default: Any, check: Check, help: str | None = None) -> Any:
+    """A discretization's knob: its default (None: a rule's value, said in `help`), the values it takes
+    and, for a knob a command line sets, the flag's help."""
+    return dataclasses.field(default=default, metadata={"check": check, "help": help})
+
+
+DISCRETIZATIONS: dict[str, type[Discretization]] = {}  # the kinds a command line picks, in definition order
+RECORDS: dict[str, type[Discretization]] = {}  # every kind a plan may name
+
+
+@dataclass(frozen=True)
+class Discretization:
+    """N steps placed on a noise schedule; subclasses add their knobs and `sigmas`."""
+
+    kind: ClassVar[str]
+    display: ClassVar[str]  # the PNG's "Schedule type": A1111's name where A1111 has one
+    min_steps: ClassVar[int] = 1
+    ending: ClassVar[str] = ""  # how the sigmas end, as `describe` says it
+    N: int
+
+    def __init_subclass__(cls, kind: str, display: str, places: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind in RECORDS:
+            raise ValueError(f"there already is a discretization named {kind!r}")
+        cls.kind, cls.display = kind, display
+        RECORDS[kind] = cls
+        if places:
+            DISCRETIZATIONS[kind] = cls
+
+    def __post_init__(self) -> None:
+        Number(self.min_steps, integer=True)("N", self.N)
+        for f in dataclasses.fields(self):
+            value, check = getattr(self, f.name), f.metadata.get("check")
+            if check is not None and not (value is None and f.default is None):
+                check(f.name, value)
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        """The N + 1 descending float64 sigmas on `schedule`."""
+        raise NotImplementedError(f"the {self.kind} discretization places no steps")
+
+    def describe(self) -> str:
+        """The kind, N and every knob that is set, then how the sigmas end: "karras N=8 rho=7, then 0"."""
+        values = [(name, getattr(self, name)) for name in knobs(self)]
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values if v is not None]
+        return " ".join([self.kind, f"N={self.N}", *shown]) + self.ending
 
 
 def _table(schedule: NoiseSchedule, kind: str) -> DiscreteSchedule:
@@ -60,18 +151,21 @@ def _table(schedule: NoiseSchedule, kind: str) -> DiscreteSchedule:
     return schedule
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """N steps as k-diffusion and diffusers make them: N - 1 placed steps, then one to sigma = 0 (a
+    single step goes straight from sigma_max to 0)."""
+    if n == 1:
+        return torch.tensor([schedule.sigma_max, 0.0], dtype=torch.float64)
+    return append_zero(place(n - 1))
+
+
+def _last_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """A published row's last value replaced by 0 (diffusers', ComfyUI's and sd.cpp's AYS and GITS)."""
+    return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
 
 
 @dataclass(frozen=True)
-class Paper:
+class Paper(Discretization, kind="paper", display="paper"):
     """The paper's two-stage discretization, eq. (18)-(19) as the authors' code runs them
     (docs/recipe.md section 2).
 
@@ -83,23 +177,20 @@ class Paper:
     6-step and XL 8-step rows depart from the rule; `grid` and `index` say so explicitly.
     """
 
-    kind: ClassVar[str] = "paper"
-    display: ClassVar[str] = "paper"
-    N: int
-    stop: int = 2
-    p1: float = 1.2  # eq. (18): the exponent in time
-    p2: float = 7.0  # eq. (19): the Karras exponent of sigma_stop
-    grid: int | None = None
-    index: int | None = None
+    stop: int = knob(
+        2,
+        Number(0, integer=True),
+        "the stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
+    )
+    p1: float = knob(1.2, POSITIVE, "the time exponent of eq. (18)")
+    p2: float = knob(
+        7.0, POSITIVE, "the Karras exponent of sigma_stop, eq. (19) (the recipe's: 5 for 5-6 steps, 7 for 8)"
+    )
+    grid: int | None = knob(None, Number(0, integer=True))
+    index: int | None = knob(None, Number(0, integer=True))
 
     def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_int("stop", self.stop, 0)
-        _check_positive("p1", self.p1)
-        _check_positive("p2", self.p2)
-        for name in ("grid", "index"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0)
+        super().__post_init__()
         if not 0 <= self.stop_index < self.grid_size:
             raise ValueError(
                 f"the stop index {self.stop_index} must be a point of the {self.grid_size}-point Karras grid"
@@ -126,239 +217,182 @@ class Paper:
 
 
 @dataclass(frozen=True)
-class Karras:
+class Karras(Discretization, kind="karras", display="Karras"):
     """Karras et al. (2022) eq. (5) with exponent rho over the schedule's range, then a last step to 0:
     k-diffusion's and diffusers' N-step Karras schedule."""
 
-    kind: ClassVar[str] = "karras"
-    display: ClassVar[str] = "Karras"
-    N: int
-    rho: float = 7.0
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_positive("rho", self.rho)
+    ending: ClassVar[str] = ", then 0"
+    rho: float = knob(7.0, POSITIVE, "the exponent of eq. (5)")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         lo, hi = schedule.sigma_min, schedule.sigma_max
         return _then_zero(self.N, schedule, lambda n: karras(n, lo, hi, self.rho))
 
-    def describe(self) -> str:
-        return f"karras N={self.N} rho={self.rho:g}, then 0"
-
 
 @dataclass(frozen=True)
-class Exponential:
+class Exponential(Discretization, kind="exponential", display="Exponential"):
     """Uniform in log sigma (uniform log-SNR, DPM-Solver's own choice), then a last step to 0."""
 
-    kind: ClassVar[str] = "exponential"
-    display: ClassVar[str] = "Exponential"
-    N: int
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
+    ending: ClassVar[str] = ", then 0"
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         lo, hi = schedule.sigma_min, schedule.sigma_max
         return _then_zero(self.N, schedule, lambda n: exponential(n, lo, hi))
 
-    def describe(self) -> str:
-        return f"exponential N={self.N}, then 0"
-
 
 @dataclass(frozen=True)
-class Linspace:
+class Linspace(Discretization, kind="linspace", display="Uniform"):
     """Uniform in the DDPM index from t_max to 0, then a last step to 0 (k-diffusion's `get_sigmas`,
     diffusers' "linspace" Euler schedule)."""
 
-    kind: ClassVar[str] = "linspace"
-    display: ClassVar[str] = "Uniform"
-    N: int
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
+    ending: ClassVar[str] = ", then 0"
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         table = _table(schedule, self.kind)
         return _then_zero(self.N, table, lambda n: uniform(n, table, "linspace"))
 
-    def describe(self) -> str:
-        return f"linspace N={self.N}, then 0"
-
 
 @dataclass(frozen=True)
-class AYS:
+class AYS(Discretization, kind="ays", display="Align Your Steps"):
     """Align Your Steps (Sabour et al. 2024): the published 10-step table of `model`, log-linearly
-    interpolated to N steps, its last value replaced by 0 (as diffusers and ComfyUI run it)."""
+    interpolated to N steps, its last value 0.029 replaced by 0 (as diffusers and ComfyUI run it; A1111
+    appends a 0 after it instead)."""
 
-    kind: ClassVar[str] = "ays"
-    display: ClassVar[str] = "Align Your Steps"
-    N: int
-    model: str = "sd1"
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        if not isinstance(self.model, str):
-            raise ValueError(f"model must be a model kind such as 'sd1', got {self.model!r}")
+    ending: ClassVar[str] = ", last value 0"
+    model: str = knob("sd1", OneOf(tuple(AYS_TABLES)))  # the model kind; a run takes its weights'
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        return _last_zero(ays(self.N, self.model))
-
-    def describe(self) -> str:
-        return f"ays N={self.N} ({self.model} table), last value 0"
+        return _last_zero(loglinear(AYS_TABLES[self.model], self.N))
 
 
 @dataclass(frozen=True)
-class GITS:
+class GITS(Discretization, kind="gits", display="GITS"):
     """GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"): the
     published SD row for N steps searched with DP coefficient `coeff` (schedule.gits_tables; 2 to 20
-    steps, stretched log-linearly beyond), its last value replaced by 0, as ComfyUI's GITSScheduler
-    and stable-diffusion.cpp run it."""
+    steps, the 20-step row stretched log-linearly beyond, as ComfyUI and stable-diffusion.cpp do) on
+    the schedule's own table, its last value sigma(t = 0) replaced by 0, as ComfyUI's GITSScheduler and
+    stable-diffusion.cpp run it."""
 
-    kind: ClassVar[str] = "gits"
-    display: ClassVar[str] = "GITS"
-    N: int
-    coeff: float = 1.2
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 2)
-        _check_choice("coeff", self.coeff, tuple(GITS_STEPS))
+    min_steps: ClassVar[int] = 2
+    ending: ClassVar[str] = ", last value 0"
+    coeff: float = knob(1.2, OneOf(tuple(GITS_STEPS)), "the GITS row's DP coefficient, 0.8 to 1.5 by 0.05")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        return _last_zero(gits(self.N, _table(schedule, self.kind), self.coeff))
-
-    def describe(self) -> str:
-        return f"gits N={self.N} coeff={self.coeff:g}, last value 0"
+        table, rows, n = _table(schedule, self.kind), GITS_STEPS[self.coeff], self.N
+        k = torch.tensor(rows[min(n, len(rows) + 1) - 2], dtype=torch.float64)
+        row = table.sigma(table.t_max * (1 - k / GITS_GRID))
+        return _last_zero(row if n <= len(rows) + 1 else loglinear(row.tolist(), n))
 
 
 @dataclass(frozen=True)
-class Beta:
-    """Beta sampling (Lee et al. 2024, arXiv 2407.12173), ComfyUI's and A1111's "beta": N table entries at
-    the Beta(alpha, beta) quantiles of DDPM time, then 0. (diffusers' use_beta_sigmas spreads the same
-    quantiles linearly in sigma instead: another schedule.)"""
+class Beta(Discretization, kind="beta", display="Beta"):
+    """Beta sampling (Lee et al. 2024, arXiv 2407.12173) as ComfyUI's beta_scheduler computes it: table
+    entries t_k = rint(t_max ppf(1 - k / N)), k = 0..N-1, ppf the Beta(alpha, beta) quantile, then 0.
+    (diffusers' use_beta_sigmas spreads the same quantiles linearly in sigma instead: another schedule.)
+    """
 
-    kind: ClassVar[str] = "beta"
-    display: ClassVar[str] = "Beta"
-    N: int
-    alpha: float = 0.6
-    beta: float = 0.6
+    ending: ClassVar[str] = ", then 0"
+    alpha: float = knob(0.6, POSITIVE, "alpha of Beta(alpha, beta)")
+    beta: float = knob(0.6, POSITIVE, "beta of Beta(alpha, beta)")
 
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_positive("alpha", self.alpha)
-        _check_positive("beta", self.beta)
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        # scipy's quantile, in float64 as ComfyUI's numpy takes it: where t_max ppf is a half-integer
+        # (a symmetric Beta's median, Beta(1, 1) at k / N) its last bit decides rint's neighbour, and
+        # scipy's last bit is its own algorithm's. Imported here: scipy.stats takes a second to load.
+        from scipy.stats import beta as beta_distribution
+
+        table = _table(schedule, self.kind)
+        q = 1 - np.linspace(0, 1, self.N, endpoint=False)
+        t = np.rint(beta_distribution.ppf(q, self.alpha, self.beta) * table.t_max).astype(np.int64)
+        if len(set(t.tolist())) < len(t):
+            raise ValueError(
+                f"beta with alpha={self.alpha:g}, beta={self.beta:g} puts two of {self.N} steps on one "
+                "timestep; use fewer steps"
+            )
+        return append_zero(table.sigmas[torch.from_numpy(t)])
+
+
+@dataclass(frozen=True)
+class Simple(Discretization, kind="simple", display="Simple"):
+    """ComfyUI's "simple" (sd.cpp's too): N evenly strided entries of the DDPM table from the top, then 0:
+    entry K - 1 - int(k (K / N)) of the K-entry table, in float64 as ComfyUI computes it."""
+
+    ending: ClassVar[str] = ", then 0"
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         table = _table(schedule, self.kind)
-        return _then_zero(self.N, table, lambda n: beta_sigmas(n, table, self.alpha, self.beta))
-
-    def describe(self) -> str:
-        return f"beta N={self.N} alpha={self.alpha:g} beta={self.beta:g}, then 0"
-
-
-@dataclass(frozen=True)
-class Simple:
-    """ComfyUI's "simple" (sd.cpp's too): N evenly strided entries of the DDPM table from the top, then 0."""
-
-    kind: ClassVar[str] = "simple"
-    display: ClassVar[str] = "Simple"
-    N: int
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-
-    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        table = _table(schedule, self.kind)
-        return _then_zero(self.N, table, lambda n: simple(n, table))
-
-    def describe(self) -> str:
-        return f"simple N={self.N}, then 0"
+        count = len(table.sigmas)
+        stride = count / self.N
+        return append_zero(table.sigmas[[count - 1 - int(k * stride) for k in range(self.N)]])
 
 
 @dataclass(frozen=True)
-class SGMUniform:
+class SGMUniform(Discretization, kind="sgm_uniform", display="SGM Uniform"):
     """ComfyUI's and sd.cpp's "sgm_uniform": N times uniform from t_max towards 0 (N + 1 spaced, the last
     dropped), then 0."""
 
-    kind: ClassVar[str] = "sgm_uniform"
-    display: ClassVar[str] = "SGM Uniform"
-    N: int
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
+    ending: ClassVar[str] = ", then 0"
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         table = _table(schedule, self.kind)
-        return _then_zero(self.N, table, lambda n: sgm_uniform(n, table))
-
-    def describe(self) -> str:
-        return f"sgm_uniform N={self.N}, then 0"
+        return _then_zero(
+            self.N,
+            table,
+            lambda n: table.sigma(torch.linspace(table.t_max, 0, n + 2, dtype=torch.float64)[:-1]),
+        )
 
 
 @dataclass(frozen=True)
-class KLOptimal:
-    """ "kl_optimal" (A1111, ComfyUI, sd.cpp): uniform in arctan(sigma) over the schedule's range, the
-    Align-Your-Steps paper's optimum for unit-variance Gaussian data (Sabour et al. 2024), then 0."""
+class KLOptimal(Discretization, kind="kl_optimal", display="KL Optimal"):
+    """ "kl_optimal" (A1111 PR #15608, ComfyUI, sd.cpp): uniform in arctan(sigma) over the schedule's
+    range, the Align-Your-Steps paper's optimum for unit-variance Gaussian data (Sabour et al. 2024),
+    then 0."""
 
-    kind: ClassVar[str] = "kl_optimal"
-    display: ClassVar[str] = "KL Optimal"
-    N: int
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
+    ending: ClassVar[str] = ", then 0"
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
-        lo, hi = schedule.sigma_min, schedule.sigma_max
-        return _then_zero(self.N, schedule, lambda n: kl_optimal(n, lo, hi))
-
-    def describe(self) -> str:
-        return f"kl_optimal N={self.N}, then 0"
+        ends = torch.tensor([schedule.sigma_max, schedule.sigma_min], dtype=torch.float64).atan()
+        return _then_zero(self.N, schedule, lambda n: torch.tan(torch.lerp(*ends, ramp(n))))
 
 
 @dataclass(frozen=True)
-class Polyexponential:
+class Polyexponential(Discretization, kind="polyexponential", display="Polyexponential"):
     """k-diffusion's `get_sigmas_polyexponential` (ComfyUI's PolyexponentialScheduler): log sigma moves
     as the ramp to the power rho over the schedule's range (rho = 1: exponential), then 0."""
 
-    kind: ClassVar[str] = "polyexponential"
-    display: ClassVar[str] = "Polyexponential"
-    N: int
-    rho: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_positive("rho", self.rho)
+    ending: ClassVar[str] = ", then 0"
+    rho: float = knob(1.0, POSITIVE, "the power of the ramp in log sigma")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         lo, hi = schedule.sigma_min, schedule.sigma_max
-        return _then_zero(self.N, schedule, lambda n: polyexponential(n, lo, hi, self.rho))
-
-    def describe(self) -> str:
-        return f"polyexponential N={self.N} rho={self.rho:g}, then 0"
+        return _then_zero(
+            self.N,
+            schedule,
+            lambda n: torch.exp((1 - ramp(n)) ** self.rho * math.log(hi / lo) + math.log(lo)),
+        )
 
 
 @dataclass(frozen=True)
-class LinearQuadratic:
+class LinearQuadratic(Discretization, kind="linear_quadratic", display="Linear Quadratic"):
     """ComfyUI's "linear_quadratic" (from genmo's Mochi): sigma / sigma_max = 1 - s_i, s_i linear from 0 to
     `threshold` over the first `linear` steps (default N // 2), then the quadratic that reaches 1 at
     step N with matching slope; it ends at 0. Made for flow models; it spends the linear steps near
     sigma_max."""
 
-    kind: ClassVar[str] = "linear_quadratic"
-    display: ClassVar[str] = "Linear Quadratic"
-    N: int
-    threshold: float = 0.025  # ComfyUI's threshold_noise
-    linear: int | None = None  # ComfyUI's linear_steps
+    ending: ClassVar[str] = ", ends at 0"
+    threshold: float = knob(
+        0.025, POSITIVE, "1 - sigma/sigma_max where its linear part ends (ComfyUI's threshold_noise)"
+    )
+    linear: int | None = knob(
+        None, Number(1, integer=True), "steps in its linear part (ComfyUI's linear_steps; default N // 2)"
+    )
 
     def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_positive("threshold", self.threshold)
+        super().__post_init__()
         if not self.threshold < 1:
             raise ValueError(f"threshold must be below 1 (a fraction of sigma_max), got {self.threshold!r}")
-        if self.linear is not None and self.N > 1:
-            _check_int("linear", self.linear, 1)
-            if self.linear >= self.N:
-                raise ValueError(f"linear must leave a quadratic step: 1 <= linear < N = {self.N}")
+        if self.linear is not None and self.N > 1 and self.linear >= self.N:
+            raise ValueError(f"linear must leave a quadratic step: 1 <= linear < N = {self.N}")
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         n = self.N
@@ -374,144 +408,31 @@ class LinearQuadratic:
         s[n] = 1.0
         return schedule.sigma_max * (1 - s)
 
-    def describe(self) -> str:
-        linear = self.N // 2 if self.linear is None else self.linear
-        return f"linear_quadratic N={self.N} threshold={self.threshold:g} linear={linear}, ends at 0"
-
 
 @dataclass(frozen=True)
-class Diffusers:
+class Diffusers(Discretization, kind="diffusers", display="diffusers"):
     """The timesteps of diffusers' multistep schedulers (DPMSolverMultistep, UniPC, DEIS) with
     timestep_spacing `spacing` and steps_offset `offset` (SD's configs: 1), then 0 (their
     final_sigmas_type "zero"). Euler's spacings are `linspace` here and `schedule.uniform`."""
 
-    kind: ClassVar[str] = "diffusers"
-    display: ClassVar[str] = "diffusers"
-    N: int
-    spacing: str = "linspace"
-    offset: int = 1
+    ending: ClassVar[str] = ", then 0"
+    spacing: str = knob("linspace", OneOf(SPACINGS), f"timestep_spacing: {', '.join(SPACINGS)}")
+    offset: int = knob(1, Number(0, integer=True), "steps_offset (SD's configs: 1)")
 
-    def __post_init__(self) -> None:
-        _check_int("N", self.N, 1)
-        _check_choice("spacing", self.spacing, SPACINGS)
-        _check_int("offset", self.offset, 0)
+    def timesteps(self, t_max: int) -> torch.Tensor:
+        """The N integer DDPM timesteps of an N-step run of those schedulers' `set_timesteps`: "linspace"
+        and "leading" space N + 1 points and drop the last (0), "trailing" spaces N from the end;
+        "leading" adds the offset."""
+        n, count = self.N, t_max + 1  # num_train_timesteps
+        if self.spacing == "linspace":
+            return torch.linspace(0, t_max, n + 1, dtype=torch.float64).round().flip(0)[:-1]
+        if self.spacing == "leading":
+            return (torch.arange(n + 1, dtype=torch.float64) * (count // (n + 1))).flip(0)[:-1] + self.offset
+        return torch.arange(count, 0, -count / n, dtype=torch.float64).round() - 1
 
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         table = _table(schedule, self.kind)
-        t = multistep_timesteps(self.N, int(table.t_max), self.spacing, self.offset)
-        return append_zero(table.sigma(t))
-
-    def describe(self) -> str:
-        return f"diffusers N={self.N} spacing={self.spacing} offset={self.offset}, then 0"
-
-
-def _last_zero(sigmas: torch.Tensor) -> torch.Tensor:
-    """A published row's last value replaced by 0 (diffusers', ComfyUI's and sd.cpp's AYS and GITS)."""
-    return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
-
-
-@dataclass(frozen=True)
-class Searched:
-    """The settings of an automated schedule search (`python -m solvers.search`, solvers/search/).
-
-    A record, not a placement: the sigmas are the plan's own (rerunning the search is what would place
-    them anew), so this kind is in `RECORDS`, which plans read back, and not in `DISCRETIZATIONS`,
-    which a command line picks from.
-    """
-
-    kind: ClassVar[str] = "searched"
-    display: ClassVar[str] = "Searched"
-    COSTS: ClassVar[tuple[str, ...]] = ("local", "global")  # GITS's one-step cost, OSS's propagated one
-    STAGES: ClassVar[tuple[str, ...]] = ("dp", "grid", "polish")  # in the order they run; dp first
-    N: int
-    solver: str
-    nfe: int
-    cost: str
-    grid: int  # candidate noise levels, log-uniform from sigma_max to sigma_min, then 0
-    samples: int
-    seed: int
-    stages: tuple[str, ...]
-    teacher: str  # "exact" (the model's own solution) or the solver of the fine teacher solve
-    substeps: int  # teacher steps per candidate interval (0 with an exact teacher)
-    option: str | None = None  # the denoiser option switched on or off per step (freeu), if any
-    decoded: bool = False  # whether the final cost was measured after the VAE decode
-    model: str = ""  # what was searched: the denoiser's MODULE:CALLABLE or the weights' name
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stages, list):  # as JSON reads it back
-            object.__setattr__(self, "stages", tuple(self.stages))
-        _check_int("N", self.N, 1)
-        _check_int("nfe", self.nfe, 1)
-        _check_int("grid", self.grid, 2)
-        _check_int("samples", self.samples, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("substeps", self.substeps, 0)
-        for name in ("solver", "teacher"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if self.cost not in self.COSTS:
-            raise ValueError(f"cost must be one of {', '.join(self.COSTS)}, got {self.cost!r}")
-        self.check_stages(self.stages)
-        if self.option is not None and (not isinstance(self.option, str) or not self.option):
-            raise ValueError(f"option must be null or an option's name, got {self.option!r}")
-        if not isinstance(self.decoded, bool):
-            raise ValueError(f"decoded must be true or false, got {self.decoded!r}")
-        if not isinstance(self.model, str):
-            raise ValueError(f"model must be a string, got {self.model!r}")
-
-    @classmethod
-    def check_stages(cls, stages: Any) -> tuple[str, ...]:
-        """A search's stages: dp, then any of the refinements, in the order they run."""
-        if (
-            not isinstance(stages, tuple)
-            or not stages
-            or stages[0] != "dp"
-            or any(stage not in cls.STAGES for stage in stages)
-            or list(stages) != sorted(set(stages), key=cls.STAGES.index)
-        ):
-            raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {stages!r}")
-        return stages
-
-    def describe(self) -> str:
-        option = f", {self.option} on/off per step" if self.option else ""
-        teacher = "exact teacher" if self.teacher == "exact" else f"teacher {self.teacher} x{self.substeps}"
-        return (
-            f"searched {self.solver} {self.nfe} NFE{option}: {self.cost} cost on {self.grid} levels + 0, "
-            f"{self.samples} samples (seed {self.seed}), {teacher}, stages {'+'.join(self.stages)}"
-            f"{', decoded cost' if self.decoded else ''}{f', {self.model}' if self.model else ''}"
-        )
-
-
-def _then_zero(n: int, schedule: NoiseSchedule, place: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """N steps as k-diffusion and diffusers make them: N - 1 placed steps, then one to sigma = 0 (a
-    single step goes straight from sigma_max to 0)."""
-    if n == 1:
-        return torch.tensor([schedule.sigma_max, 0.0], dtype=torch.float64)
-    return append_zero(place(n - 1))
-
-
-Discretization = (
-    Paper
-    | Karras
-    | Exponential
-    | Linspace
-    | AYS
-    | GITS
-    | Beta
-    | Simple
-    | SGMUniform
-    | KLOptimal
-    | Polyexponential
-    | LinearQuadratic
-    | Diffusers
-    | Searched
-)
-DISCRETIZATIONS: dict[str, type] = {
-    cls.kind: cls
-    for cls in (Paper, Karras, Exponential, Linspace, AYS, GITS, Beta, Simple, SGMUniform, KLOptimal,
-                Polyexponential, LinearQuadratic, Diffusers)
-}  # fmt: skip
-RECORDS: dict[str, type] = {**DISCRETIZATIONS, Searched.kind: Searched}  # every kind a plan may name
+        return append_zero(table.sigma(self.timesteps(int(table.t_max))))
 
 
 def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
@@ -521,10 +442,34 @@ def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
     return DISCRETIZATIONS[kind](N=N, **knobs)
 
 
-def knobs(cls_or_kind: type | str) -> tuple[str, ...]:
+def knobs(cls_or_kind: type | str | Discretization) -> tuple[str, ...]:
     """The knob names of a discretization kind, N excluded."""
     cls = RECORDS[cls_or_kind] if isinstance(cls_or_kind, str) else cls_or_kind
     return tuple(f.name for f in dataclasses.fields(cls) if f.name != "N")
+
+
+def knob_flags() -> dict[str, tuple[Callable[[str], Any], str]]:
+    """The knobs a command line sets (those with help), by name: how a flag's text is read and checked
+    (by the first kind that has the knob; a plan of another kind checks it again) and the flag's help,
+    kind by kind with the default."""
+    owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for cls in DISCRETIZATIONS.values():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("help"):
+                owners.setdefault(f.name, []).append((cls.kind, f))
+    return {
+        name: (
+            partial(fields[0][1].metadata["check"].parse, name),
+            "; ".join(f"{kind}: {f.metadata['help']}{_default(f.default)}" for kind, f in fields),
+        )
+        for name, fields in owners.items()
+    }
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return ""
+    return f" (default {value:g})" if isinstance(value, float) else f" (default {value})"
 
 
 def to_dict(value: Discretization) -> dict[str, Any]:

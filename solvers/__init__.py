@@ -12,6 +12,10 @@ from solvers.plan import Plan, PlanError
 from solvers.presets import Recipe, preset, preset_names
 from solvers.table import SOLVERS, Past, Solver, Step, solver
 
+# isort: split
+# The search's record is a kind plans name: loaded with the solvers so that every plan file reads back.
+from solvers.search.record import Searched
+
 __all__ = [
     "SOLVERS",
     "NoiseSource",
@@ -19,6 +23,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "Recipe",
+    "Searched",
     "Solver",
     "Step",
     "StepInfo",

@@ -1,34 +1,40 @@
 """The discretizations users ask for, each against its reference list or formula (ComfyUI's published
-GITS rows, diffusers' multistep timesteps, k-diffusion's polyexponential, scipy's Beta quantiles), and
-the table that makes them usable by plans, presets and command lines."""
+GITS rows, diffusers' multistep timesteps, k-diffusion's polyexponential, ComfyUI's beta_scheduler on
+scipy's Beta quantiles), and the table that makes them usable by plans, presets and command lines."""
 
+import json
 import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
+import run_sample
 from schedule import (
     DISCRETIZATIONS,
     GITS,
+    RECORDS,
     VPSDE,
     Beta,
+    Diffusers,
     DiscreteSchedule,
+    Discretization,
+    KLOptimal,
     LinearQuadratic,
-    beta_sigmas,
     discretization,
-    gits,
-    kl_optimal,
-    multistep_timesteps,
-    polyexponential,
-    sgm_uniform,
-    simple,
+    knob,
 )
-from schedule.discretizations import from_dict, to_dict
+from schedule.discretizations import POSITIVE, from_dict, to_dict
 from schedule.gits_tables import GITS_STEPS
-from schedule.spacing import beta_ppf
-from solvers import preset
+from schedule.spacing import ramp
+from solvers import Plan, Searched, preset
 from solvers.presets import discretization_for
+from tests.helpers import run_main
 
 SD = DiscreteSchedule.sd()
 
@@ -338,8 +344,11 @@ GITS_PUBLISHED[1.15, 19] = [
 def test_gits_rows_are_comfyuis_published_sigmas(key):
     # The rows are stored as points of GITS' 101-point time grid; the published values were computed
     # from SD's float32 table, whose sigma_min is 1.3e-5 above the float64 one: 3e-5 relative.
+    # The last published value is sigma(t = 0), which ComfyUI and sd.cpp (and we) replace by 0.
     coeff, n = key
-    assert np.allclose(gits(n, SD, coeff).numpy(), GITS_PUBLISHED[key], rtol=3e-5, atol=0)
+    published = GITS_PUBLISHED[key]
+    assert np.allclose(GITS(N=n, coeff=coeff).sigmas(SD).numpy(), [*published[:-1], 0], rtol=3e-5, atol=0)
+    assert published[-1] == pytest.approx(SD.sigmas[0].item(), rel=3e-5)
 
 
 def test_every_gits_row_has_its_step_count_and_descends_from_t_max_to_t_0():
@@ -354,9 +363,8 @@ def test_gits_beyond_20_steps_stretches_the_20_step_row_log_linearly_like_comfyu
     row = np.array(GITS_PUBLISHED[1.2, 20])
     xs, new_xs = np.linspace(0, 1, len(row)), np.linspace(0, 1, 31)
     expected = np.exp(np.interp(new_xs, xs, np.log(row[::-1])))[::-1]
-    assert np.allclose(gits(30, SD).numpy(), expected, rtol=3e-5, atol=0)
     plan = GITS(N=30).sigmas(SD)
-    assert plan[-1] == 0 and torch.equal(plan[:-1], gits(30, SD)[:-1])
+    assert np.allclose(plan[:-1].numpy(), expected[:-1], rtol=3e-5, atol=0) and plan[-1] == 0
 
 
 def test_gits_refuses_what_was_not_published():
@@ -368,42 +376,39 @@ def test_gits_refuses_what_was_not_published():
         GITS(N=5).sigmas(VPSDE())
 
 
-@pytest.mark.parametrize("alpha, beta", [(0.6, 0.6), (0.5, 0.7), (2.0, 1.0), (1.0, 1.0)])
-def test_beta_picks_the_table_entries_comfyui_picks(alpha, beta):
-    """ComfyUI's beta_scheduler: t = rint(scipy.stats.beta.ppf(1 - linspace(0, 1, N, endpoint=False))
-    * 999), then sigma = table[t] and 0: the same entries, so the same values exactly, for N = 1..60.
-
-    Where 999 ppf is exactly k + 1/2 (a symmetric Beta's median; Beta(2, 1) at q = 1/36; the uniform
-    Beta(1, 1) often) ours goes to the even neighbour, as rint does when scipy returns the tie exactly;
-    where scipy's last-bit round-off misses it ComfyUI lands on the other neighbour."""
+def _comfy_beta_timesteps(n, alpha, beta):
+    """ComfyUI's beta_scheduler: rint(scipy.stats.beta.ppf(1 - linspace(0, 1, N, endpoint=False)) * 999)."""
     stats = pytest.importorskip("scipy.stats")
+    return np.rint(stats.beta.ppf(1 - np.linspace(0, 1, n, endpoint=False), alpha, beta) * 999).astype(int)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.6, 0.6), (0.5, 0.7), (2.0, 1.0), (1.0, 1.0), (0.5, 0.5)])
+def test_beta_picks_the_table_entries_comfyui_picks(alpha, beta):
+    """The same entries, so the same values exactly, then 0, for N = 1..60; also where 999 ppf is a
+    half-integer (a symmetric Beta's median, Beta(1, 1) at k / N, Beta(2, 1) at q = 1/36), where the
+    last bit of scipy's quantile decides which neighbour rint picks."""
     for n in range(1, 61):
-        exact = stats.beta.ppf(1 - np.linspace(0, 1, n, endpoint=False), alpha, beta) * SD.t_max
-        t = torch.tensor(np.rint(exact)).long()
         ours = Beta(N=n, alpha=alpha, beta=beta).sigmas(SD)
-        assert ours[-1] == 0
-        for k, (ours_k, t_k, exact_k) in enumerate(zip(ours[:-1], t, exact, strict=True)):
-            if abs(exact_k % 1 - 0.5) < 1e-9:
-                assert SD.t(ours_k.item()) == pytest.approx(
-                    math.floor(exact_k) + (math.floor(exact_k) % 2), abs=1e-6
-                )
-            else:
-                assert ours_k == SD.sigmas[t_k], (n, k)
+        assert torch.equal(
+            ours, torch.cat([SD.sigmas[_comfy_beta_timesteps(n, alpha, beta)], torch.zeros(1)])
+        )
 
 
-def test_beta_quantile_equals_scipys():
-    # Bisection on the incomplete beta function's continued fraction: 1e-12 absolute in the range the
-    # discretization uses (scipy itself is only good to ~1e-10 in the extreme tails).
-    special = pytest.importorskip("scipy.special")
-    for a, b in [(0.6, 0.6), (0.3, 2.0), (2.0, 5.0), (1.0, 1.0), (3.0, 0.7)]:
-        for q in np.linspace(0.01, 0.99, 37):
-            assert beta_ppf(q, a, b) == pytest.approx(special.betaincinv(a, b, q), abs=1e-12)
-    assert beta_ppf(0.5, 0.6, 0.6) == pytest.approx(0.5, abs=1e-15)
+@pytest.mark.parametrize(
+    "alpha, beta, steps, k, t",
+    # scipy: 999 ppf = 499.4999999999999 (alpha = beta = 0.5 at q = 1/2), 166.50000000000009 (Beta(1, 1)
+    # at q = 1/6), both one DDPM index off when rounded to 9 digits first as this project did.
+    [(0.5, 0.5, n, n // 2, 499) for n in range(2, 61, 2)]
+    + [(1.0, 1.0, n, n * 5 // 6, 167) for n in (6, 12, 18, 24, 36)],
+)
+def test_beta_rounds_half_integer_quantiles_as_comfyui(alpha, beta, steps, k, t):
+    assert _comfy_beta_timesteps(steps, alpha, beta)[k] == t
+    assert Beta(N=steps, alpha=alpha, beta=beta).sigmas(SD)[k] == SD.sigmas[t]
 
 
 def test_beta_refuses_steps_that_would_share_a_timestep():
     with pytest.raises(ValueError, match="puts two of 300 steps on one timestep"):
-        beta_sigmas(299, SD, 0.6, 0.6)
+        Beta(N=300).sigmas(SD)
 
 
 def test_simple_and_sgm_uniform_follow_comfyuis_formulas():
@@ -416,8 +421,6 @@ def test_simple_and_sgm_uniform_follow_comfyuis_formulas():
         t = torch.linspace(SD.t_max, 0, n + 1, dtype=torch.float64)[:-1]
         ours = discretization("sgm_uniform", n).sigmas(SD)
         assert torch.allclose(ours[:-1], SD.sigma(t), rtol=1e-12, atol=0) and ours[-1] == 0
-    assert torch.equal(simple(4, SD), discretization("simple", 5).sigmas(SD)[:-1])
-    assert torch.equal(sgm_uniform(4, SD), discretization("sgm_uniform", 5).sigmas(SD)[:-1])
 
 
 def test_kl_optimal_is_uniform_in_arctan_sigma():
@@ -427,8 +430,9 @@ def test_kl_optimal_is_uniform_in_arctan_sigma():
         expected = torch.tan(k * math.atan(SD.sigma_min) + (1 - k) * math.atan(SD.sigma_max))
         ours = discretization("kl_optimal", n).sigmas(SD)
         assert torch.allclose(ours[:-1], expected, rtol=1e-12, atol=0) and ours[-1] == 0
-    step = (math.atan(0.1) - math.atan(10)) / 3
-    assert torch.allclose(kl_optimal(3, 0.1, 10.0).atan().diff(), torch.full((3,), step, dtype=torch.float64))
+    step = (math.atan(SD.sigma_min) - math.atan(SD.sigma_max)) / 3
+    placed = KLOptimal(N=4).sigmas(SD)[:-1]
+    assert torch.allclose(placed.atan().diff(), torch.full((3,), step, dtype=torch.float64))
     assert discretization("kl_optimal", 1).sigmas(SD).tolist() == [SD.sigma_max, 0.0]
 
 
@@ -442,8 +446,8 @@ def test_polyexponential_equals_k_diffusion(rho):
         ours = discretization("polyexponential", n, rho=rho).sigmas(SD)
         assert torch.allclose(ours, ref.double(), rtol=2e-6, atol=0)
     assert torch.allclose(
-        polyexponential(6, 0.1, 10.0),
-        torch.exp(torch.linspace(math.log(10), math.log(0.1), 7, dtype=torch.float64)),
+        discretization("polyexponential", 7, rho=1.0).sigmas(SD)[:-1],
+        torch.exp(torch.linspace(math.log(SD.sigma_max), math.log(SD.sigma_min), 7, dtype=torch.float64)),
         rtol=1e-12,
     )  # fmt: skip  (rho = 1 is exponential)
 
@@ -488,7 +492,10 @@ def test_diffusers_spacing_equals_its_multistep_schedulers_timesteps(scheduler, 
                                         timestep_spacing=spacing, steps_offset=offset)  # fmt: skip
     for n in (1, 2, 3, 5, 8, 10, 20, 25, 50):
         ref.set_timesteps(n)
-        assert multistep_timesteps(n, 999, spacing, offset).long().tolist() == ref.timesteps.tolist()
+        assert (
+            Diffusers(N=n, spacing=spacing, offset=offset).timesteps(999).long().tolist()
+            == ref.timesteps.tolist()
+        )
         ours = discretization("diffusers", n, spacing=spacing, offset=offset).sigmas(SD)
         if scheduler != "DEISMultistepScheduler":  # DEIS repeats its last sigma instead of a 0
             assert torch.allclose(ours.float(), ref.sigmas.float(), rtol=1e-4, atol=0)
@@ -531,3 +538,62 @@ def test_a_bad_knob_is_refused_with_its_name_whether_from_a_flag_or_a_file(kind,
         discretization(kind, 5, **knobs)
     with pytest.raises(ValueError, match=message):
         from_dict({"kind": kind, "N": 5, **knobs})
+
+
+@pytest.fixture
+def forget_new_kinds():
+    """The kinds a test defines leave the tables when it ends."""
+    before = set(RECORDS)
+    yield
+    for table in (RECORDS, DISCRETIZATIONS):
+        for kind in set(table) - before:
+            del table[kind]
+
+
+def test_a_new_discretization_is_one_class_that_runs_from_the_flags_to_a_plan(forget_new_kinds, capsys):
+    @dataclass(frozen=True)
+    class Power(Discretization, kind="power", display="Power"):
+        """log sigma from log sigma_max to log sigma_min as the ramp to the power gamma, then 0."""
+
+        ending: ClassVar[str] = ", then 0"
+        gamma: float = knob(1.0, POSITIVE, "the power of the ramp")
+
+        def sigmas(self, schedule):
+            lo, hi = math.log(schedule.sigma_min), math.log(schedule.sigma_max)
+            return torch.cat([torch.exp(hi + ramp(self.N - 1) ** self.gamma * (lo - hi)), torch.zeros(1)])
+
+    code, out, _ = run_main(run_sample.main, capsys, "--help")
+    assert code == 0 and "power: the power of the ramp (default 1)" in " ".join(out.split())
+    code, out, _ = run_main(
+        run_sample.main, capsys, "--print-plan", "--steps", "4", "--discretization", "power", "--gamma", "2"
+    )
+    assert code == 0
+    plan = Plan.from_json(out.splitlines()[0])  # the plan's JSON, read back with its new kind
+    assert plan.discretization == Power(N=4, gamma=2.0)
+    assert plan.sigmas == tuple(Power(N=4, gamma=2.0).sigmas(SD).tolist())
+    assert plan.discretization.describe() == "power N=4 gamma=2, then 0"
+    assert json.loads(out.splitlines()[0])["discretization"] == {"kind": "power", "N": 4, "gamma": 2.0}
+    code, _, err = run_main(
+        run_sample.main, capsys, "--print-plan", "--discretization", "power", "--gamma", "0"
+    )
+    assert code == 2 and "argument --gamma: gamma must be a finite number > 0, got 0.0" in err
+    with pytest.raises(ValueError, match="gamma must be a finite number > 0"):
+        from_dict({"kind": "power", "N": 4, "gamma": -1})
+    with pytest.raises(ValueError, match="N must be an integer >= 1"):
+        Power(N=0)
+
+
+def test_a_plan_naming_the_searchs_record_reads_back_where_nothing_imported_the_search(tmp_path):
+    # The record lives with the search (solvers/search/record.py); solvers registers it on import.
+    record = Searched(
+        N=2, solver="dpmpp_2m", nfe=2, cost="global", grid=10, samples=4, seed=0, stages=("dp",),
+        teacher="exact", substeps=0,
+    )  # fmt: skip
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**preset("karras-2m-2").to_dict(), "discretization": to_dict(record)}))
+    read = f"from solvers.plan import Plan; print(Plan.from_json(open({str(path)!r}).read()).discretization)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", read], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == repr(record)

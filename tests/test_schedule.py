@@ -7,18 +7,20 @@ import pytest
 import torch
 
 from schedule import (
+    AYS,
+    AYS_TABLES,
     VPSDE,
+    Beta,
     DiscreteSchedule,
+    KLOptimal,
+    Polyexponential,
+    SGMUniform,
+    Simple,
     append_zero,
-    ays,
-    beta_sigmas,
     exponential,
     karras,
-    kl_optimal,
+    loglinear,
     paper_sigmas,
-    polyexponential,
-    sgm_uniform,
-    simple,
     time_uniform,
     uniform,
 )
@@ -124,13 +126,15 @@ def test_fitted_vpsde_is_not_sds_table_mid_trajectory():
     lambda n: exponential(n, 0.03, 14.6),
     lambda n: time_uniform(n, SD, rho=1.2),
     lambda n: uniform(n, SD, "leading"),
-    lambda n: ays(n),
+    lambda n: loglinear(AYS_TABLES["sd1"], n),
     lambda n: paper_sigmas(SD, n, n + 4, 7, n + 1),
-    lambda n: simple(n, SD),
-    lambda n: sgm_uniform(n, SD),
-    lambda n: kl_optimal(n, 0.03, 14.6),
-    lambda n: polyexponential(n, 0.03, 14.6, rho=2.0),
-    lambda n: beta_sigmas(n, SD),
+    # the discretizations that end with a step to 0: their n + 1 placed sigmas before it
+    lambda n: AYS(N=n + 1).sigmas(SD)[:-1],
+    lambda n: Simple(N=n + 1).sigmas(SD)[:-1],
+    lambda n: SGMUniform(N=n + 1).sigmas(SD)[:-1],
+    lambda n: KLOptimal(N=n + 1).sigmas(SD)[:-1],
+    lambda n: Polyexponential(N=n + 1, rho=2.0).sigmas(SD)[:-1],
+    lambda n: Beta(N=n + 1).sigmas(SD)[:-1],
 ])  # fmt: skip
 @pytest.mark.parametrize("n", [1, 5, 8, 20])
 def test_every_placement_returns_n_plus_one_descending_float64_sigmas_without_a_zero(place, n):
@@ -206,12 +210,13 @@ def test_ays_reproduces_the_published_tables_and_diffusers():
         ref = np.array(AysSchedules[key])
         # diffusers' tables already carry the ComfyUI/diffusers tail: the final 0.029 replaced by 0.
         assert ref[-1] == 0
-        assert np.allclose(ays(10, model).numpy()[:-1], ref[:-1], rtol=1e-12)
+        assert np.allclose(AYS(N=10, model=model).sigmas(SD).numpy(), ref, rtol=1e-12, atol=0)
 
 
 def test_ays_interpolates_log_linearly_between_table_entries():
     # 20 steps put every other point halfway (in log sigma) between two table entries.
-    s20, s10 = ays(20), ays(10)
+    s20, s10 = loglinear(AYS_TABLES["sd1"], 20), loglinear(AYS_TABLES["sd1"], 10)
+    assert s10.tolist() == pytest.approx(AYS_TABLES["sd1"], rel=1e-12)
     assert torch.allclose(s20[::2], s10, rtol=1e-12)
     assert torch.allclose(s20[1::2], (s10[:-1] * s10[1:]).sqrt(), rtol=1e-12)
 
@@ -244,7 +249,7 @@ def test_paper_sigmas_stop_level_is_a_point_of_the_karras_grid():
         (lambda: karras(0, 0.1, 1.0), "steps must be an integer >= 1"),
         (lambda: karras(3, 1.0, 0.1), "0 < sigma_min < sigma_max"),
         (lambda: uniform(3, SD, "middle"), "unknown spacing"),
-        (lambda: ays(3, "sd2"), "no Align-Your-Steps table"),
+        (lambda: AYS(N=3, model="sd2"), "model must be one of sd1, sdxl, got 'sd2'"),
         (lambda: paper_sigmas(SD, 8, 12, 7, 12), "j_stop must index"),
     ],
 )

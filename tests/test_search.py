@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from schedule import DiscreteSchedule, Searched, time_uniform
-from solvers import Plan, PlanError, sample
+from schedule import DiscreteSchedule, time_uniform
+from solvers import Plan, PlanError, Searched, sample
 from solvers.analytic import GaussianMixture
 from solvers.analyze import convergence_order
 from solvers.presets import BASELINE_DISCRETIZATIONS

@@ -21,8 +21,8 @@ import pipeline.search
 import run_sample
 from evaluation import generate as evaluation_generate
 from pipeline import PLAN_KEY
-from schedule import DiscreteSchedule, Searched
-from solvers import Plan
+from schedule import DiscreteSchedule
+from solvers import Plan, Searched
 from solvers.presets import PAPER_FREEU
 from solvers.search import baselines
 from solvers.search.__main__ import main

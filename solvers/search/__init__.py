@@ -28,11 +28,12 @@ from typing import Any
 
 from torch import Tensor
 
-from schedule import NoiseSchedule, Searched
+from schedule import NoiseSchedule
 from solvers.search.compare import Row, baselines, compare, dmn_plan, gain, presets_at
 from solvers.search.dmn import dmn_sigmas
 from solvers.search.dp import Lattice, brute_force, dynamic_program
 from solvers.search.problem import Cost, Counted, Path, Problem, Result, Stage, rmse
+from solvers.search.record import Searched
 from solvers.search.refine import grid_descent, polish, refine_calls
 from solvers.search.state import State, advance
 from solvers.search.teacher import (
@@ -59,6 +60,7 @@ __all__ = [
     "Problem",
     "Result",
     "Row",
+    "Searched",
     "Stage",
     "State",
     "Subject",

@@ -35,7 +35,7 @@ import cli
 import pipeline
 import safeio
 from cli.generation import add_image_flags, add_model_flags, given_size_flags, size_conditioning
-from schedule import DiscreteSchedule, Searched
+from schedule import DiscreteSchedule
 from solvers.plan import Plan
 from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
 from solvers.search import (
@@ -56,6 +56,7 @@ from solvers.search import (
     search,
     solve_teacher,
 )
+from solvers.search.record import Searched
 from solvers.table import SOLVERS
 
 PROG = "python -m solvers.search"
