@@ -154,6 +154,7 @@ def test_file_downloaded_here_is_found_by_huggingface_hub(server):
     ours = hub_file(REPO, FILE)
     assert huggingface_hub.try_to_load_from_cache(REPO, FILE) == str(ours)
     assert huggingface_hub.try_to_load_from_cache(REPO, FILE, revision=server.commit) == str(ours)
+    assert huggingface_hub.hf_hub_download(REPO, FILE, local_files_only=True) == str(ours)  # as diffusers
 
 
 def test_dangling_snapshot_link_is_downloaded_again(server):
@@ -167,7 +168,8 @@ def test_the_variables_set_before_the_process_starts_decide_endpoint_cache_and_o
     """What a user does: HF_ENDPOINT and HF_HUB_CACHE, then HF_HUB_OFFLINE=1, in the environment."""
     fetch = f"from weights.hub import hub_file; print(hub_file({REPO!r}, {FILE!r}))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env |= {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+    env |= {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path)}
+    env["PYTHONPATH"] = os.getcwd()
     online = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True)
     expected = tmp_path / "cache" / "models--test-org--tiny-sd" / "snapshots" / server.commit / FILE
     assert online.stdout.strip() == str(expected), online.stderr
