@@ -1,39 +1,49 @@
-"""A small Hugging Face Hub on 127.0.0.1, served from a thread, for download tests.
+"""A small Hugging Face Hub on 127.0.0.1, served from a thread, that huggingface_hub downloads from.
 
-`GET|HEAD /{org}/{name}/resolve/{revision}/{path}` answers like the Hub: for an LFS file a 302 to
-`/blobs/{sha256}` on `blob_server` (this server or another), carrying X-Repo-Commit, X-Linked-Etag and
-X-Linked-Size; for a small git file (`mode="git"`) the bytes themselves with ETag = the git blob sha1;
-as a plain web server (`mode="static"`) the bytes with none of the Hub's headers.
-Bodies honour `Range: bytes=N-` with a 206. Every request is recorded in `requests`.
+`HEAD|GET /{org}/{name}/resolve/{revision}/{path}` answers as the Hub does (what
+`huggingface_hub.file_download` reads): for an LFS file a 302 to `/blobs/{sha256}` on `blob_server`
+(this server or another, the CDN), carrying X-Repo-Commit, X-Linked-Etag (the sha256) and
+X-Linked-Size; for a small git file (`mode="git"`) the bytes themselves with X-Repo-Commit and ETag =
+the git blob sha1; as a plain web server (`mode="static"`) the bytes with none of the Hub's headers.
+A missing file is a 404 with X-Error-Code EntryNotFound and the commit (huggingface_hub then records
+the absence in the cache), a missing revision one with RevisionNotFound. Blob bodies carry the file
+name in Content-Disposition (the progress bar shows it) and honour `Range: bytes=N-` with a 206.
+Every request is recorded in `requests`.
+
+huggingface_hub reads HF_ENDPOINT once, at import: `use_endpoint` points the running process at a
+server (setting the variable then changes nothing).
 """
 
 import hashlib
 import threading
 from dataclasses import dataclass
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import PurePosixPath
 from urllib.parse import unquote
+
+import pytest
+from huggingface_hub import constants, file_download
 
 
 @dataclass
 class Seen:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: Message  # names compare without case, as in HTTP
 
 
 class FakeHub:
     def __init__(self, blob_server: "FakeHub | None" = None) -> None:
         self.commit = "0123456789abcdef0123456789abcdef01234567"
         self.files: dict[tuple[str, str], bytes] = {}
-        self.blobs: dict[str, bytes] = {}
+        self.blobs: dict[str, tuple[str, bytes]] = {}  # sha256 -> (file name, bytes)
         self.blob_server = blob_server or self
         self.requests: list[Seen] = []
         self.mode = "lfs"
         self.status: int | None = None  # answer every resolve request with this HTTP error
         self.cuts: list[int] = []  # the next bodies stop after these many bytes, one per response
         self.corrupt = False  # flip the first byte of every body
-        self.ignore_range = False  # answer 200 with the whole file even when a Range is asked for
-        self.etag: str | None = None  # announce this X-Linked-Etag instead of the file's sha256
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.hub = self
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
@@ -44,7 +54,7 @@ class FakeHub:
         """Publish `data` as `filename` of `repo_id`; returns its sha256 (the LFS etag)."""
         self.files[repo_id, filename] = data
         sha256 = hashlib.sha256(data).hexdigest()
-        self.blob_server.blobs[sha256] = data
+        self.blob_server.blobs[sha256] = (PurePosixPath(filename).name, data)
         return sha256
 
     def paths(self, method: str | None = None) -> list[str]:
@@ -54,6 +64,15 @@ class FakeHub:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join()
+
+
+def use_endpoint(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """What HF_ENDPOINT=url does when set before huggingface_hub is imported: the library copies it
+    into `constants.ENDPOINT`, and file_download its URL template, at import."""
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(
+        file_download, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
 
 
 def git_sha1(data: bytes) -> str:
@@ -75,29 +94,34 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         hub: FakeHub = self.server.hub
-        hub.requests.append(Seen(self.command, self.path, dict(self.headers)))
+        hub.requests.append(Seen(self.command, self.path, self.headers))
         parts = [unquote(part) for part in self.path.split("/")]
         if parts[1] == "blobs" and parts[2] in hub.blobs:
-            self._body(hub, hub.blobs[parts[2]], {}, send_body)
+            name, data = hub.blobs[parts[2]]
+            disposition = f"inline; filename*=UTF-8''{name}; filename=\"{name}\";"
+            self._body(hub, data, {"Content-Disposition": disposition}, send_body)
         elif len(parts) >= 6 and parts[3] == "resolve":
             self._resolve(hub, f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), send_body)
         else:
-            self._error(404, "Not found")
+            self._error(404, {"X-Error-Message": "Not found"})
 
     def _resolve(self, hub: FakeHub, repo_id: str, revision: str, filename: str, send_body: bool) -> None:
         data = hub.files.get((repo_id, filename))
         if hub.status is not None:
-            self._error(hub.status, "Invalid credentials in Authorization header")
+            self._error(hub.status, {"X-Error-Message": "Invalid credentials in Authorization header"})
         elif revision not in ("main", hub.commit):
-            self._error(404, "Invalid rev id: " + revision)
+            self._error(
+                404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id: " + revision}
+            )
         elif data is None:
-            self._error(404, "Entry not found")
+            missing = {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}
+            self._error(404, {**missing, "X-Repo-Commit": hub.commit})
         elif hub.mode == "lfs":
             sha256 = hashlib.sha256(data).hexdigest()
             self.send_response(302)
             self.send_header("Location", f"{hub.blob_server.url}/blobs/{sha256}")
             self.send_header("X-Repo-Commit", hub.commit)
-            self.send_header("X-Linked-Etag", f'"{hub.etag or sha256}"')
+            self.send_header("X-Linked-Etag", f'"{sha256}"')
             self.send_header("X-Linked-Size", str(len(data)))
             self.send_header("ETag", '"not-the-file-etag"')
             self.send_header("Content-Length", "0")
@@ -110,10 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self, hub: FakeHub, data: bytes, headers: dict[str, str], send_body: bool) -> None:
         start = 0
         asked = self.headers.get("Range")
-        if asked and not hub.ignore_range:
+        if asked:
             start = int(asked.removeprefix("bytes=").removesuffix("-"))
             if start >= len(data):
-                return self._error(416, "Range not satisfiable")
+                return self._error(416, {"X-Error-Message": "Range not satisfiable"})
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -129,8 +153,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = body[: hub.cuts.pop(0)]  # the connection closes after this: a drop mid-body
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
+    def _error(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
-        self.send_header("X-Error-Message", message)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", "0")
         self.end_headers()

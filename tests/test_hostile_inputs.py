@@ -51,11 +51,6 @@ def checkpoints(tmp_path_factory):
     return {layout: write_checkpoint(root / layout, layout=layout) for layout in ("single", "diffusers")}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def one_line(capsys, main, *argv: str, status: int = 2) -> str:
     code, out, err = run_main(main, capsys, *argv)
     assert code == status, out + err

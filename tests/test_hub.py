@@ -1,53 +1,47 @@
-"""weights.hub: downloads into the Hugging Face cache layout, against a Hub served on 127.0.0.1."""
+"""weights.hub: downloads through huggingface_hub into the Hugging Face cache, against a Hub served on
+127.0.0.1 (tests/http_server.py). huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE
+once, at import: the tests in this process set its constants (`use_endpoint`, tests/conftest.py), and
+one test runs a fresh process with the variables, as a user does."""
 
-import fcntl
 import hashlib
 import os
 import random
 import socket
-import threading
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
+from huggingface_hub import constants
+from huggingface_hub.utils import _http
 
 import weights
-from pipeline import resolve_weights
+from pipeline import PARAMETERS_KEY, read_replay, resolve_weights
+from run_sample import main
 from tests.checkpoints import write_checkpoint
-from tests.http_server import FakeHub, git_sha1
+from tests.helpers import run_main, text_chunks
+from tests.http_server import FakeHub, git_sha1, use_endpoint
 from weights import hub as hub_module
 from weights.errors import WeightsError
-from weights.hub import SDXL_FILE, SDXL_REPO, hub_cache_dir, hub_file, is_local_path, parse_hub_spec
+from weights.hub import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO, hub_file, is_local_path, parse_hub_spec
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
 DATA = random.Random(0).randbytes(200_000)
 SHA256 = hashlib.sha256(DATA).hexdigest()
+CAT = "a photo of a cat"
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A clean HF_* environment whose cache lives under tmp_path."""
-    for name in (
-        "HF_HUB_CACHE",
-        "HF_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_HUB_OFFLINE",
-        "HF_ENDPOINT",
-        "XDG_CACHE_HOME",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    return monkeypatch
-
-
-@pytest.fixture
-def server(env):
+def server(monkeypatch):
+    """A Hub holding REPO/FILE, online (tests/conftest.py makes every test offline with its own cache)."""
     hub = FakeHub()
     hub.add(REPO, FILE, DATA)
-    env.setenv("HF_ENDPOINT", hub.url)
+    use_endpoint(monkeypatch, hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     yield hub
     hub.close()
 
@@ -60,8 +54,17 @@ def cdn():
     cdn.close()
 
 
+def offline(monkeypatch) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does at import
+
+
+def no_retry_waits(monkeypatch) -> None:
+    # huggingface_hub retries a refused connection 5 times with 1 + 2 + 4 + 8 + 8 s of backoff
+    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
 def repo_dir() -> Path:
-    return hub_cache_dir() / "models--test-org--tiny-sd"
+    return Path(constants.HF_HUB_CACHE) / "models--test-org--tiny-sd"
 
 
 def closed_port_url() -> str:
@@ -70,9 +73,9 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def download_error(*args, **kwargs) -> str:
+def download_error(*args) -> str:
     with pytest.raises(WeightsError) as caught:
-        hub_file(*args, progress=False, **kwargs)
+        hub_file(*args)
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -82,7 +85,7 @@ def download_error(*args, **kwargs) -> str:
 
 
 def test_fresh_download_builds_the_huggingface_cache_layout(server):
-    path = hub_file(REPO, FILE, progress=False)
+    path = hub_file(REPO, FILE)
 
     assert path == repo_dir() / "snapshots" / server.commit / FILE
     assert path.is_symlink() and os.readlink(path) == f"../../blobs/{SHA256}"
@@ -93,24 +96,24 @@ def test_fresh_download_builds_the_huggingface_cache_layout(server):
 
 
 def test_second_call_makes_no_request(server):
-    first = hub_file(REPO, FILE, progress=False)
+    first = hub_file(REPO, FILE)
     server.requests.clear()
-    assert hub_file(REPO, FILE, progress=False) == first
+    assert hub_file(REPO, FILE) == first
     assert server.requests == []
 
 
 def test_commit_hash_revision_uses_its_snapshot_and_writes_no_ref(server):
-    path = hub_file(REPO, FILE, revision=server.commit, progress=False)
+    path = hub_file(REPO, FILE, revision=server.commit)
     assert path == repo_dir() / "snapshots" / server.commit / FILE
     assert not (repo_dir() / "refs").exists()
     server.requests.clear()
-    assert hub_file(REPO, FILE, revision=server.commit, progress=False) == path
+    assert hub_file(REPO, FILE, revision=server.commit) == path
     assert server.requests == []
 
 
 def test_file_in_a_subfolder_links_back_to_blobs(server):
     server.add(REPO, "unet/diffusion_pytorch_model.safetensors", DATA)
-    path = hub_file(REPO, "unet/diffusion_pytorch_model.safetensors", progress=False)
+    path = hub_file(REPO, "unet/diffusion_pytorch_model.safetensors")
     assert os.readlink(path) == f"../../../blobs/{SHA256}"
     assert path.read_bytes() == DATA
 
@@ -119,62 +122,62 @@ def test_small_git_file_is_stored_under_its_git_etag(server):
     config = b'{"_class_name": "StableDiffusionPipeline"}'
     server.add(REPO, "model_index.json", config)
     server.mode = "git"  # served by the Hub itself, not redirected to LFS storage
-    path = hub_file(REPO, "model_index.json", progress=False)
+    path = hub_file(REPO, "model_index.json")
     assert os.readlink(path) == f"../../blobs/{git_sha1(config)}"
     assert path.read_bytes() == config
 
 
 def test_empty_file_is_cached_too(server):
     server.add(REPO, "empty.txt", b"")
-    assert hub_file(REPO, "empty.txt", progress=False).read_bytes() == b""
+    assert hub_file(REPO, "empty.txt").read_bytes() == b""
 
 
 def test_blob_already_cached_for_another_revision_is_linked_without_download(server):
-    hub_file(REPO, FILE, progress=False)
+    hub_file(REPO, FILE)
     server.requests.clear()
     server.commit = "fedcba9876543210fedcba9876543210fedcba98"  # a new commit, same file content
 
-    path = hub_file(REPO, FILE, revision=server.commit, progress=False)
+    path = hub_file(REPO, FILE, revision=server.commit)
     assert path == repo_dir() / "snapshots" / server.commit / FILE
     assert path.read_bytes() == DATA
     assert [seen.method for seen in server.requests] == ["HEAD"]
 
 
 def test_file_downloaded_by_huggingface_hub_is_reused_without_network(server):
-    theirs = huggingface_hub.hf_hub_download(REPO, FILE, endpoint=server.url, cache_dir=hub_cache_dir())
+    theirs = huggingface_hub.hf_hub_download(REPO, FILE)
     server.requests.clear()
-    assert hub_file(REPO, FILE, progress=False) == Path(theirs)
+    assert hub_file(REPO, FILE) == Path(theirs)
     assert server.requests == []
 
 
 def test_file_downloaded_here_is_found_by_huggingface_hub(server):
-    ours = hub_file(REPO, FILE, progress=False)
-    assert huggingface_hub.try_to_load_from_cache(REPO, FILE, cache_dir=hub_cache_dir()) == str(ours)
-    by_commit = huggingface_hub.try_to_load_from_cache(
-        REPO, FILE, cache_dir=hub_cache_dir(), revision=server.commit
-    )
-    assert by_commit == str(ours)
+    ours = hub_file(REPO, FILE)
+    assert huggingface_hub.try_to_load_from_cache(REPO, FILE) == str(ours)
+    assert huggingface_hub.try_to_load_from_cache(REPO, FILE, revision=server.commit) == str(ours)
+    assert huggingface_hub.hf_hub_download(REPO, FILE, local_files_only=True) == str(ours)  # as diffusers
 
 
 def test_dangling_snapshot_link_is_downloaded_again(server):
-    path = hub_file(REPO, FILE, progress=False)
+    path = hub_file(REPO, FILE)
     (repo_dir() / "blobs" / SHA256).unlink()  # e.g. a cache cleaner removed the blob
-    assert hub_file(REPO, FILE, progress=False) == path
+    assert hub_file(REPO, FILE) == path
     assert path.read_bytes() == DATA
 
 
-def test_waits_while_another_process_holds_the_blob_lock(server):
-    lock = hub_cache_dir() / ".locks" / "models--test-org--tiny-sd" / f"{SHA256}.lock"
-    lock.parent.mkdir(parents=True)
-    results = []
-    with open(lock, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as huggingface_hub's filelock does while it downloads
-        worker = threading.Thread(target=lambda: results.append(hub_file(REPO, FILE, progress=False)))
-        worker.start()
-        worker.join(timeout=0.5)
-        assert worker.is_alive() and not any(seen.method == "GET" for seen in server.requests)
-    worker.join(timeout=10)
-    assert results[0].read_bytes() == DATA
+def test_the_variables_set_before_the_process_starts_decide_endpoint_cache_and_offline(server, tmp_path):
+    """What a user does: HF_ENDPOINT and HF_HUB_CACHE, then HF_HUB_OFFLINE=1, in the environment."""
+    fetch = f"from weights.hub import hub_file; print(hub_file({REPO!r}, {FILE!r}))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path)}
+    env["PYTHONPATH"] = os.getcwd()
+    online = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True)
+    expected = tmp_path / "cache" / "models--test-org--tiny-sd" / "snapshots" / server.commit / FILE
+    assert online.stdout.strip() == str(expected), online.stderr
+    server.requests.clear()
+    env |= {"HF_ENDPOINT": closed_port_url(), "HF_HUB_OFFLINE": "1"}
+    offline = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True)
+    assert offline.stdout.strip() == str(expected), offline.stderr
+    assert server.requests == []
 
 
 # -- resuming and checking -------------------------------------------------------------------------------
@@ -185,44 +188,22 @@ def test_partial_file_from_an_earlier_attempt_is_resumed_with_range(server):
     partial.parent.mkdir(parents=True)
     partial.write_bytes(DATA[:123_456])
 
-    assert hub_file(REPO, FILE, progress=False).read_bytes() == DATA
+    assert hub_file(REPO, FILE).read_bytes() == DATA
     blob_requests = [seen for seen in server.requests if seen.path.startswith("/blobs/")]
     assert [seen.headers.get("Range") for seen in blob_requests] == ["bytes=123456-"]
 
 
-def test_server_ignoring_range_restarts_the_download_and_the_progress_bar(server, capsys):
-    partial = repo_dir() / "blobs" / f"{SHA256}.incomplete"
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(DATA[:100_000][::-1])  # bytes that must not survive
-    server.ignore_range = True
-
-    assert hub_file(REPO, FILE).read_bytes() == DATA
-    last_render = capsys.readouterr().err.rstrip().split("\r")[-1]
-    assert "100%" in last_render  # not 149%: the bar restarted with the body
-
-
-def test_connection_that_drops_often_but_makes_progress_still_completes(server):
-    server.cuts = [30_000] * (hub_module._ATTEMPTS + 1)  # more drops than fruitless attempts allowed
-    assert hub_file(REPO, FILE, progress=False).read_bytes() == DATA
-
-
-def test_connection_dropped_mid_body_is_resumed(server):
+def test_interrupted_download_is_one_line_keeps_its_bytes_and_the_next_call_resumes(server, monkeypatch):
+    # huggingface_hub writes what it received in chunks of 10 MB; here 10 kB, as for a multi-GB file
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 10_000)
     server.cuts = [70_000]
-    assert hub_file(REPO, FILE, progress=False).read_bytes() == DATA
-    blob_requests = [seen for seen in server.requests if seen.path.startswith("/blobs/")]
-    assert [seen.headers.get("Range") for seen in blob_requests] == [None, "bytes=70000-"]
-
-
-def test_connection_that_keeps_failing_gives_up_and_keeps_the_partial_file(server, monkeypatch):
-    monkeypatch.setattr(hub_module, "_RETRY_WAIT_S", 0.0)  # the tests need not wait between retries
-    server.cuts = [70_000] + [0] * hub_module._ATTEMPTS
-
     message = download_error(REPO, FILE)
-    assert "failed 5 times in a row" in message and "--weights PATH" in message
+    assert "broke off" in message and "resume" in message and "--weights PATH" in message
     assert (repo_dir() / "blobs" / f"{SHA256}.incomplete").read_bytes() == DATA[:70_000]
+    assert list((repo_dir() / "snapshots").rglob(FILE)) == []  # nothing under the file's name
 
     server.requests.clear()
-    assert hub_file(REPO, FILE, progress=False).read_bytes() == DATA
+    assert hub_file(REPO, FILE).read_bytes() == DATA
     assert server.requests[-1].headers.get("Range") == "bytes=70000-"
 
 
@@ -231,98 +212,68 @@ def test_corrupted_body_fails_the_hash_check_and_is_deleted(server):
     message = download_error(REPO, FILE)
     assert f"not the announced {SHA256}" in message and "deleted" in message
     assert list((repo_dir() / "blobs").iterdir()) == []
-    assert not (repo_dir() / "snapshots").exists()
+    assert list((repo_dir() / "snapshots").rglob(FILE)) == []
+    assert huggingface_hub.try_to_load_from_cache(REPO, FILE) is None
 
 
-def test_too_little_disk_space_is_refused_before_downloading(server, monkeypatch):
-    monkeypatch.setattr(hub_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
-    message = download_error(REPO, FILE)
-    assert "GB free" in message and "HF_HUB_CACHE" in message
-    assert [seen.method for seen in server.requests] == ["HEAD"]
+def test_a_file_the_project_names_must_have_its_pinned_sha256(server):
+    server.add(SD15_REPO, SD15_FILE, DATA)  # bytes the Hub announces truly, but not the release
+    message = download_error(SD15_REPO, SD15_FILE)
+    assert f"have sha256 {SHA256}, not the pinned {hub_module.PINNED_SHA256[SD15_REPO, SD15_FILE]}" in message
+    assert huggingface_hub.try_to_load_from_cache(SD15_REPO, SD15_FILE) is None
 
 
 # -- environment -----------------------------------------------------------------------------------------
 
 
-def test_hf_endpoint_is_used_and_the_endpoint_argument_overrides_it(server, env):
-    env.setenv("HF_ENDPOINT", closed_port_url())
-    assert hub_file(REPO, FILE, endpoint=server.url + "/", progress=False).read_bytes() == DATA
-
-
-def test_hf_token_goes_to_the_hub_but_not_to_the_cdn_it_redirects_to(env, cdn):
+def test_hf_token_goes_to_the_hub_but_not_to_the_cdn_it_redirects_to(monkeypatch, cdn):
     hub = FakeHub(blob_server=cdn)
     try:
         hub.add(REPO, FILE, DATA)
-        env.setenv("HF_TOKEN", "hf_secret")
-        assert hub_file(REPO, FILE, endpoint=hub.url, progress=False).read_bytes() == DATA
+        use_endpoint(monkeypatch, hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_secret")
+        assert hub_file(REPO, FILE).read_bytes() == DATA
         assert [seen.headers.get("Authorization") for seen in hub.requests] == ["Bearer hf_secret"]
         assert [seen.headers.get("Authorization") for seen in cdn.requests] == [None]
     finally:
         hub.close()
 
 
-def test_token_saved_by_huggingface_cli_login_is_used(server, tmp_path):
-    (tmp_path / "hf_home").mkdir()
-    (tmp_path / "hf_home" / "token").write_text("hf_from_file\n")
-    hub_file(REPO, FILE, progress=False)
+def test_token_saved_by_hf_auth_login_is_used(server):
+    Path(constants.HF_TOKEN_PATH).write_text("hf_from_file\n")
+    hub_file(REPO, FILE)
     assert server.requests[0].headers.get("Authorization") == "Bearer hf_from_file"
 
 
 def test_no_token_sends_no_authorization(server):
-    hub_file(REPO, FILE, progress=False)
+    hub_file(REPO, FILE)
     assert all("Authorization" not in seen.headers for seen in server.requests)
 
 
-def test_cache_dir_is_hf_hub_cache_then_hf_home_then_xdg_then_home(env, tmp_path):
-    env.setenv("HOME", str(tmp_path / "home"))
-    env.delenv("HF_HOME")
-    assert hub_cache_dir() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
-    env.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
-    env.setenv("HF_HOME", "~/hf")
-    assert hub_cache_dir() == tmp_path / "home" / "hf" / "hub"
-    env.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert hub_cache_dir() == tmp_path / "cache"
-
-
-def test_download_lands_in_hf_hub_cache_and_cache_dir_argument_wins(server, env, tmp_path):
-    env.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert hub_file(REPO, FILE, progress=False).is_relative_to(
-        tmp_path / "cache" / "models--test-org--tiny-sd"
-    )
-    mine = hub_file(REPO, FILE, cache_dir=tmp_path / "mine", progress=False)
-    assert mine.is_relative_to(tmp_path / "mine" / "models--test-org--tiny-sd")
-
-
-@pytest.mark.parametrize("how", ["argument", "HF_HUB_OFFLINE"])
-def test_offline_mode_returns_a_cached_file_without_network(server, env, how):
-    path = hub_file(REPO, FILE, progress=False)
+def test_offline_mode_returns_a_cached_file_without_network(server, monkeypatch):
+    path = hub_file(REPO, FILE)
     server.requests.clear()
-    env.setenv("HF_HUB_OFFLINE", "1" if how == "HF_HUB_OFFLINE" else "0")
-    assert hub_file(REPO, FILE, offline=True if how == "argument" else None, progress=False) == path
+    offline(monkeypatch)
+    assert hub_file(REPO, FILE) == path
     assert server.requests == []
 
 
-@pytest.mark.parametrize("how", ["argument", "HF_HUB_OFFLINE"])
-def test_offline_mode_refuses_a_missing_file_without_network(server, env, how):
-    env.setenv("HF_HUB_OFFLINE", "yes" if how == "HF_HUB_OFFLINE" else "0")
-    message = download_error(REPO, FILE, offline=True if how == "argument" else None)
+def test_offline_mode_refuses_a_missing_file_without_network(server, monkeypatch):
+    offline(monkeypatch)
+    message = download_error(REPO, FILE)
     assert "not in the Hugging Face cache" in message and "--weights PATH" in message
     assert server.requests == []
-
-
-def test_progress_bar_shows_bytes_and_rate_on_stderr(server, capsys):
-    hub_file(REPO, FILE)
-    err = capsys.readouterr().err
-    assert FILE in err and "B/s" in err
 
 
 # -- failures: one line saying what, from where, why, and what to do -------------------------------------
 
 
-def test_unreachable_endpoint_gives_a_one_line_error(env):
+def test_unreachable_endpoint_gives_a_one_line_error(server, monkeypatch):
     url = closed_port_url()
-    message = download_error(REPO, FILE, endpoint=url)
+    use_endpoint(monkeypatch, url)
+    no_retry_waits(monkeypatch)
+    message = download_error(REPO, FILE)
     assert message.startswith(f"could not download {REPO}/{FILE} (revision main) from {url}: ")
     assert "refused" in message and "--weights PATH" in message
 
@@ -334,7 +285,7 @@ def test_missing_file_gives_404_error(server):
 
 
 def test_missing_revision_gives_404_error(server):
-    assert "HTTP 404" in download_error(REPO, FILE, revision="v9")
+    assert "HTTP 404" in download_error(REPO, FILE, "v9")
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -350,14 +301,8 @@ def test_endpoint_that_is_not_a_hub_is_named_as_such(server):
     assert "X-Repo-Commit" in message and "check HF_ENDPOINT" in message
 
 
-def test_etag_that_is_not_a_plain_name_is_refused(server, tmp_path):
-    server.etag = "../../../escaped"  # would otherwise become blobs/../../../escaped
-    assert "ETag" in download_error(REPO, FILE)
-    assert not list(tmp_path.rglob("escaped*"))
-
-
 def test_failed_download_keeps_what_was_already_cached(server):
-    path = hub_file(REPO, FILE, progress=False)
+    path = hub_file(REPO, FILE)
     server.add(REPO, "other.safetensors", b"other")
     server.status = 404
     download_error(REPO, "other.safetensors")
@@ -371,6 +316,78 @@ def test_failed_download_keeps_what_was_already_cached(server):
 def test_bad_names_are_refused_before_any_request(server, repo_id, filename, revision):
     download_error(repo_id, filename, revision)
     assert server.requests == []
+
+
+# -- the default weights from the command line -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_single(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("single"), layout="single")
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    code, out, err = run_main(main, capsys, *argv)
+    assert code == 2, out + err
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removesuffix("\n")
+
+
+def test_default_weights_offline_with_an_empty_cache_is_one_line(tmp_path, capsys):
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert error == (
+        f"run_sample.py: error: {SD15_REPO}/{SD15_FILE} (revision main) is not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
+        "file. To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+    )
+
+
+def test_default_weights_without_network_is_one_line(tmp_path, monkeypatch, capsys):
+    endpoint = closed_port_url()
+    use_endpoint(monkeypatch, endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    no_retry_waits(monkeypatch)
+    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert error == (
+        f"run_sample.py: error: could not download {SD15_REPO}/{SD15_FILE} (revision main) from {endpoint}: "
+        "Connection refused. To use a local copy instead, pass --weights PATH (a .safetensors file or "
+        "diffusers folder)."
+    )
+
+
+def test_default_weights_are_fetched_once_then_used_offline(
+    tiny_single, server, tmp_path, monkeypatch, capsys
+):
+    sha256 = server.add(SD15_REPO, SD15_FILE, tiny_single.read_bytes())
+    monkeypatch.setitem(hub_module.PINNED_SHA256, (SD15_REPO, SD15_FILE), sha256)  # the tiny stand-in
+    server.requests.clear()
+    argv = [
+        "--prompt",
+        CAT,
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--height",
+        "64",
+        "--width",
+        "64",
+    ]
+    assert run_main(main, capsys, *argv, "--out", str(tmp_path / "online"))[0] == 0
+    assert server.paths() == [f"/{SD15_REPO}/resolve/main/{SD15_FILE}", f"/blobs/{sha256}"]
+    server.close()
+    offline(monkeypatch)
+    assert run_main(main, capsys, *argv, "--out", str(tmp_path / "offline"))[0] == 0
+    (made,) = (tmp_path / "offline").iterdir()
+    settings = read_replay(made)[0]
+    assert (settings.weights, settings.weights_sha256, settings.model) == (
+        SD15_REPO,
+        sha256,
+        "v1-5-pruned-emaonly",
+    )
+    assert f"Model hash: {sha256[:10]}, Model: v1-5-pruned-emaonly" in text_chunks(made)[PARAMETERS_KEY]
 
 
 # -- command-line specs ----------------------------------------------------------------------------------
@@ -429,10 +446,14 @@ def test_existing_path_wins_over_a_hub_id(tmp_path, monkeypatch):
 # -- SDXL: a short name for its single file, and diffusers-folder repos fetched file by file -----------------
 
 
-def test_sdxl_by_short_name_or_repo_id_is_sd_xl_base_single_file(server):
+def test_sdxl_by_short_name_or_repo_id_is_sd_xl_base_single_file(server, monkeypatch):
     sha256 = server.add(SDXL_REPO, SDXL_FILE, DATA)
+    monkeypatch.setitem(hub_module.PINNED_SHA256, (SDXL_REPO, SDXL_FILE), sha256)  # a stand-in file
     snapshot = (
-        hub_cache_dir() / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / server.commit
+        Path(constants.HF_HUB_CACHE)
+        / "models--stabilityai--stable-diffusion-xl-base-1.0"
+        / "snapshots"
+        / server.commit
     )
     assert resolve_weights("sdxl") == snapshot / SDXL_FILE
     assert server.paths() == [f"/{SDXL_REPO}/resolve/main/{SDXL_FILE}", f"/blobs/{sha256}"]
@@ -469,7 +490,7 @@ def asked(server) -> list[str]:
 def test_a_diffusers_folder_repo_fetches_exactly_the_files_load_reads(server, xl_folder):
     publish(server, xl_folder)
     folder = resolve_weights(XL_REPO)
-    assert folder == hub_cache_dir() / "models--test-org--tiny-xl" / "snapshots" / server.commit
+    assert folder == Path(constants.HF_HUB_CACHE) / "models--test-org--tiny-xl" / "snapshots" / server.commit
     assert asked(server) == [
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
@@ -494,11 +515,11 @@ def test_a_diffusers_folder_repo_fetches_exactly_the_files_load_reads(server, xl
     assert resolve_weights(XL_REPO) == folder and server.requests == []  # all cached, main's commit too
 
 
-def test_offline_a_fetched_folder_repo_needs_no_network(server, xl_folder, env):
+def test_offline_a_fetched_folder_repo_needs_no_network(server, xl_folder, monkeypatch):
     publish(server, xl_folder)
     folder = resolve_weights(XL_REPO)
     server.requests.clear()
-    env.setenv("HF_HUB_OFFLINE", "1")
+    offline(monkeypatch)
     assert resolve_weights(XL_REPO) == folder and server.requests == []
 
 

@@ -43,10 +43,7 @@ def test_there_are_fixtures_to_replay():
 
 
 @pytest.mark.parametrize("png", PNGS, ids=[p.name for p in PNGS])
-def test_png_written_before_the_restructure_replays_bitwise(
-    png, weights_file, one_thread, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_png_written_before_the_restructure_replays_bitwise(png, weights_file, one_thread, tmp_path):
     assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
     [made] = tmp_path.glob("*.png")
     assert made.name == png.name
@@ -57,7 +54,6 @@ def test_a_replay_keeps_its_stored_dtype_whatever_the_devices_default(
     weights_file, one_thread, tmp_path, monkeypatch
 ):
     """CUDA now defaults to bfloat16: a replayed float32 PNG still runs in float32 (stored settings win)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(pipeline, "default_dtype", lambda device: "bfloat16")
     png = PNGS[0]
     assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0

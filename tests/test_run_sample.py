@@ -3,8 +3,6 @@ process on the CPU in float32, 64 x 64 px (8 x 8 latents)."""
 
 import hashlib
 import json
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -31,9 +29,7 @@ from solvers import SOLVERS, Plan, preset
 from solvers.presets import PAPER_FREEU
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
 from tests.helpers import pixels, run_main, text_chunks
-from tests.http_server import FakeHub
 from weights.errors import WeightsError
-from weights.fingerprint import cache_file, file_sha256, weights_sha256
 from weights.hub import SD15_FILE, SD15_REPO
 
 SIZE = ["--height", "64", "--width", "64"]
@@ -49,13 +45,9 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def env(tmp_path_factory, monkeypatch):
-    """Fresh caches and offline mode: no test touches the network or the user's caches."""
+    """A fresh sha256 cache (tests/conftest.py keeps the Hub offline, with an empty cache of its own)."""
     caches = tmp_path_factory.mktemp("caches")
-    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(caches / "hf_home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(caches / "xdg"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "200")  # --help text unwrapped enough to search
     return monkeypatch
 
@@ -74,7 +66,6 @@ def cat(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("cat")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cat-cache")))
-        patch.setenv("HF_HUB_OFFLINE", "1")
         code = main(sample_args(checkpoints["single"], out, "--steps", "5", "--prompt", CAT, "--seed", "42"))
     assert code == 0
     sha256 = hashlib.sha256(checkpoints["single"].read_bytes()).hexdigest()
@@ -594,93 +585,3 @@ def test_help_explains_every_flag(capsys):
     ):
         assert flag in text
     assert f"default: {SD15_REPO}, file {SD15_FILE}" in " ".join(text.split())
-
-
-# -- default weights through the Hugging Face cache ------------------------------------------------------
-
-
-def test_default_weights_offline_with_an_empty_cache_is_one_line(tmp_path, env, capsys):
-    env.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert error == (
-        f"run_sample.py: error: {SD15_REPO}/{SD15_FILE} (revision main) is not in the Hugging Face cache "
-        f"{tmp_path / 'empty-cache'} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
-        "file. To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
-    )
-
-
-def test_default_weights_without_network_is_one_line(tmp_path, env, capsys):
-    with socket.socket() as closed:  # a port nobody listens on
-        closed.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    env.setenv("HF_ENDPOINT", endpoint)
-    env.setenv("HF_HUB_OFFLINE", "0")
-    error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert error == (
-        f"run_sample.py: error: could not download {SD15_REPO}/{SD15_FILE} (revision main) from {endpoint}: "
-        "Connection refused. To use a local copy instead, pass --weights PATH (a .safetensors file or "
-        "diffusers folder)."
-    )
-
-
-def test_default_weights_are_fetched_once_then_used_offline(checkpoints, tmp_path, env, capsys):
-    data = checkpoints["single"].read_bytes()
-    hub = FakeHub()
-    try:
-        sha256 = hub.add(SD15_REPO, SD15_FILE, data)
-        env.setenv("HF_ENDPOINT", hub.url)
-        env.setenv("HF_HUB_OFFLINE", "0")
-        argv = ["--prompt", CAT, "--steps", "1", "--seed", "1", "--device", "cpu", *SIZE]
-        assert run(capsys, *argv, "--out", str(tmp_path / "online"))[0] == 0
-        assert hub.paths() == [f"/{SD15_REPO}/resolve/main/{SD15_FILE}", f"/blobs/{sha256}"]
-    finally:
-        hub.close()
-    env.setenv("HF_HUB_OFFLINE", "1")
-    assert run(capsys, *argv, "--out", str(tmp_path / "offline"))[0] == 0
-    (made,) = (tmp_path / "offline").iterdir()
-    settings = read_replay(made)[0]
-    assert (settings.weights, settings.weights_sha256, settings.model) == (
-        SD15_REPO,
-        sha256,
-        "v1-5-pruned-emaonly",
-    )
-    assert f"Model hash: {sha256[:10]}, Model: v1-5-pruned-emaonly" in text_chunks(made)[PARAMETERS_KEY]
-
-
-# -- the weights' sha256 ---------------------------------------------------------------------------------
-
-
-def test_file_sha256_is_computed_once_and_recomputed_when_the_file_changes(tmp_path, monkeypatch):
-    path = tmp_path / "w.safetensors"
-    path.write_bytes(b"first")
-    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
-    assert str(path.resolve()) in json.loads(cache_file().read_text())
-    with monkeypatch.context() as patch:  # undo only this patch, not the env fixture's variables
-        patch.setattr("weights.fingerprint._hash_file", lambda *a: pytest.fail("read again"))
-        assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
-    path.write_bytes(b"second!")
-    assert file_sha256(path) == hashlib.sha256(b"second!").hexdigest()
-
-
-def test_hugging_face_blob_name_is_its_sha256_without_reading_it(tmp_path):
-    name = "ab" * 32
-    blob = tmp_path / "blobs" / name
-    blob.parent.mkdir()
-    blob.write_bytes(b"not actually hashed")
-    pointer = tmp_path / "snapshots" / "c0ffee" / "model.safetensors"
-    pointer.parent.mkdir(parents=True)
-    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-    assert file_sha256(pointer) == name
-
-
-def test_diffusers_folder_sha256_is_that_of_its_sha256sum_listing(checkpoints):
-    folder = checkpoints["diffusers"]
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
-    listing = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
-    assert len(names) == 3
-    assert weights_sha256(folder) == hashlib.sha256(listing.encode()).hexdigest()
-
-
-def test_folder_without_weights_has_no_sha256(tmp_path):
-    with pytest.raises(WeightsError, match=r"holds no \.safetensors files"):
-        weights_sha256(tmp_path)

@@ -66,8 +66,6 @@ def models(checkpoints):
 def env(tmp_path_factory, monkeypatch):
     caches = tmp_path_factory.mktemp("caches")
     monkeypatch.setenv("XDG_CACHE_HOME", str(caches / "xdg"))
-    monkeypatch.setenv("HF_HOME", str(caches / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -75,9 +75,8 @@ def test_a_name_or_short_name_that_is_taken_is_refused(midpoint_euler):
 
 
 def test_a_registered_rule_runs_through_the_command_line_and_names_itself_in_the_png(
-    midpoint_euler, tmp_path, monkeypatch
+    midpoint_euler, tmp_path
 ):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     weights = write_checkpoint(tmp_path / "weights", "single")
     out = tmp_path / "out"
     argv = [

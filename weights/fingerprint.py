@@ -65,12 +65,13 @@ def file_sha256(path: str | os.PathLike, progress: bool = True) -> str:
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and {k: cached.get(k) for k in stamp} == stamp:
         return cached["sha256"]
-    digest = _hash_file(real, progress and stat.st_size >= _PROGRESS_FROM)
+    digest = hash_file(real, progress)
     _remember(key, {**stamp, "sha256": digest})
     return digest
 
 
-def _hash_file(path: Path, progress: bool) -> str:
+def hash_file(path: Path, progress: bool = True) -> str:
+    """The sha256 of a file's bytes, read now, with a progress bar if the file is large."""
     digest = hashlib.sha256()
     try:
         with (
@@ -81,7 +82,7 @@ def _hash_file(path: Path, progress: bool) -> str:
                 unit_scale=True,
                 unit_divisor=1024,
                 desc=f"sha256 {path.name}",
-                disable=not progress,
+                disable=not progress or path.stat().st_size < _PROGRESS_FROM,
                 file=sys.stderr,
             ) as bar,
         ):
