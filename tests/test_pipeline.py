@@ -223,7 +223,7 @@ def test_a_knob_that_does_not_fit_the_discretization_is_refused(kwargs, message)
 
 
 def test_a_plan_file_keeps_its_sigmas_unless_a_discretization_knob_is_given():
-    base = Plan([3.0, 1.5, 0.5], "euler", 2.0, name="mine")
+    base = Plan([3.0, 1.5, 0.5], "euler", guidance=2.0, name="mine")
     assert build_plan(base=base, solver="heun").sigmas == base.sigmas
     assert build_plan(base=base, discretization="exponential").discretization == Exponential(N=2)
 

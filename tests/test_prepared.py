@@ -65,7 +65,7 @@ def prepared_run(sd, plan: Plan, cond) -> tuple[torch.Tensor, torch.Tensor]:
 def plan_for(solver: str, guidance: float, freeu: bool) -> Plan:
     # 4 steps: every multistep rule reaches a step with two earlier estimates; the last into 0.
     sigmas = [14.6, 3.0, 0.9, 0.2, 0.0]
-    return Plan(sigmas, solver, guidance, FreeU.common().to_dict() if freeu else None)
+    return Plan(sigmas, solver, guidance=guidance, freeu=FreeU.common().to_dict() if freeu else None)
 
 
 @pytest.mark.parametrize("solver", list(SOLVERS))
@@ -81,7 +81,7 @@ def test_a_prepared_run_equals_the_plain_loop_bitwise_for_every_solver(sd, cond,
 
 def test_a_freeu_switch_between_steps_is_prepared_per_step(sd, cond):
     on = FreeU.common().to_dict()
-    plan = Plan([14.6, 3.0, 0.9, 0.2], "dpmpp_2m", 7.5, [on, on, None])
+    plan = Plan([14.6, 3.0, 0.9, 0.2], "dpmpp_2m", guidance=7.5, freeu=[on, on, None])
     with torch.inference_mode():
         assert torch.equal(prepared_run(sd, plan, cond)[0], plain_run(sd, plan, cond))
     options = prepare_options(plan, Denoiser.option_readers(torch.device("cpu")))
@@ -132,7 +132,7 @@ def test_a_static_loop_refuses_inputs_of_another_shape():
 def test_non_finite_latents_name_their_step_without_a_per_step_check(sd):
     """w = 1e300 is inf in float32: the first guided estimate is non-finite; the flags recorded on the
     device name step 1 after the run, as the per-step check did."""
-    plan = Plan([14.6, 3.0, 0.0], "euler", 1e300)
+    plan = Plan([14.6, 3.0, 0.0], "euler", guidance=1e300)
     with pytest.raises(pipeline.SamplingError, match=r"non-finite at step 1 of 2 \(sigma 14\.6\)"):
         pipeline.generate(sd, plan, ["a"], [0], height=64, width=64)
 
@@ -168,7 +168,7 @@ def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd)
     counter = CompileCounter()
     compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     on, other = FreeU.common().to_dict(), FreeU(1.3, 1.4, 0.9, 0.2).to_dict()
-    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", [7.5, 7.5, 5.0, 3.0], [on, other, None, None])
+    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=[7.5, 7.5, 5.0, 3.0], freeu=[on, other, None, None])
     with torch.inference_mode():
         cond, uncond = conditioning(sd, ["a cube"], "")
         x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
