@@ -120,7 +120,7 @@ def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "discretization": args.discretization,
         "knobs": {knob: getattr(args, knob) for knob in KNOBS if getattr(args, knob) is not None},
         "final": args.final,
-        **{flag.dest: getattr(args, flag.dest) for option in OPTIONS.values() for flag in option.flags},
+        **{dest: getattr(args, dest) for option in OPTIONS.values() for dest in option.dests},
     }
 
 

@@ -131,4 +131,3 @@ def _per_pixel(values: torch.Tensor, device: torch.device, dtype: torch.dtype) -
 def _to_float_dtype(value: Any, dtype: torch.dtype) -> Any:
     """Floating tensors (SDXL's y) in the U-Net's dtype; anything else as it is."""
     return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-

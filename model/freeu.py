@@ -125,7 +125,9 @@ class FreeU:
         return h, fourier_filter(skip, threshold=1, scale=s)
 
 
-def stages(backbone: Sequence[int], model_channels: int, num_res_blocks: int) -> dict[str, tuple[int | None, ...]]:
+def stages(
+    backbone: Sequence[int], model_channels: int, num_res_blocks: int
+) -> dict[str, tuple[int | None, ...]]:
     """For each placement, the stage (0 -> b1/s1, 1 -> b2/s2, None -> untouched) of every output block
     of a U-Net, from `backbone`, the channel count of the feature h entering each: a static map."""
     by_channels = {4 * model_channels: 0, 2 * model_channels: 1}

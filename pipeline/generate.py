@@ -119,8 +119,8 @@ def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str
 
 
 def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
-    """What to do about non-finite latents (solvers.NonFinite): a half-precision run may have overflowed; a float32 one
-    points at the plan (its guidance scale) or the weights."""
+    """What to do about non-finite latents (solvers.NonFinite): a half-precision run may have
+    overflowed; a float32 one points at the plan (its guidance scale) or the weights."""
     if next(sd.unet.parameters()).dtype != torch.float32:
         return "the model's dtype overflowed or the weights are broken: try --dtype float32"
     return (

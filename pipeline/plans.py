@@ -114,7 +114,7 @@ def build_plan(
         parts["solver"] = solver
         changes.append(f"solver={solver}")
     for option in OPTIONS.values():
-        given = {flag.dest: option_flags.pop(flag.dest, None) for flag in option.flags}
+        given = {dest: option_flags.pop(dest, None) for dest in option.dests}
         if any(value is not None for value in given.values()):
             column, text = option.overridden(base, given)
             if column is not None:

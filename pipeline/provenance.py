@@ -235,7 +235,9 @@ def option_labels(plan: Plan) -> list[tuple[str, str, str]]:
             continue
         if option.always or any(value != option.default for value in column):
             shown = [option.render(value) for value in column]
-            labels.append((option.label, option.after, shown[0] if len(set(shown)) == 1 else "; ".join(shown)))
+            labels.append(
+                (option.label, option.after, shown[0] if len(set(shown)) == 1 else "; ".join(shown))
+            )
     return labels
 
 

@@ -108,7 +108,11 @@ declare(
                 "--freeu-steps (default: the plan's)",
                 {"nargs": "?", "const": True, "type": _values, "metavar": "B1,B2,S1,S2"},
             ),
-            Flag("--no-freeu", "FreeU off on every step", {"dest": "freeu", "action": "store_const", "const": False}),
+            Flag(
+                "--no-freeu",
+                "FreeU off on every step",
+                {"dest": "freeu", "action": "store_const", "const": False},
+            ),
             Flag(
                 "--freeu-version",
                 "FreeU's backbone formula: 1 (the paper's) or 2",

@@ -119,7 +119,9 @@ class Prepared:
         k, n = int((~finite).nonzero()[0]), self.plan.steps
         if k == n:
             raise NonFinite(f"the latents became non-finite after step {n} of {n}")
-        raise NonFinite(f"the latents became non-finite at step {k + 1} of {n} (sigma {self.plan.sigmas[k]:.4g})")
+        raise NonFinite(
+            f"the latents became non-finite at step {k + 1} of {n} (sigma {self.plan.sigmas[k]:.4g})"
+        )
 
 
 def prepare(plan: Plan, like: Tensor, noise: NoiseSource | None = None) -> Prepared:

@@ -97,6 +97,11 @@ class Option:
     flags: tuple[Flag, ...] = ()
     override: Callable[[Plan, Mapping[str, Any]], tuple[Any, str]] | None = None
 
+    @property
+    def dests(self) -> tuple[str, ...]:
+        """Where its flags' values go (--freeu and --no-freeu share one)."""
+        return tuple(dict.fromkeys(flag.dest for flag in self.flags))
+
     def overridden(self, plan: Plan, given: Mapping[str, Any]) -> tuple[Any, str]:
         """The per-step values its flags ask for (None: the plan's own) and how the name records them."""
         if self.override is not None:

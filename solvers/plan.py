@@ -7,7 +7,8 @@ replays the run.
 
 Options are data: a Plan names none of them. The registry (solvers/options.py) gives each declared
 option its check and its default (guidance and freeu: a column of every plan); an option nobody
-declared is kept as given. `sample` passes step i's options to `denoise(x, sigma, **options)` without naming them.
+declared is kept as given. `sample` passes step i's options to `denoise(x, sigma, **options)`
+without naming them.
 """
 
 from __future__ import annotations
@@ -229,9 +230,7 @@ class Plan:
         recipe = "" if self.discretization is None else f", {self.discretization.describe()}"
         lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, final={self.final}{recipe}"]
         for i in range(self.steps):
-            shown = " ".join(
-                f"{key}={render(key, value)}" for key, value in self.step_options(i).items()
-            )
+            shown = " ".join(f"{key}={render(key, value)}" for key, value in self.step_options(i).items())
             interval = f"{self.sigmas[i]:9.4f} -> {self.sigmas[i + 1]:<9.4f}"
             lines.append(f"  {i + 1:>3}  {interval} {self.solver[i]:<9} {shown}")
         return "\n".join(lines)

@@ -131,8 +131,6 @@ def test_a_guidance_batch_of_2b_equals_its_halves_run_apart():
     denoiser = Denoiser(UNet(config).eval(), SCHEDULE)
     x, uncond, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     with torch.no_grad():
-        both = denoiser(
-            torch.cat([x, x]), 4.2, torch.cat([uncond, cond]), freeu=FreeU(1.1, 1.1, 0.9, 0.2)
-        )
+        both = denoiser(torch.cat([x, x]), 4.2, torch.cat([uncond, cond]), freeu=FreeU(1.1, 1.1, 0.9, 0.2))
         apart = torch.cat([denoiser(x, 4.2, c, freeu=FreeU(1.1, 1.1, 0.9, 0.2)) for c in (uncond, cond)])
     assert ((both - apart).abs().max() / apart.abs().max()).item() <= 1e-5

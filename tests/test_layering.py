@@ -75,7 +75,9 @@ def test_a_package_imports_only_the_layers_below_it(package):
         command = COMMAND_LAYERS.get(package, set()) if is_command(path) else set()
         allowed = ALLOWED[package] | BOTTOM | command
         modules = MODULES.get(package, set())
-        names = {n for n in imported_modules(path) if not any(n == m or n.startswith(f"{m}.") for m in modules)}
+        names = {
+            n for n in imported_modules(path) if not any(n == m or n.startswith(f"{m}.") for m in modules)
+        }
         wrong = ({name.split(".")[0] for name in names} & (PROJECT | SCRIPTS)) - allowed - {package}
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
 

@@ -103,8 +103,8 @@ def test_dpmpp_3m_exact_global_error_is_at_least_second_order():
     x = _start()
     exact = GAUSSIAN.solve(x, SD.sigma_max, SD.sigma_min)
     steps = [8, 16, 32, 64, 128]
-    errors = [rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), "dpmpp_3m_exact", guidance=1.0)),
-                   exact) for n in steps]  # fmt: skip
+    errors = [rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), "dpmpp_3m_exact",
+                                            guidance=1.0)), exact) for n in steps]  # fmt: skip
     assert convergence_order(steps, errors) >= 2.0
 
 
@@ -212,7 +212,12 @@ def test_plan_nfe_counts_the_denoiser_calls_honestly(solver, final):
 
 def test_each_call_gets_its_own_steps_guidance_and_freeu():
     freeu = {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2}
-    plan = Plan(karras(3, 0.1, 14.6), ["dpmpp_1s", "heun", "euler"], guidance=[7.5, 5.0, 1.0], freeu=[None, freeu, None])
+    plan = Plan(
+        karras(3, 0.1, 14.6),
+        ["dpmpp_1s", "heun", "euler"],
+        guidance=[7.5, 5.0, 1.0],
+        freeu=[None, freeu, None],
+    )
     model = CountingDenoiser(GAUSSIAN)
     sample(model, _start(2), plan)
     seen = [(round(s, 6), o["guidance"], o["freeu"]) for s, o in model.calls]
@@ -331,8 +336,8 @@ def test_the_law_of_a_stochastic_rule_converges_to_the_data_law_at_its_weak_orde
     (solvers.analyze.exact_law); W2 to the exact law at sigma_min, Karras rho = 7, 16 -> 256 steps.
     Measured slopes: Euler a 0.94, 2M SDE 2.03, 2M SDE Heun 2.09, 3M SDE 1.98."""
     steps = [16, 32, 64, 128, 256]
-    errors = [w2_to_data(GAUSSIAN, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, guidance=1.0), SD.sigma_min)
-              for n in steps]  # fmt: skip
+    errors = [w2_to_data(GAUSSIAN, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, guidance=1.0),
+                         SD.sigma_min) for n in steps]  # fmt: skip
     assert convergence_order(steps, errors) == pytest.approx(weak_order, abs=0.2)
 
 
