@@ -99,7 +99,7 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
         )
     for option in OPTIONS.values():
         for flag in option.flags:
-            kwargs = dict(flag.kwargs)
+            kwargs = {"default": None, **flag.kwargs}  # None: not given (a store_true flag too)
             if "type" in kwargs:
                 kwargs["type"] = _flag_type(kwargs["type"])
             how.add_argument(flag.name, help=flag.help, **kwargs)

@@ -3,10 +3,11 @@
     declare(Option("guidance", 7.5, check_guidance, label="CFG scale", flags=(Flag("--guidance", ...),)))
 
 A plan holds each option's JSON value per step (`Plan(..., guidance=[7.5, 5.0])`; an option absent
-from a plan is its default); the prepared loop turns each distinct value into what the denoiser
-takes (`read`, once per run, on the device); the command line adds its flags (cli/generation.py);
-the plan's name, `Plan.describe` and the PNG's parameters line show it with `render`. Options nobody
-declared still ride along in a plan as they are (an analytic denoiser's own), unchecked.
+from a plan is its default). Before the first step, the prepared loop turns each distinct value into
+what the denoiser takes (`read`, on the device); the command line adds its flags
+(cli/generation.py); the plan's name, `Plan.describe` and the PNG's parameters line show it with
+`render`. Options nobody declared ride along in a plan as they are (an analytic denoiser's own),
+unchecked.
 
 The built-in ones are declared by the modules of their consumers: `guidance` (solvers/guidance.py)
 and `freeu` (solvers/freeu.py, read as model.FreeU for the U-Net).
@@ -120,8 +121,10 @@ def declare(option: Option) -> Option:
 
 
 def read_steps(plan: Plan, device: torch.device) -> tuple[dict[str, Any], ...]:
-    """Each step's options as the denoiser takes them: declared ones `read` for `device` once per
-    distinct value (steps with equal settings share one object, and its tensors), others as stored."""
+    """Each step's options as the denoiser takes them: every declared one (its default where the plan
+    has none) `read` for `device` once per distinct value (steps with equal settings share one object,
+    and its tensors), undeclared ones as stored."""
+    defaults = {key: option.default for key, option in OPTIONS.items() if key not in plan.options}
     done: dict[tuple[str, str], Any] = {}
 
     def value(key: str, entry: Any) -> Any:
@@ -132,4 +135,5 @@ def read_steps(plan: Plan, device: torch.device) -> tuple[dict[str, Any], ...]:
             done[seen] = OPTIONS[key].read(entry, device)
         return done[seen]
 
-    return tuple({k: value(k, v) for k, v in plan.step_options(i).items()} for i in range(plan.steps))
+    steps = ({**plan.step_options(i), **defaults} for i in range(plan.steps))
+    return tuple({key: value(key, entry) for key, entry in options.items()} for options in steps)

@@ -68,6 +68,9 @@ def test_a_declared_option_is_checked_by_the_plan_and_absent_where_not_given(eps
         Plan([3.0, 2.0, 1.0], eps_scale=[0.5, -1])
     assert "eps_scale" not in Plan([3.0, 2.0, 1.0]).options
     assert Plan([3.0, 2.0, 1.0], eps_scale=2).eps_scale == (2.0, 2.0)
+    # absent, it is its default: the denoiser gets that, read like a given value
+    options = prepare(Plan([3.0, 2.0, 1.0]), torch.zeros(1, 4)).options
+    assert [o["eps_scale"].item() for o in options] == [1.0, 1.0]
 
 
 def test_the_prepared_loop_reads_each_distinct_value_once_and_passes_undeclared_ones_as_stored():
