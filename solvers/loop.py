@@ -133,8 +133,7 @@ def prepare(plan: Plan, like: Tensor, noise: NoiseSource | None = None) -> Prepa
             f"solver {plan.solver[stochastic[0]]} adds noise at every step; pass sample(..., noise=...) "
             "(e.g. solvers.loop.generator_noise(torch.Generator().manual_seed(0)))"
         )
-    drawn = draw_ahead(noise, like, len(stochastic)) if stochastic else like.new_empty((0, *like.shape))
-    return Prepared(plan, read_steps(plan, like.device), drawn)
+    return Prepared(plan, read_steps(plan, like.device), draw_ahead(noise, like, len(stochastic)))
 
 
 def sample(

@@ -70,7 +70,8 @@ class Plan:
 
     `solver` and every option (guidance=7.5, freeu=None, ... as declared in solvers/options.py) take
     one value for every step or a list with one per step (N = len(sigmas) - 1 steps); a declared
-    option not given takes its default on every step. `final="keep"` returns x at the last sigma (the
+    option not given is its default (guidance's and freeu's are stored, as every plan format holds
+    them). `final="keep"` returns x at the last sigma (the
     paper decodes it directly); `final="denoise"` returns D(x_N; sigma_N) at the cost of one more call.
     An option's column reads as an attribute: `plan.guidance` is (w_0, ..., w_{N-1}).
     """
@@ -164,9 +165,6 @@ class Plan:
         for key, value in changes.items():
             (parts if key in parts else options)[key] = value
         return Plan(**parts, **options)
-
-    def with_guidance(self, guidance: float | Sequence[float]) -> Plan:
-        return self.replace(guidance=guidance)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -157,9 +157,9 @@ def test_nfe_counts_two_calls_for_heun_and_2s_but_not_into_zero():
     assert Plan([3.0, 2.0, 1.0, 0.0], "dpmpp_2m").nfe == 3
 
 
-def test_with_guidance_changes_only_the_guidance():
+def test_replacing_the_guidance_changes_only_the_guidance():
     plan = preset("paper-5")
-    assert plan.with_guidance(5.5) == preset("paper-5", guidance=5.5)
+    assert plan.replace(guidance=5.5) == preset("paper-5", guidance=5.5)
 
 
 # The recipe table's reference sigma lists; the last entry is the table's 4-digit sigma_stop.
