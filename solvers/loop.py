@@ -133,7 +133,8 @@ def prepare(plan: Plan, like: Tensor, noise: NoiseSource | None = None) -> Prepa
             f"solver {plan.solver[stochastic[0]]} adds noise at every step; pass sample(..., noise=...) "
             "(e.g. solvers.loop.generator_noise(torch.Generator().manual_seed(0)))"
         )
-    return Prepared(plan, read_steps(plan, like.device), draw_ahead(noise, like, len(stochastic)))
+    options = read_steps([plan.step_options(i) for i in range(plan.steps)], like.device)
+    return Prepared(plan, options, draw_ahead(noise, like, len(stochastic)))
 
 
 def sample(

@@ -16,7 +16,7 @@ and `freeu` (solvers/freeu.py, read as model.FreeU for the U-Net).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,11 +120,10 @@ def declare(option: Option) -> Option:
     return option
 
 
-def read_steps(plan: Plan, device: torch.device) -> tuple[dict[str, Any], ...]:
-    """Each step's options as the denoiser takes them: every declared one (its default where the plan
-    has none) `read` for `device` once per distinct value (steps with equal settings share one object,
-    and its tensors), undeclared ones as stored."""
-    defaults = {key: option.default for key, option in OPTIONS.items() if key not in plan.options}
+def read_steps(steps: Sequence[Mapping[str, Any]], device: torch.device) -> tuple[dict[str, Any], ...]:
+    """Steps' options as the denoiser takes them: every declared one (its default where a step has none)
+    `read` for `device` once per distinct value (steps with equal settings share one object, and its
+    tensors), undeclared ones as given."""
     done: dict[tuple[str, str], Any] = {}
 
     def value(key: str, entry: Any) -> Any:
@@ -135,5 +134,5 @@ def read_steps(plan: Plan, device: torch.device) -> tuple[dict[str, Any], ...]:
             done[seen] = OPTIONS[key].read(entry, device)
         return done[seen]
 
-    steps = ({**plan.step_options(i), **defaults} for i in range(plan.steps))
-    return tuple({key: value(key, entry) for key, entry in options.items()} for options in steps)
+    defaults = {key: option.default for key, option in OPTIONS.items()}
+    return tuple({key: value(key, entry) for key, entry in {**defaults, **step}.items()} for step in steps)
