@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_run(folder: Path, name: str, guidance: float | list[float] = 7.5) -> Path:
     """A run folder holding the run.json that `python -m evaluation.generate --preset NAME` writes."""
-    plan = preset(name).with_guidance(guidance)
+    plan = preset(name).replace(guidance=guidance)
     made = Settings(
         "", "", 0, 512, 512, "sd15.safetensors", "ab" * 32, "sd15", "float16", "cuda", False, 8, 0
     )

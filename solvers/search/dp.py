@@ -118,7 +118,7 @@ def dynamic_program(problem: Problem, cost: str) -> tuple[Path, float]:
         for key in sorted(k for k in nodes if k[0] == n):
             node, i = nodes[key], key[1]
             for on in problem.bits:
-                denoise = partial(problem.denoise, **problem.step_options(on))
+                denoise = partial(problem.denoise, **problem.read[on])
                 if cost == "local":
                     if (i, on) not in at_teacher:
                         at_teacher[i, on] = denoise(teacher[i], grid[i])
@@ -165,7 +165,7 @@ def objective(problem: Problem, path: Path, cost: str) -> float:
     grid, teacher = problem.grid, problem.teacher.states
     value, state = 0.0, State(grid[0], teacher[0])
     for step, (i, j, on) in enumerate(zip(path.nodes, path.nodes[1:], path.bits, strict=False)):
-        denoise = partial(problem.denoise, **problem.step_options(on))
+        denoise = partial(problem.denoise, **problem.read[on])
         nxt = advance(problem.solver, state, denoise(teacher[i], grid[i]), grid[j], denoise, problem.steps)
         value, state = _score(problem, cost, value, nxt, j, step == len(path.bits) - 1)
     return value

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from schedule import Discretization
 from solvers.loop import sample
+from solvers.options import read_steps
 from solvers.plan import Plan
 from solvers.search.teacher import Teacher
 from solvers.table import SOLVERS
@@ -71,9 +72,13 @@ class Problem:
     bit: tuple[str, Any] | None = None  # (option, its value when on), switched per step; None when off
     decode: Callable[[Tensor], Tensor] | None = None
     target: Tensor = field(init=False, repr=False)  # the teacher's x(0), decoded when `decode` is given
+    # bit -> every step's options as the denoiser takes them (solvers/options.py), read once
+    read: dict[bool, dict[str, Any]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", self._decoded(self.teacher.x0))
+        read = read_steps([self.step_options(on) for on in self.bits], self.teacher.x0.device)
+        object.__setattr__(self, "read", dict(zip(self.bits, read, strict=True)))
 
     @property
     def grid(self) -> tuple[float, ...]:
