@@ -88,7 +88,7 @@ declare(
         rule_only=True,
         flags=(
             Flag(
-                "--gamma",
+                "--tcd-gamma",
                 f"TCD's gamma (diffusers' eta) on every step: 0 deterministic to 1 (default {GAMMA:g}, "
                 "its authors')",
                 {"type": lambda text: check_gamma(number(text)), "metavar": "G"},
