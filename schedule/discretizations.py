@@ -490,7 +490,9 @@ class LCM(Discretization, kind="lcm", display="LCM"):
     999, 759, 499, 259), then `end`."""
 
     original_inference_steps: int = knob(
-        50, Number(1, integer=True), "the points M of the distillation grid (diffusers' default 50)"
+        50,
+        Number(1, integer=True),
+        "the points M of LCM's distillation grid, as diffusers' original_inference_steps",
     )
     end: str = knob("zero", OneOf(ENDS), "where the last step lands: zero, or sigma_min (the table's t = 0)")
 
