@@ -127,7 +127,7 @@ class Distilled:
     marks: tuple[str, ...]
     options: Mapping[str, Any] | None = None
     size: int | None = None
-    steps: int | None = None  # the one step count it is made for (DMD2), else any N
+    steps: int | None = None  # the one step count of a preset named with it (dmd2-4), else any N
 
     def plan(self, name: str, steps: int, guidance: float, schedule: NoiseSchedule) -> Plan:
         d = self.place(steps)
@@ -136,15 +136,10 @@ class Distilled:
         )
 
 
-def _trailing(n: int) -> Timesteps:
-    """DDIMScheduler(timestep_spacing="trailing") with SD's set_alpha_to_one false: the trailing
-    timesteps, the last step landing on the table's t = 0."""
-    t = Diffusers(n, spacing="trailing").timesteps(999).long().tolist()
-    return Timesteps(n, timesteps=",".join(map(str, t)), end="sigma_min")
-
-
-# By the name's stem: "lcm" for lcm-N. dmd2-4 runs at the timesteps DMD2 was trained and shown at;
-# dmd2-4-paper at diffusers' default LCM timesteps, as the paper's authors ran it (DMD2Val.py).
+# By name: "lcm" runs lcm-N for any N; the DMD2 presets have their step count in their name. dmd2-4
+# runs at the timesteps DMD2 was trained and shown at, dmd2-4-paper at diffusers' default LCM
+# timesteps, as the paper's authors ran it (DMD2Val.py). Hyper-SD's DDIM ends at the table's t = 0:
+# SD's scheduler config has set_alpha_to_one false.
 DISTILLED = {
     "lcm": Distilled(LCM, "lcm", "LCM-LoRA SD 1.5 / SDXL (or the LCM Dreamshaper v7 U-Net)", ("lcm",)),
     "tcd": Distilled(
@@ -156,29 +151,32 @@ DISTILLED = {
         "SDXL-Lightning N-step U-Net or LoRA",
         ("lightning",),
     ),
-    "hyper": Distilled(_trailing, "dpmpp_1s", "Hyper-SD N-step LoRA SD 1.5 / SDXL", ("hyper",)),
+    "hyper": Distilled(
+        lambda n: Timesteps(n, end="sigma_min"), "dpmpp_1s", "Hyper-SD N-step LoRA SD 1.5 / SDXL", ("hyper",)
+    ),
     "turbo": Distilled(
         lambda n: Diffusers(n, spacing="trailing"), "euler_a", "SDXL-Turbo", ("turbo",), size=512
     ),
     "flash": Distilled(LCM, "lcm", "Flash Diffusion LoRA SD 1.5 / SDXL (jasperai)", ("flash",)),
-    "dmd2": Distilled(
+    "dmd2-4": Distilled(
         lambda n: Timesteps(n, timesteps="999,749,499,249"),
         "lcm",
         "DMD2 SDXL 4-step U-Net or LoRA",
         ("dmd2",),
         steps=4,
     ),
-    "dmd2-paper": Distilled(LCM, "lcm", "DMD2 SDXL 4-step U-Net or LoRA", ("dmd2",), steps=4),
+    "dmd2-4-paper": Distilled(LCM, "lcm", "DMD2 SDXL 4-step U-Net or LoRA", ("dmd2",), steps=4),
 }
 
 
 def _distilled_name(name: str) -> tuple[Distilled, int] | None:
     """(the distilled sampler, N) of a name such as "lcm-4" or "dmd2-4-paper"; None if it is none."""
-    m = re.fullmatch(r"([a-z0-9]+)-(\d+)(-paper)?", name)
-    entry = DISTILLED.get(m.group(1) + (m.group(3) or "")) if m else None
-    if entry is None or (m.group(3) and entry.steps is None) or entry.steps not in (None, int(m.group(2))):
-        return None
-    return entry, int(m.group(2))
+    entry = DISTILLED.get(name)
+    if entry is not None and entry.steps is not None:
+        return entry, entry.steps
+    m = re.fullmatch(r"([a-z]+)-(\d+)", name)
+    entry = DISTILLED.get(m.group(1)) if m else None
+    return (entry, int(m.group(2))) if entry is not None and entry.steps is None else None
 
 
 def distilled(name: str) -> Distilled | None:
@@ -220,8 +218,8 @@ def preset_names() -> list[str]:
     """The valid names, with the baselines as one pattern."""
     shorts = "|".join(s.short for s in SOLVERS.values())
     pattern = f"{{{'|'.join(BASELINE_DISCRETIZATIONS)}}}-{{{shorts}}}-N (e.g. karras-2m-20)"
-    named = [f"{stem}-N" for stem, entry in DISTILLED.items() if entry.steps is None]
-    return [*PAPER_RECIPES, "paper-N", *named, "dmd2-4", "dmd2-4-paper", pattern]
+    named = [name if entry.steps else f"{name}-N" for name, entry in DISTILLED.items()]
+    return [*PAPER_RECIPES, "paper-N", *named, pattern]
 
 
 def preset(
@@ -244,7 +242,7 @@ def preset(
         raise ValueError(f"steps= only goes with preset 'paper'; {name!r} already names its step count")
     if found := _distilled_name(name):
         entry, n = found
-        return entry.plan(name, _steps(str(n), name), 1.0 if guidance is None else guidance, schedule)
+        return entry.plan(name, _steps(n, name), 1.0 if guidance is None else guidance, schedule)
     guidance = DEFAULT_GUIDANCE if guidance is None else guidance
     if name in PAPER_RECIPES:
         return PAPER_RECIPES[name].plan(name, guidance, schedule)
@@ -257,7 +255,7 @@ def preset(
     raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
 
 
-def _steps(text: str, name: str) -> int:
+def _steps(text: str | int, name: str) -> int:
     n = int(text)
     if n < 1:
         raise ValueError(f"preset {name!r} asks for {n} steps; use 1 or more")
