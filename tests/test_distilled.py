@@ -16,16 +16,19 @@ by 1e-7, a trailing timestep one off moves a run by > 1e-3.
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import run_sample
+from pipeline import PARAMETERS_KEY, PLAN_KEY
 from schedule import LCM, Diffusers, DiscreteSchedule, Timesteps
 from schedule.discretizations import from_dict, to_dict
 from solvers import Plan, PlanError, generator_noise, preset, sample
 from solvers.analytic import GaussianMixture
 from solvers.presets import DISTILLED, distilled, preset_names, weights_warning
-from tests.helpers import rel_err, run_main
+from tests.checkpoints import write_checkpoint
+from tests.helpers import one_thread, pixels, rel_err, run_main, text_chunks
 
 diffusers = pytest.importorskip("diffusers")
 # diffusers' Euler schedulers take np.array of torch tensors, which numpy 2 deprecates.
@@ -387,3 +390,36 @@ def test_a_distilled_preset_on_other_weights_gets_a_one_line_warning():
     )
     assert weights_warning("paper-5", ["v1-5.safetensors"]) is None  # not made for other weights
     assert weights_warning("karras-2m-20", []) is None
+
+
+@pytest.mark.parametrize("name", ["tcd-2", "lcm-2"])
+def test_a_distilled_preset_runs_from_the_command_line_records_gamma_and_replays(
+    name, tmp_path, monkeypatch, capsys
+):
+    """Through the U-Net: gamma reaches the TCD rule and not the network; the PNG records it (TCD) and
+    a replay draws the same step noise from the image's seed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = write_checkpoint(tmp_path / "weights", "single")
+    common = ["--weights", str(checkpoint), "--device", "cpu", "--height", "64", "--width", "64"]
+    with one_thread():
+        code, _, err = run_main(
+            run_sample.main,
+            capsys,
+            *common,
+            "--out",
+            str(tmp_path / "a"),
+            "--preset",
+            name,
+            "--prompt",
+            "a cube",
+        )
+        assert code == 0, err
+        [png] = (tmp_path / "a").glob("*.png")
+        stored = json.loads(text_chunks(png)[PLAN_KEY])
+        # placed on the checkpoint's own float32 table: sigma_min moves by 1.3e-5 (schedule/noise.py)
+        expected = preset(name).to_dict()
+        assert stored["sigmas"] == pytest.approx(expected.pop("sigmas"), rel=2e-5)
+        assert {key: stored[key] for key in expected} == expected
+        assert ("TCD gamma: 0.3" in text_chunks(png)[PARAMETERS_KEY]) == (name == "tcd-2")
+        assert run_sample.main([*common, "--replay", str(png), "--out", str(tmp_path / "b")]) == 0
+    assert np.array_equal(pixels(tmp_path / "b" / png.name), pixels(png))
