@@ -18,6 +18,7 @@ settings of the schedule search, solvers/search/record.py, whose sigmas stay the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,8 +94,39 @@ class OneOf:
         return value
 
 
+def timestep_list(text: str) -> list[int]:
+    """DDPM timesteps written as the --timesteps flag takes them, "999,749,499,249": strictly
+    descending integers >= 0; ValueError says what is wrong."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a comma-separated list of integers such as 999,749,499,249"
+        ) from None
+    if values[-1] < 0 or any(b >= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{text!r} must be strictly descending integers >= 0, such as 999,749,499,249")
+    return values
+
+
+@dataclass(frozen=True)
+class TimestepList:
+    """A knob holding DDPM timesteps as text, "999,749,499,249" (`timestep_list`), so that a plan file
+    and the flag hold the same value."""
+
+    wanted: ClassVar[str] = "strictly descending integers >= 0, such as 999,749,499,249"
+
+    def __call__(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a text of {self.wanted}, got {value!r}")
+        timestep_list(value)
+
+    def parse(self, name: str, text: str) -> str:
+        self(name, text)
+        return text
+
+
 POSITIVE = Number()
-Check = Number | OneOf
+Check = Number | OneOf | TimestepList
 
 
 def knob(default: Any, check: Check, help: str | None = None) -> Any:
@@ -433,6 +465,87 @@ class Diffusers(Discretization, kind="diffusers", display="diffusers"):
     def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
         table = _table(schedule, self.kind)
         return append_zero(table.sigma(self.timesteps(int(table.t_max))))
+
+
+# Where the last step lands (diffusers' final_sigmas_type): 0, or the table's t = 0, where TCD's output
+# and DDIM's with SD's set_alpha_to_one false sit.
+ENDS = ("zero", "sigma_min")
+
+
+def _ended(table: DiscreteSchedule, timesteps: torch.Tensor, end: str) -> torch.Tensor:
+    """The sigmas of these timesteps, then the level of `end`."""
+    if int(timesteps[0]) > table.t_max:
+        raise ValueError(f"timestep {int(timesteps[0])} is beyond the model's table (0 to {table.t_max:g})")
+    if end == "sigma_min" and int(timesteps[-1]) == 0:
+        raise ValueError("the last timestep is 0 already; end=sigma_min needs steps above it")
+    last = torch.tensor([0.0 if end == "zero" else table.sigma_min], dtype=torch.float64)
+    return torch.cat([table.sigma(timesteps.to(torch.float64)), last])
+
+
+@dataclass(frozen=True)
+class LCM(Discretization, kind="lcm", display="LCM"):
+    """LCM's timesteps (diffusers' LCMScheduler and TCDScheduler `set_timesteps`): the distillation
+    grid t = j k - 1, j = 1..M, k = K // M for M = `original_inference_steps` and the table's K; the
+    N steps start at the entries floor(linspace(0, M, N, endpoint=False)) of it from the top (4 steps:
+    999, 759, 499, 259), then `end`."""
+
+    original_inference_steps: int = knob(
+        50,
+        Number(1, integer=True),
+        "the points M of LCM's distillation grid, as diffusers' original_inference_steps",
+    )
+    end: str = knob("zero", OneOf(ENDS), "where the last step lands: zero, or sigma_min (the table's t = 0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.original_inference_steps < self.N:
+            raise ValueError(
+                f"LCM's timesteps take N = {self.N} of its {self.original_inference_steps}-point grid; "
+                "use fewer steps or a larger original_inference_steps"
+            )
+
+    def timesteps(self, count: int) -> torch.Tensor:
+        """The N integer timesteps on a table of `count` entries."""
+        m = self.original_inference_steps
+        if m > count:
+            raise ValueError(f"original_inference_steps {m} exceeds the model's {count} timesteps")
+        grid = torch.arange(m, 0, -1, dtype=torch.int64) * (count // m) - 1
+        # i * (M / N) in float64, floored: numpy's linspace(0, M, N, endpoint=False) as diffusers takes it
+        return grid[(torch.arange(self.N, dtype=torch.float64) * (m / self.N)).floor().long()]
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        return _ended(table, self.timesteps(len(table.sigmas)), self.end)
+
+
+@dataclass(frozen=True)
+class Timesteps(Discretization, kind="timesteps", display="Timesteps"):
+    """Steps that start at the given DDPM timesteps, on the model's table, then `end`: the custom
+    `timesteps=` of diffusers' pipelines (DMD2's 999, 749, 499, 249). Without a list: the N trailing
+    timesteps (the `diffusers` kind's spacing=trailing)."""
+
+    timesteps: str | None = knob(
+        None,
+        TimestepList(),
+        "the N DDPM timesteps the steps start at, e.g. 999,749,499,249 (default: trailing)",
+    )
+    end: str = knob("zero", OneOf(ENDS), "where the last step lands: zero, or sigma_min (the table's t = 0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.timesteps is not None and len(timestep_list(self.timesteps)) != self.N:
+            raise ValueError(
+                f"timesteps {self.timesteps} are {len(timestep_list(self.timesteps))} for a plan of "
+                f"N = {self.N} steps; give one per step"
+            )
+
+    def sigmas(self, schedule: NoiseSchedule) -> torch.Tensor:
+        table = _table(schedule, self.kind)
+        if self.timesteps is None:
+            t = Diffusers(self.N, spacing="trailing").timesteps(int(table.t_max)).long()
+        else:
+            t = torch.tensor(timestep_list(self.timesteps))
+        return _ended(table, t, self.end)
 
 
 def discretization(kind: str, N: int, **knobs: Any) -> Discretization:

@@ -17,6 +17,10 @@ from solvers import guidance  # noqa: F401
 from solvers import freeu  # noqa: F401
 
 # isort: split
+# The samplers of distilled models (LCM, TCD) and TCD's option gamma.
+from solvers import distilled  # noqa: F401
+
+# isort: split
 from solvers.guidance import guided
 from solvers.loop import NoiseSource, NonFinite, Prepared, StepInfo, generator_noise, prepare, sample
 from solvers.options import OPTIONS, Flag, Option, declare

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from solvers.options import read_steps
+from solvers.options import denoiser_options, read_steps
 from solvers.plan import Plan
 from solvers.table import SOLVERS, Past, Step
 
@@ -86,29 +86,41 @@ class Prepared:
     ) -> tuple[Tensor, Tensor]:
         """Solve from x at plan.sigmas[0]: (x at the end, finite), finite[i] being whether step i's x
         and D were finite (finite[N]: the result), recorded on the device. `denoise(x, sigma, **options)
-        -> D(x; sigma)` gets the step's prepared options; a step into sigma = 0 returns D. A callback
+        -> D(x; sigma)` gets the step's prepared options less those only its rule reads (`Step.options`
+        has all); a step into sigma = 0 returns D unless the rule takes it (`Solver.to_zero`). A callback
         sees each step after the check that it is finite (raising NonFinite). `noise`: the draws to
         read instead of `self.noise` (a captured graph's static buffer of the same shape)."""
         plan, draw = self.plan, buffered(self.noise if noise is None else noise)
         finite = torch.ones(plan.steps + 1, dtype=torch.bool, device=x.device)
         history: list[Past] = []
+        model_options = [denoiser_options(options) for options in self.options]
         for i in range(plan.steps):
             sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
-            denoise_step = partial(denoise, **self.options[i])
+            rule = SOLVERS[plan.solver[i]]
+            denoise_step = partial(denoise, **model_options[i])
             denoised = denoise_step(x, sigma)
             finite[i] = torch.isfinite(x).all() & torch.isfinite(denoised).all()
             if callback is not None:
                 self.check(finite)
                 callback(StepInfo(i, sigma, sigma_next, x, denoised))
-            if sigma_next == 0:
+            if sigma_next == 0 and not rule.to_zero:
                 x_next = denoised
             else:
-                step = Step(i, plan.steps, sigma, sigma_next, tuple(history), denoise_step, partial(draw, x))
-                x_next = SOLVERS[plan.solver[i]].rule(x, denoised, step)
+                step = Step(
+                    i,
+                    plan.steps,
+                    sigma,
+                    sigma_next,
+                    tuple(history),
+                    denoise_step,
+                    partial(draw, x),
+                    self.options[i],
+                )
+                x_next = rule.rule(x, denoised, step)
             history.append(Past(sigma, x, denoised))
             x = x_next
         if plan.final == "denoise":
-            x = denoise(x, plan.sigmas[-1], **self.options[-1])
+            x = denoise(x, plan.sigmas[-1], **model_options[-1])
         finite[plan.steps] = torch.isfinite(x).all()
         return x, finite
 

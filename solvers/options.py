@@ -81,6 +81,8 @@ class Option:
       holds the default, or always with `always`; None: not in that line;
     - stored: a column of every plan, the default filling it where not given (guidance and freeu,
       which every plan format holds); other options are in a plan only where given;
+    - rule_only: read by the step rules alone (`Step.options`, e.g. TCD's gamma), never passed to
+      the denoiser;
     - flags, and `override(plan, given) -> (per-step values or None, text for the plan's name)` from
       the flags' values by dest (None: not given). Without `override`, one flag's value goes on every
       step and the name records name=value.
@@ -97,6 +99,7 @@ class Option:
     stored: bool = False
     flags: tuple[Flag, ...] = ()
     override: Callable[[Plan, Mapping[str, Any]], tuple[Any, str]] | None = None
+    rule_only: bool = False
 
     @property
     def dests(self) -> tuple[str, ...]:
@@ -136,3 +139,8 @@ def read_steps(steps: Sequence[Mapping[str, Any]], device: torch.device) -> tupl
 
     defaults = {key: option.default for key, option in OPTIONS.items()}
     return tuple({key: value(key, entry) for key, entry in {**defaults, **step}.items()} for step in steps)
+
+
+def denoiser_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's options as `denoise(x, sigma, **options)` takes them: all but the `rule_only` ones."""
+    return {key: value for key, value in options.items() if key not in OPTIONS or not OPTIONS[key].rule_only}

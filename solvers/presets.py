@@ -3,6 +3,9 @@
 - `paper-5`, `paper-6`, `paper-8` (SD 1.5, 512 px) and `paper-xl-8`, `paper-xl-6` (SDXL, 1024 px):
   the recipe table of docs/recipe.md section 3, as the authors' code runs it.
 - `paper-N` for other N: the paper's rule (see `paper_rule`).
+- Distilled models' samplers (`DISTILLED`, docs/distilled.md), guidance off (w = 1, one U-Net pass a
+  step): `lcm-N`, `tcd-N`, `lightning-N`, `hyper-N`, `turbo-N`, `flash-N`, `dmd2-4`, `dmd2-4-paper`,
+  each as the reference scheduler its model's authors name runs it, and made for its weights.
 - Baselines `{discretization}-{solver}-{N}` ending at sigma = 0 like k-diffusion and diffusers:
   every discretization of schedule.DISCRETIZATIONS but the paper's, with its default knobs (karras:
   rho 7); solver by its short name in the solver table (euler | heun | 1s | 2s | 2m | 3m | ...).
@@ -14,11 +17,21 @@ Discretizations that depend on the model (AYS's table) take its kind: "sd1" (def
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schedule import DISCRETIZATIONS, DiscreteSchedule, Discretization, NoiseSchedule, Paper, discretization
+from schedule import (
+    DISCRETIZATIONS,
+    LCM,
+    Diffusers,
+    DiscreteSchedule,
+    Discretization,
+    NoiseSchedule,
+    Paper,
+    Timesteps,
+    discretization,
+)
 from schedule.discretizations import knobs as knob_names
 from solvers.guidance import DEFAULT_GUIDANCE
 from solvers.plan import Plan
@@ -100,6 +113,96 @@ def paper_recipe(steps: int) -> Recipe:
     return PAPER_RECIPES.get(f"paper-{steps}") or paper_rule(steps)
 
 
+@dataclass(frozen=True)
+class Distilled:
+    """A sampler made for distilled weights: where its N steps go, the rule on every step, and the
+    per-step options besides guidance (off: w = 1). `made_for` names the weights, `marks` the
+    fragments (lower case) one of which a file name or short name of those weights holds (see
+    `weights_warning`); `size` the image size the model is made for where it is not its family's
+    (SDXL-Turbo: 512 px), for the run assembly to take as its default."""
+
+    place: Callable[[int], Discretization]
+    solver: str
+    made_for: str
+    marks: tuple[str, ...]
+    options: Mapping[str, Any] | None = None
+    size: int | None = None
+    steps: int | None = None  # the one step count of a preset named with it (dmd2-4), else any N
+
+    def plan(self, name: str, steps: int, guidance: float, schedule: NoiseSchedule) -> Plan:
+        d = self.place(steps)
+        return Plan(
+            d.sigmas(schedule), self.solver, "keep", name, d, guidance=guidance, **(self.options or {})
+        )
+
+
+# By name: "lcm" runs lcm-N for any N; the DMD2 presets have their step count in their name. dmd2-4
+# runs at the timesteps DMD2 was trained and shown at, dmd2-4-paper at diffusers' default LCM
+# timesteps, as the paper's authors ran it (DMD2Val.py). Hyper-SD's DDIM ends at the table's t = 0:
+# SD's scheduler config has set_alpha_to_one false.
+DISTILLED = {
+    "lcm": Distilled(LCM, "lcm", "LCM-LoRA SD 1.5 / SDXL (or the LCM Dreamshaper v7 U-Net)", ("lcm",)),
+    "tcd": Distilled(
+        lambda n: LCM(n, end="sigma_min"), "tcd", "TCD-LoRA SD 1.5 / SDXL", ("tcd",), {"gamma": 0.3}
+    ),
+    "lightning": Distilled(
+        lambda n: Diffusers(n, spacing="trailing"),
+        "euler",
+        "SDXL-Lightning N-step U-Net or LoRA",
+        ("lightning",),
+    ),
+    "hyper": Distilled(
+        lambda n: Timesteps(n, end="sigma_min"), "dpmpp_1s", "Hyper-SD N-step LoRA SD 1.5 / SDXL", ("hyper",)
+    ),
+    "turbo": Distilled(
+        lambda n: Diffusers(n, spacing="trailing"), "euler_a", "SDXL-Turbo", ("turbo",), size=512
+    ),
+    "flash": Distilled(LCM, "lcm", "Flash Diffusion LoRA SD 1.5 / SDXL (jasperai)", ("flash",)),
+    "dmd2-4": Distilled(
+        lambda n: Timesteps(n, timesteps="999,749,499,249"),
+        "lcm",
+        "DMD2 SDXL 4-step U-Net or LoRA",
+        ("dmd2",),
+        steps=4,
+    ),
+    "dmd2-4-paper": Distilled(LCM, "lcm", "DMD2 SDXL 4-step U-Net or LoRA", ("dmd2",), steps=4),
+}
+
+
+def _distilled_name(name: str) -> tuple[Distilled, int] | None:
+    """(the distilled sampler, N) of a name such as "lcm-4" or "dmd2-4-paper"; None if it is none."""
+    entry = DISTILLED.get(name)
+    if entry is not None and entry.steps is not None:
+        return entry, entry.steps
+    m = re.fullmatch(r"([a-z]+)-(\d+)", name)
+    entry = DISTILLED.get(m.group(1)) if m else None
+    return (entry, int(m.group(2))) if entry is not None and entry.steps is None else None
+
+
+def distilled(name: str) -> Distilled | None:
+    """The distilled sampler a preset name (or a plan name made from one: "lcm-4+gamma=0") runs,
+    None for the paper's presets and the baselines."""
+    found = _distilled_name(name.split("+")[0])
+    return None if found is None else found[0]
+
+
+def weights_warning(name: str, weights: Iterable[str]) -> str | None:
+    """The one-line warning for running the plan `name` on weights (file names, paths or short names
+    of the checkpoint, U-Net and LoRAs) none of which is what its distilled sampler is made for; None
+    when one is, or when the plan is not a distilled preset. A warning, not an error: running a
+    distilled sampler on a base model is a legitimate experiment."""
+    entry = distilled(name)
+    if entry is None:
+        return None
+    names = [str(w) for w in weights]
+    if any(mark in n.lower() for n in names for mark in entry.marks):
+        return None
+    return (
+        f"warning: {name.split('+')[0]} is made for {entry.made_for}, and none of the weights "
+        f"({', '.join(names) or 'none'}) looks like them; the images show this sampler on other weights"
+    )
+
+
 def discretization_for(kind: str, steps: int, model: str = DEFAULT_MODEL) -> Discretization:
     """A named discretization for `steps` steps as the presets use it: "paper" is the paper's tuned
     row or rule; the baselines have their default knobs, and those with a `model` knob (AYS) the
@@ -115,26 +218,32 @@ def preset_names() -> list[str]:
     """The valid names, with the baselines as one pattern."""
     shorts = "|".join(s.short for s in SOLVERS.values())
     pattern = f"{{{'|'.join(BASELINE_DISCRETIZATIONS)}}}-{{{shorts}}}-N (e.g. karras-2m-20)"
-    return [*PAPER_RECIPES, "paper-N", pattern]
+    named = [name if entry.steps else f"{name}-N" for name, entry in DISTILLED.items()]
+    return [*PAPER_RECIPES, "paper-N", *named, pattern]
 
 
 def preset(
     name: str,
     steps: int | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
     schedule: NoiseSchedule | None = None,
     model: str = DEFAULT_MODEL,
 ) -> Plan:
     """The named Plan. `preset("paper", steps=N)` is `preset(f"paper-{N}")`.
 
     `schedule` is the model's noise schedule sigma(t) (default: SD's) and `model` its kind (for AYS's
-    table); guidance is the same on every step.
+    table); guidance is the same on every step (default: 1, off, for the distilled presets, else
+    DEFAULT_GUIDANCE).
     """
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if name == "paper" and steps is not None:
         name = f"paper-{steps}"
     elif steps is not None:
         raise ValueError(f"steps= only goes with preset 'paper'; {name!r} already names its step count")
+    if found := _distilled_name(name):
+        entry, n = found
+        return entry.plan(name, _steps(n, name), 1.0 if guidance is None else guidance, schedule)
+    guidance = DEFAULT_GUIDANCE if guidance is None else guidance
     if name in PAPER_RECIPES:
         return PAPER_RECIPES[name].plan(name, guidance, schedule)
     if m := re.fullmatch(r"paper-(\d+)", name):
@@ -146,7 +255,7 @@ def preset(
     raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
 
 
-def _steps(text: str, name: str) -> int:
+def _steps(text: str | int, name: str) -> int:
     n = int(text)
     if n < 1:
         raise ValueError(f"preset {name!r} asks for {n} steps; use 1 or more")

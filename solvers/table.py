@@ -15,9 +15,9 @@ of them at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -38,7 +38,9 @@ class Step:
     - index, steps: i of the plan's N steps, for rules that lower their order on the last steps;
     - history: the earlier steps, most recent last (multistep predictor-correctors read x_j, D_j);
     - denoise(x, sigma) -> D with this step's options bound, for rules that evaluate again (Heun, 2S);
-    - noise() -> a standard-normal tensor like x, for stochastic rules (drawn per image by the caller).
+    - noise() -> a standard-normal tensor like x, for stochastic rules (drawn per image by the caller);
+    - options: the step's per-step options as the prepared loop read them (solvers/options.py), for
+      rules with a setting of their own (TCD's gamma).
     """
 
     index: int
@@ -48,6 +50,7 @@ class Step:
     history: tuple[Past, ...]
     denoise: Callable[[Tensor, float], Tensor]
     noise: Callable[[], Tensor]
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 Rule = Callable[[Tensor, Tensor, Step], Tensor]
@@ -62,6 +65,7 @@ class Solver:
     short: str  # its part of a preset name: "2m" in karras-2m-20
     display: str  # A1111's sampler name where A1111 has one: "DPM++ 2M"
     stochastic: bool = False  # draws step.noise(): sample() then needs a noise source
+    to_zero: bool = False  # takes the step into sigma = 0 itself (LCM); else the loop returns D there
 
 
 SOLVERS: dict[str, Solver] = {}
@@ -79,12 +83,12 @@ def register(entry: Solver) -> Solver:
 
 
 def solver(
-    *, calls: int, order: int, short: str, display: str, stochastic: bool = False
+    *, calls: int, order: int, short: str, display: str, stochastic: bool = False, to_zero: bool = False
 ) -> Callable[[Rule], Rule]:
     """Decorator: register the decorated step rule under its function name."""
 
     def declare(rule: Rule) -> Rule:
-        register(Solver(rule.__name__, rule, calls, order, short, display, stochastic))
+        register(Solver(rule.__name__, rule, calls, order, short, display, stochastic, to_zero))
         return rule
 
     return declare

@@ -451,7 +451,7 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
             ["--discretization", "cosine"],
             "argument --discretization: unknown discretization 'cosine'; choose from paper, "
             "karras, exponential, linspace, ays, gits, beta, simple, sgm_uniform, kl_optimal, "
-            "polyexponential, linear_quadratic, diffusers",
+            "polyexponential, linear_quadratic, diffusers, lcm, timesteps",
         ),
         (
             ["--spacing", "middle"],

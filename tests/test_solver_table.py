@@ -52,10 +52,13 @@ def test_every_built_in_rule_is_declared_with_its_calls_order_and_names():
         "dpmpp_2m_sde_heun": (1, 2, "2m_sde_heun", "DPM++ 2M SDE Heun"),
         "dpmpp_3m_sde": (1, 2, "3m_sde", "DPM++ 3M SDE"),
         **unipc,
+        "lcm": (1, 1, "lcm", "LCM"),
+        "tcd": (1, 1, "tcd", "TCD"),
     }
     assert [name for name, s in SOLVERS.items() if s.stochastic] == [
-        "euler_a", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"
+        "euler_a", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "lcm", "tcd"
     ]  # fmt: skip
+    assert [name for name, s in SOLVERS.items() if s.to_zero] == ["lcm"]  # LCM's last step is its own
 
 
 def test_a_registered_rule_is_usable_by_plans_nfe_and_presets(midpoint_euler):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from schedule import Discretization
 from solvers.loop import sample
-from solvers.options import read_steps
+from solvers.options import denoiser_options, read_steps
 from solvers.plan import Plan
 from solvers.search.teacher import Teacher
 from solvers.table import SOLVERS
@@ -78,7 +78,9 @@ class Problem:
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", self._decoded(self.teacher.x0))
         read = read_steps([self.step_options(on) for on in self.bits], self.teacher.x0.device)
-        object.__setattr__(self, "read", dict(zip(self.bits, read, strict=True)))
+        object.__setattr__(
+            self, "read", {on: denoiser_options(r) for on, r in zip(self.bits, read, strict=True)}
+        )
 
     @property
     def grid(self) -> tuple[float, ...]:
