@@ -70,7 +70,8 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     )
     for name, (parse, text) in knob_flags().items():
         how.add_argument(
-            f"--{name}",
+            f"--{name.replace('_', '-')}",  # --original-inference-steps; args keep the knob's name
+            dest=name,
             type=knob_type(parse),
             metavar="X",
             help=f"{text}; a knob of the plan's discretization",
