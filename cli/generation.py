@@ -16,17 +16,21 @@ from schedule import DISCRETIZATIONS
 from schedule.discretizations import SPACINGS
 from solvers import SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
+from solvers.table import display_names
 from weights.hub import SD15_FILE, SHORT_NAMES
 
 # Discretization knobs with a flag: name -> (help, argparse type).
 KNOBS = {
     "stop": (
-        "the paper's stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid",
+        "the paper's stop of eq. (19): sigma_stop is point N + 1 of an (N + stop + 1)-point Karras grid "
+        "(default: the plan's; the paper's rule: 2 up to 6 steps, else 3)",
         cli.nonnegative_int,
     ),
-    "p1": ("the paper's time exponent of eq. (18) (its recipe: 1.2)", cli.positive_float),
+    "p1": ("the paper's time exponent of eq. (18) (default: the plan's; the paper's recipe: 1.2)",
+           cli.positive_float),
     "p2": (
-        "the paper's Karras exponent of sigma_stop, eq. (19) (its recipe: 5 for 5-6 steps, 7 for 8)",
+        "the paper's Karras exponent of sigma_stop, eq. (19) (default: the plan's; the paper's recipe: 5 "
+        "for 5-6 steps, 7 for 8)",
         cli.positive_float,
     ),
     "rho": ("the exponent of karras (default 7) and of polyexponential (default 1)", cli.positive_float),
@@ -90,9 +94,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
     how.add_argument(
         "--solver",
-        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        type=cli.one_of(lambda: list(SOLVERS), "solver", display_names),
         metavar="NAME",
-        help=f"this solver on every step: {', '.join(SOLVERS)} (default: the plan's)",
+        help=f"this solver on every step: {', '.join(SOLVERS)}, or its name in the PNG, e.g. 'DPM++ 2M' "
+        "(default: the plan's)",
     )
     how.add_argument(
         "--discretization",
@@ -125,7 +130,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
         "--no-freeu", dest="freeu", action="store_const", const=False, help="FreeU off on every step"
     )
     how.add_argument(
-        "--freeu-version", type=int, choices=(1, 2), help="FreeU's backbone formula: 1 (the paper's) or 2"
+        "--freeu-version",
+        type=int,
+        choices=(1, 2),
+        help="FreeU's backbone formula: 1 (the paper's) or 2 (default: the plan's, 1 in every preset)",
     )
     how.add_argument(
         "--freeu-steps",
@@ -181,7 +189,7 @@ def add_model_flags(
     )
     machine.add_argument(
         "--vae-dtype",
-        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        type=cli.one_of(list(pipeline.DTYPES), "dtype", pipeline.DTYPE_ALIASES),
         metavar="NAME",
         help="the VAE's dtype (default: --dtype, except float32 for SDXL in float16: the SDXL VAE "
         "overflows in float16; float16 suits only the fp16-fix VAE)",
@@ -189,10 +197,10 @@ def add_model_flags(
     machine.add_argument("--device", help=f"torch device{device_help} (default: cuda if available, else cpu)")
     machine.add_argument(
         "--dtype",
-        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        type=cli.one_of(list(pipeline.DTYPES), "dtype", pipeline.DTYPE_ALIASES),
         metavar="NAME",
-        help=f"model dtype: {', '.join(pipeline.DTYPES)} (default: bfloat16 on CUDA, float16 on other "
-        "GPUs, float32 on CPU)",
+        help=f"model dtype: {', '.join(pipeline.DTYPES)}, or {', '.join(pipeline.DTYPE_ALIASES)} (default: "
+        "bfloat16 on CUDA, float16 on other GPUs, float32 on CPU)",
     )
     machine.add_argument(
         "--batch-size",

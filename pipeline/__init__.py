@@ -24,6 +24,7 @@ from pipeline.generate import (
     generate,
     generate_batch,
     initial_noise,
+    replays_graph,
     trajectory_grid,
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
@@ -40,6 +41,7 @@ from pipeline.limits import (
 )
 from pipeline.models import (
     DEFAULT_WEIGHTS,
+    DTYPE_ALIASES,
     DTYPES,
     EMPTY_NEGATIVE,
     FAMILIES,
@@ -73,6 +75,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_WEIGHTS",
     "DTYPES",
+    "DTYPE_ALIASES",
     "EMPTY_NEGATIVE",
     "FAMILIES",
     "LARGE_FLAG",
@@ -122,6 +125,7 @@ __all__ = [
     "read_plan_file",
     "read_prompts",
     "read_replay",
+    "replays_graph",
     "resolve_weights",
     "run_settings",
     "save_png",

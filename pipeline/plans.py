@@ -39,7 +39,7 @@ def check_plan(plan: Plan) -> Plan:
             try:
                 OPTIONS[name](value)
             except (ValueError, TypeError) as err:
-                raise PlanError(f"{name} of step {i}: {err}") from None
+                raise PlanError(f"{name} of step {i + 1}: {err}") from None
     return plan
 
 

@@ -109,9 +109,7 @@ class Plan:
         solvers = _per_step(solver, n, "solver")
         for i, entry in enumerate(solvers):
             if not isinstance(entry, str) or entry not in SOLVERS:
-                raise PlanError(
-                    f"unknown solver {safeio.short(entry)} at step {i}; choose from {', '.join(SOLVERS)}"
-                )
+                raise PlanError(safeio.unknown("solver", entry, SOLVERS, f" at step {i + 1}"))
         columns = {}
         for key, value in {"guidance": guidance, "freeu": freeu, **options}.items():
             check, column = OPTION_CHECKS.get(key), []
@@ -120,8 +118,8 @@ class Plan:
                     try:
                         entry = check(entry)
                     except ValueError as err:
-                        raise PlanError(f"{key} of step {i} {err}") from None
-                column.append(_json_value(entry, f"{key} of step {i}"))
+                        raise PlanError(f"{key} of step {i + 1} {err}") from None
+                column.append(_json_value(entry, f"{key} of step {i + 1}"))
             columns[key] = tuple(column)
         if final not in FINAL_POLICIES:
             raise PlanError(f"final must be one of {FINAL_POLICIES}, got {final!r}")

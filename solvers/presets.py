@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import safeio
 from schedule import DISCRETIZATIONS, DiscreteSchedule, Discretization, NoiseSchedule, Paper, discretization
 from schedule.discretizations import knobs as knob_names
 from solvers.plan import Plan
@@ -145,7 +146,9 @@ def preset(
         return Plan(
             d.sigmas(schedule), by_short(m.group(2)).name, guidance, None, "keep", name, discretization=d
         )
-    raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    n = m.group(1) if (m := re.search(r"-(\d+)$", name)) else None
+    spelled = [f"{d}-{s.short}-{n}" for d in BASELINE_DISCRETIZATIONS for s in SOLVERS.values()] if n else []
+    raise ValueError(safeio.unknown("preset", name, preset_names(), names=[*PAPER_RECIPES, *spelled]))
 
 
 def _steps(text: str, name: str) -> int:

@@ -56,7 +56,7 @@ from solvers.search import (
     search,
     solve_teacher,
 )
-from solvers.table import SOLVERS
+from solvers.table import SOLVERS, display_names
 
 PROG = "python -m solvers.search"
 DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--solver",
         default="dpmpp_2m",
-        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        type=cli.one_of(lambda: list(SOLVERS), "solver", display_names),
         metavar="NAME",
         help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m)",
     )
