@@ -319,17 +319,7 @@ def _note_differences(png: str, stored: Settings, now: Settings) -> None:
     """Replays are bitwise only on the same weights, device type, dtype and versions: say what differs."""
     differing = [
         f"{name} {getattr(stored, name)} -> {getattr(now, name)}"
-        for name in (
-            "weights_sha256",
-            "vae_sha256",
-            "init_image_sha256",
-            "device",
-            "dtype",
-            "vae_dtype",
-            "compile",
-            "version",
-            "torch_version",
-        )
+        for name in pipeline.BITWISE_UNDER
         if getattr(stored, name) != getattr(now, name)
     ]
     if differing:

@@ -58,6 +58,7 @@ from pipeline.models import (
 from pipeline.pixels import QUANTIZATIONS, read_image
 from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, freeu_option, read_plan_file
 from pipeline.provenance import (
+    BITWISE_UNDER,
     PARAMETERS_KEY,
     PLAN_KEY,
     SETTINGS_KEY,
@@ -72,6 +73,7 @@ from weights.errors import WeightsError
 USER_ERRORS = (WeightsError, SamplingError, ValueError, OSError)
 
 __all__ = [
+    "BITWISE_UNDER",
     "DEFAULT_STEPS",
     "DEFAULT_WEIGHTS",
     "DTYPES",
