@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter() - started
     if replayed is not None:
         _note_differences(args.replay, replayed, made)
+    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+        print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
     started = time.perf_counter()
     batches = pipeline.batches(jobs, rows, offset)

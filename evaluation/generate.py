@@ -300,6 +300,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         vae_dtype=vae_dtype,
         quantization=args.quantize or "round",
     )
+    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+        print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
     preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
     record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)
     claim_run(out, record, args.force, shard)

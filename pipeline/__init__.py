@@ -56,7 +56,14 @@ from pipeline.models import (
     resolve_weights,
 )
 from pipeline.pixels import QUANTIZATIONS, read_image
-from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, freeu_option, read_plan_file
+from pipeline.plans import (
+    DEFAULT_STEPS,
+    build_plan,
+    check_plan,
+    freeu_option,
+    read_plan_file,
+    searched_on_another_model,
+)
 from pipeline.provenance import (
     BITWISE_UNDER,
     PARAMETERS_KEY,
@@ -131,6 +138,7 @@ __all__ = [
     "resolve_weights",
     "run_settings",
     "save_png",
+    "searched_on_another_model",
     "size_problem",
     "trajectory_grid",
 ]

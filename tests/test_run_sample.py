@@ -28,7 +28,7 @@ from pipeline import (
 )
 from pipeline.provenance import project_version
 from run_sample import main
-from schedule import DiscreteSchedule, Karras
+from schedule import DiscreteSchedule, Karras, Searched
 from solvers import SOLVERS, Plan, preset
 from solvers.presets import PAPER_FREEU
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
@@ -715,3 +715,42 @@ def test_diffusers_folder_sha256_is_that_of_its_sha256sum_listing(checkpoints):
 def test_folder_without_weights_has_no_sha256(tmp_path):
     with pytest.raises(WeightsError, match=r"holds no \.safetensors files"):
         weights_sha256(tmp_path)
+
+
+# -- plans searched on another model ---------------------------------------------------------------------
+
+
+def _searched_plan(model: str) -> Plan:
+    record = Searched(
+        N=2, solver="dpmpp_2m", nfe=2, cost="global", grid=8, samples=4, seed=0, stages=("dp",),
+        teacher="exact", substeps=0, model=model,
+    )  # fmt: skip
+    return Plan([14.6, 2.0, 0.5], "dpmpp_2m", 7.5, None, "keep", "searched-2m-2", discretization=record)
+
+
+@pytest.mark.parametrize(
+    ("model", "note"),
+    [
+        (
+            "solvers.analytic:GaussianMixture.default",
+            "run_sample.py: note: the plan searched-2m-2 was searched on the analytic denoiser "
+            "solvers.analytic:GaussianMixture.default, a toy model, not on SD: its sigmas fit that model, "
+            "whatever its guidance (7.5) says",
+        ),
+        (
+            "v1-5-pruned-emaonly",
+            "run_sample.py: note: the plan searched-2m-2 was searched on v1-5-pruned-emaonly, not on "
+            "sd15-tiny-seed0-fp32: its sigmas fit that model",
+        ),
+        ("sd15-tiny-seed0-fp32", None),
+        ("", None),  # a plan from before the search recorded its model
+    ],
+)
+def test_a_plan_searched_on_another_model_says_so_in_one_line(model, note, checkpoints, tmp_path, capsys):
+    plan_file = tmp_path / "searched.json"
+    plan_file.write_text(_searched_plan(model).to_json())
+    argv = sample_args(checkpoints["single"], tmp_path / "out", "--plan", str(plan_file), "--prompt", CAT)
+    code, _, err = run(capsys, *argv)
+    assert code == 0
+    notes = [line for line in err.splitlines() if "was searched on" in line]
+    assert notes == ([] if note is None else [note])
