@@ -320,7 +320,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         _make(sd, plan, made, out, work, total, tag, shard, made_now)
     elapsed = time.perf_counter() - started
     rate = f" ({total / elapsed:.2f} images/s)" if total else ""
-    made_here = f"{tag}made {cli.count(total, 'image')} in {out}/"
+    names = f" ({cli.span([path.name for path in made_now])})" if made_now else ""
+    made_here = f"{tag}made {cli.count(total, 'image')}{names} in {out}/"
     print(f"{made_here} in {elapsed:.1f} s{rate}; {present} were already there")
 
 
