@@ -9,9 +9,10 @@
 --denoiser names a callable that, called with no arguments, returns a denoiser D(x, sigma) -> x0 for x
 of shape [K, *shape]; its starting latents are standard normal noise at sigma_max of SD's noise table
 from --seed. --weights searches a real SD model (pipeline/search.py). The command prints the cost in
-denoiser calls before it starts and a progress bar while it runs, then the held-out RMSE of the plan
-after each stage next to the presets with the same solver at the same NFE and DMN. The plan (a Plan
-whose discretization records the search) goes to --out, for run_sample.py --plan and evaluation.
+denoiser calls before it starts and a progress bar per stage (teacher, search, scoring) while it
+runs, then the held-out RMSE of the plan after each stage next to the presets with the same solver at
+the same NFE and DMN. The plan (a Plan whose discretization records the search and the model searched
+on) goes to --out, for run_sample.py --plan and evaluation.
 """
 
 from __future__ import annotations
