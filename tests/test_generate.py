@@ -149,8 +149,8 @@ def test_two_process_torchrun_matches_one_process_resumes_and_refuses_other_sett
     done = torchrun(inputs, out)
     assert done.returncode == 0, done.stderr
     assert sorted(line.split(" in ")[0] for line in done.stdout.splitlines()) == [
-        "rank 0 of 2: made 1 image",
-        "rank 1 of 2: made 1 image",
+        "rank 0 of 2: made 1 image (00001.png)",
+        "rank 1 of 2: made 1 image (00002.png)",
     ]
     after = snapshot(out)
     assert set(after) == set(before) | set(deleted)
