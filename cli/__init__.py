@@ -143,9 +143,7 @@ def count(n: int, noun: str, nouns: str | None = None) -> str:
 
 
 def span(names: Sequence[object]) -> str:
-    """The files a run wrote, as people read them: the one, or the first and the last."""
-    if not names:
-        return "none"
+    """The files a run wrote (one or more), as people read them: the one, or the first and the last."""
     return str(names[0]) if len(names) == 1 else f"{names[0]} ... {names[-1]}"
 
 
