@@ -293,7 +293,7 @@ def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
                 continue
             colour, style = styles[name]
             nfe, errors = zip(*points, strict=True)
-            panel.loglog(nfe, [min(e, top) for e in errors], style, color=colour, marker=".", label=name)
+            panel.loglog(nfe, [min(e, top) for e in errors], style, color=colour, marker=".")
             for k, (n, e) in enumerate(points):
                 if e > top:  # the value below the triangle, staggered so neighbours do not overlap
                     panel.plot(n, top, "^", color=colour, markersize=8)
