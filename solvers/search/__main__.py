@@ -248,12 +248,13 @@ def run(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _stage(name: str, total: int) -> Iterator[tqdm]:
-    """A stage's progress bar (on a terminal; elsewhere one line as it starts) against `total`, shown
-    at 100% when the stage ends: the refinement's total is a bound, reached only if no move is refused
-    early, and cached teachers cost nothing."""
+    """A stage's progress bar on stderr (on a terminal; elsewhere one line on stdout, with the report,
+    as it starts; a refusal stays one line on stderr) against `total`, shown at 100% when the stage
+    ends: the refinement's total is a bound, reached only if no move is refused early, and cached
+    teachers cost nothing."""
     with tqdm(total=total, desc=name, unit="sample", file=sys.stderr, disable=None) as bar:
         if bar.disable:
-            print(f"{PROG}: {name} ...", file=sys.stderr)
+            print(f"{name} ...", flush=True)
         yield bar
         bar.total = bar.n
         bar.refresh()
