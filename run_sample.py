@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import cli
 import pipeline
+import safeio
 from cli.generation import (
     add_image_flags,
     add_init_image_flags,
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
     device = pipeline.parse_device(args.device)
     dtype = pick(args.dtype, "dtype", pipeline.default_dtype(device))
     if dtype not in pipeline.DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(pipeline.DTYPES)}")
+        raise ValueError(safeio.unknown("dtype", dtype, pipeline.DTYPES))
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
@@ -231,6 +232,8 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter() - started
     if replayed is not None:
         _note_differences(args.replay, replayed, made)
+    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+        print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
     started = time.perf_counter()
     batches = pipeline.batches(jobs, rows, offset)
@@ -238,10 +241,10 @@ def run(args: argparse.Namespace) -> None:
     with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
         trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory, written)
     elapsed = time.perf_counter() - started
-    extra = f" and {trajectories} trajectories" if trajectories else ""
+    extra = f" and {cli.count(trajectories, 'trajectory', 'trajectories')}" if trajectories else ""
     print(
-        f"wrote {len(jobs)} images{extra} to {out}/ in {elapsed:.1f} s "
-        f"({elapsed / len(jobs):.1f} s per image; loading the weights took {loaded:.1f} s)"
+        f"wrote {cli.count(len(jobs), 'image')} ({cli.span([p.name for p in written])}){extra} to {out}/ "
+        f"in {elapsed:.1f} s ({elapsed / len(jobs):.1f} s per image; loading the weights took {loaded:.1f} s)"
     )
 
 
@@ -274,9 +277,10 @@ def _generate_all(
             bar.update(1)
 
         with bar:
-            # Without --trajectory no per-step host call: the bar moves per batch, and a --compile run
-            # on CUDA replays its step loop as one CUDA graph.
-            images = pipeline.generate_batch(sd, plan, batch, made, callback=step if trajectory else None,
+            # The bar moves per step, but per batch where the step loop replays as a CUDA graph (no host
+            # call per step there), unless --trajectory needs every step.
+            per_step = trajectory or not pipeline.replays_graph(made)
+            images = pipeline.generate_batch(sd, plan, batch, made, callback=step if per_step else None,
                                              init=init)  # fmt: skip
             bar.update(total - bar.n)
         for settings, image in images:
@@ -316,18 +320,8 @@ def _resume(jobs: list[Job], done: int) -> str:
 def _note_differences(png: str, stored: Settings, now: Settings) -> None:
     """Replays are bitwise only on the same weights, device type, dtype and versions: say what differs."""
     differing = [
-        f"{name} {str(getattr(stored, name))[:10]} -> {str(getattr(now, name))[:10]}"
-        for name in (
-            "weights_sha256",
-            "vae_sha256",
-            "init_image_sha256",
-            "device",
-            "dtype",
-            "vae_dtype",
-            "compile",
-            "version",
-            "torch_version",
-        )
+        f"{name} {getattr(stored, name)} -> {getattr(now, name)}"
+        for name in pipeline.BITWISE_UNDER
         if getattr(stored, name) != getattr(now, name)
     ]
     if differing:

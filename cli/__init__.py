@@ -17,19 +17,51 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import safeio
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped only at spaces and after the "|" between alternatives: a name (a
+    preset, a solver, a path) never breaks."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return wrap(text, width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in wrap(text, width - len(indent)))
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """`text`'s words in lines of at most `width` characters where they fit, broken only at spaces
+    and after a "|"; a longer name stays whole on its own line."""
+    lines = [""]
+    for chunk in re.split(r"(?<= )|(?<=\|)", " ".join(text.split())):
+        if lines[-1] and len(lines[-1] + chunk.rstrip()) > width:
+            lines.append("")
+        lines[-1] += chunk
+    return [line.rstrip() for line in lines if line.strip()]
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose refusals are one line with exit status 2 (subcommands inherit it)."""
+    """argparse whose refusals are one line with exit status 2 (subcommands inherit it) and whose help
+    never breaks a name (`HelpFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments: "):
+            flags = [word.split("=")[0] for word in message.split()[2:] if word.startswith("--")]
+            mean = safeio.did_you_mean(flags[0], self._option_string_actions) if flags else ""
+            message += f"; {mean.strip()}" if mean else ""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -82,17 +114,37 @@ def positive_float(text: str) -> float:
     return _checked(lambda v: safeio.number(v, 0, strict=True), _number(text))
 
 
-def one_of(names: Sequence[str] | Callable[[], Sequence[str]], what: str) -> Callable[[str], str]:
-    """An argparse type with a message that lists the valid names (the same on every Python). `names`
-    may be a function, read when the flag is parsed, for tables that grow (the solver table)."""
+def one_of(
+    names: Sequence[str] | Callable[[], Sequence[str]],
+    what: str,
+    aliases: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+) -> Callable[[str], str]:
+    """An argparse type with a message that names the closest valid names and lists them all (the same
+    on every Python). `names` may be a function, read when the flag is parsed, for tables that grow
+    (the solver table); `aliases` (or a function giving them) maps other spellings, matched ignoring
+    case, to names: A1111's solver names, "fp16" for float16."""
 
     def check(text: str) -> str:
         valid = list(names() if callable(names) else names)
-        if text not in valid:
-            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from {', '.join(valid)}")
-        return text
+        if text in valid:
+            return text
+        other = dict(aliases() if callable(aliases) else aliases or {})
+        spellings = {k.casefold(): v for k, v in other.items()}
+        if text.casefold() in spellings:
+            return spellings[text.casefold()]
+        raise argparse.ArgumentTypeError(safeio.unknown(what, text, valid, names=[*valid, *other]))
 
     return check
+
+
+def count(n: int, noun: str, nouns: str | None = None) -> str:
+    """ "1 image", "4 images" (`nouns`: an irregular plural, "trajectories")."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def span(names: Sequence[object]) -> str:
+    """The files a run wrote (one or more), as people read them: the one, or the first and the last."""
+    return str(names[0]) if len(names) == 1 else f"{names[0]} ... {names[-1]}"
 
 
 def one_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ from schedule import DISCRETIZATIONS
 from schedule.discretizations import knob_flags
 from solvers import OPTIONS, SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
+from solvers.table import display_names
 from weights.hub import SD15_FILE, SHORT_NAMES
 
 
@@ -58,9 +59,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
     how.add_argument("--plan", metavar="FILE.json", help="a plan saved as JSON (Plan.to_json())")
     how.add_argument(
         "--solver",
-        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        type=cli.one_of(lambda: list(SOLVERS), "solver", display_names),
         metavar="NAME",
-        help=f"this solver on every step: {', '.join(SOLVERS)} (default: the plan's)",
+        help=f"this solver on every step: {', '.join(SOLVERS)}, or its name in the PNG, e.g. 'DPM++ 2M' "
+        "(default: the plan's)",
     )
     how.add_argument(
         "--discretization",
@@ -154,7 +156,7 @@ def add_model_flags(
     )
     machine.add_argument(
         "--vae-dtype",
-        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        type=cli.one_of(list(pipeline.DTYPES), "dtype", pipeline.DTYPE_ALIASES),
         metavar="NAME",
         help="the VAE's dtype (default: --dtype, except float32 for SDXL in float16: the SDXL VAE "
         "overflows in float16; float16 suits only the fp16-fix VAE)",
@@ -162,10 +164,10 @@ def add_model_flags(
     machine.add_argument("--device", help=f"torch device{device_help} (default: cuda if available, else cpu)")
     machine.add_argument(
         "--dtype",
-        type=cli.one_of(list(pipeline.DTYPES), "dtype"),
+        type=cli.one_of(list(pipeline.DTYPES), "dtype", pipeline.DTYPE_ALIASES),
         metavar="NAME",
-        help=f"model dtype: {', '.join(pipeline.DTYPES)} (default: bfloat16 on CUDA, float16 on other "
-        "GPUs, float32 on CPU)",
+        help=f"model dtype: {', '.join(pipeline.DTYPES)}, or {', '.join(pipeline.DTYPE_ALIASES)} (default: "
+        "bfloat16 on CUDA, float16 on other GPUs, float32 on CPU)",
     )
     machine.add_argument(
         "--batch-size",

@@ -300,6 +300,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         vae_dtype=vae_dtype,
         quantization=args.quantize or "round",
     )
+    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+        print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
     preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
     record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)
     claim_run(out, record, args.force, shard)
@@ -318,8 +320,9 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
         _make(sd, plan, made, out, work, total, tag, shard, made_now)
     elapsed = time.perf_counter() - started
     rate = f" ({total / elapsed:.2f} images/s)" if total else ""
-    images = f"{total} image{'' if total == 1 else 's'}"
-    print(f"{tag}made {images} in {out}/ in {elapsed:.1f} s{rate}; {present} were already there")
+    names = f" ({cli.span([path.name for path in made_now])})" if made_now else ""
+    made_here = f"{tag}made {cli.count(total, 'image')}{names} in {out}/"
+    print(f"{made_here} in {elapsed:.1f} s{rate}; {present} were already there")
 
 
 def _make(
@@ -333,21 +336,24 @@ def _make(
     shard: Shard,
     made_now: list[Path],
 ) -> None:
-    """Make the missing images of `work` ((batch, slots) pairs), adding each path to `made_now`."""
+    """Make the missing images of `work` ((batch, slots) pairs), adding each path to `made_now`. The bar
+    counts U-Net steps, each batch's per step, or at once where its steps replay as a CUDA graph."""
+    steps = plan.steps
     with tqdm(
-        total=total,
-        unit="img",
-        desc=f"{tag}images",
+        total=len(work) * steps,
+        unit="step",
+        desc=f"{tag}{cli.count(total, 'image')}, {cli.count(len(work), 'batch', 'batches')}",
         disable=None if shard.rank == 0 else True,  # one bar: rank 0's rate and ETA stand for all
         file=sys.stderr,
     ) as bar:
-        for batch, slots in work:
-            for settings, image in pipeline.generate_batch(sd, plan, batch, made):
+        step = None if pipeline.replays_graph(made) else lambda info: bar.update(1)
+        for b, (batch, slots) in enumerate(work):
+            for settings, image in pipeline.generate_batch(sd, plan, batch, made, callback=step):
                 if settings.batch_index in slots:
                     row = batch.rows[settings.batch_index]
                     _save(image, out, row, pipeline.png_metadata(plan, settings))
                     made_now.append(image_path(out, row))
-            bar.update(len(slots))
+            bar.update((b + 1) * steps - bar.n)
 
 
 def _save(image: torch.Tensor, out: Path, row: Prompt, metadata: dict[str, str]) -> None:
@@ -370,16 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
         "the paper's tables, resumably; under torchrun the rows are split over the processes.",
     )
     p.add_argument(
-        "--manifest", required=True, metavar="FILE.jsonl", help="the prompt set: index, prompt, seed"
+        "--manifest",
+        required=True,
+        metavar="FILE.jsonl",
+        help="the prompt set, one JSON record a line with index, prompt, seed and reference (a real "
+        "image's path, or null), as python -m evaluation.prompts writes it",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder of {index:05d}.png and run.json")
-    p.add_argument("--limit", type=cli.positive_int, metavar="N", help="only the first N rows (smoke runs)")
+    p.add_argument(
+        "--limit",
+        type=cli.positive_int,
+        metavar="N",
+        help="only the first N rows, for smoke runs (default: every row)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
         help="replace a run.json of other settings, and remake the images made with other settings",
     )
-    add_plan_flags(p, default_note="")
+    add_plan_flags(p, default_note=" for SD 1.x, 6 for SDXL, unless --preset or --plan gives the plan")
     add_image_flags(p)
     add_model_flags(p, device_help="; cuda means cuda:LOCAL_RANK")
     cli.add_debug_flag(p)

@@ -24,6 +24,7 @@ from pipeline.generate import (
     generate,
     generate_batch,
     initial_noise,
+    replays_graph,
     trajectory_grid,
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
@@ -40,6 +41,7 @@ from pipeline.limits import (
 )
 from pipeline.models import (
     DEFAULT_WEIGHTS,
+    DTYPE_ALIASES,
     DTYPES,
     EMPTY_NEGATIVE,
     FAMILIES,
@@ -54,8 +56,9 @@ from pipeline.models import (
     resolve_weights,
 )
 from pipeline.pixels import QUANTIZATIONS, read_image
-from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, read_plan_file
+from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, read_plan_file, searched_on_another_model
 from pipeline.provenance import (
+    BITWISE_UNDER,
     PARAMETERS_KEY,
     PLAN_KEY,
     SETTINGS_KEY,
@@ -70,9 +73,11 @@ from weights.errors import WeightsError
 USER_ERRORS = (WeightsError, SamplingError, ValueError, OSError)
 
 __all__ = [
+    "BITWISE_UNDER",
     "DEFAULT_STEPS",
     "DEFAULT_WEIGHTS",
     "DTYPES",
+    "DTYPE_ALIASES",
     "EMPTY_NEGATIVE",
     "FAMILIES",
     "LARGE_FLAG",
@@ -121,9 +126,11 @@ __all__ = [
     "read_plan_file",
     "read_prompts",
     "read_replay",
+    "replays_graph",
     "resolve_weights",
     "run_settings",
     "save_png",
+    "searched_on_another_model",
     "size_problem",
     "trajectory_grid",
 ]

@@ -214,6 +214,12 @@ def _tensors(tree: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     return [(prefix, tree)]
 
 
+def replays_graph(made: Settings) -> bool:
+    """Whether a run's step loop replays as one CUDA graph (--compile on CUDA), which takes no host
+    call per step: only there does a progress bar move per batch rather than per step."""
+    return made.compile and made.device == "cuda"
+
+
 def generate_batch(
     sd: weights.StableDiffusion,
     plan: Plan,

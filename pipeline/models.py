@@ -16,6 +16,14 @@ from weights.hub import SD15_REPO, SHORT_NAMES, SINGLE_FILES, hub_file, is_local
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Other spellings of the dtypes that --dtype and --vae-dtype accept (PyTorch's own and common ones).
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+}
 EMPTY_NEGATIVE = ("encode", "zeros")  # an empty negative prompt: the encoded "" or zero embeddings
 
 

@@ -18,6 +18,7 @@ from schedule import DiscreteSchedule, NoiseSchedule
 from schedule.discretizations import knobs as knob_names
 from solvers import OPTIONS, Plan, PlanError, preset
 from solvers.presets import PAPER_RECIPES, discretization_for
+from solvers.search.record import Searched
 
 DEFAULT_STEPS = FAMILIES["sd1"].default_steps  # the README's command: the paper's 5-step preset
 
@@ -44,6 +45,21 @@ def read_plan_file(path: str | os.PathLike) -> Plan:
         return check_plan(Plan.from_json(text))
     except PlanError as err:
         raise PlanError(f"{path} is not a valid plan: {err}") from None
+
+
+def searched_on_another_model(plan: Plan, model: str) -> str | None:
+    """One line for a plan run on a model other than the one its sigmas were searched on (the
+    `searched` record's `model`, `model_name` of the weights or an analytic MODULE:CALLABLE); None
+    when it was not searched, or on this `model`."""
+    record = plan.discretization
+    if not isinstance(record, Searched) or not record.model or record.model == model:
+        return None
+    if ":" in record.model:
+        return (
+            f"the plan {plan.name} was searched on the analytic denoiser {record.model}, a toy model, not "
+            f"on SD: its sigmas fit that model, whatever its guidance ({max(plan.guidance):g}) says"
+        )
+    return f"the plan {plan.name} was searched on {record.model}, not on {model}: its sigmas fit that model"
 
 
 def build_plan(

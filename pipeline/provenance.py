@@ -38,6 +38,19 @@ from solvers import OPTIONS, SOLVERS, Plan, PlanError
 from weights.fingerprint import file_sha256, weights_sha256
 
 PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
+# The settings a replay gives the same pixels only under, bitwise (with the batch shape, the CPU's
+# thread count and the machine): kernels round by dtype, device type and library version.
+BITWISE_UNDER = (
+    "weights_sha256",
+    "vae_sha256",
+    "init_image_sha256",
+    "device",
+    "dtype",
+    "vae_dtype",
+    "compile",
+    "version",
+    "torch_version",
+)
 SETTINGS_FORMAT = 1
 
 

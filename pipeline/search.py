@@ -160,7 +160,8 @@ def teachers(
     for batch in shard_batches(batches(list(rows), batch_size), shard):
         if all(cache.path(row).exists() for _, row in batch.jobs):
             continue
-        denoise = Counted(guided(batch.rows), progress)
+        own = len(batch.slots)  # progress counts the batch's own samples, not the copies that pad it
+        denoise = Counted(guided(batch.rows), None if progress is None else lambda _, own=own: progress(own))
         x = latents(sd, batch.rows, height, width)
         teacher = solve_teacher(denoise, x, grid, options, solver=solver, substeps=substeps)
         for k, row in batch.jobs:

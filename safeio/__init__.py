@@ -5,14 +5,14 @@ lowest layers (weights/, solvers/) and the parser (cli/) can all use it:
   refused as one line that names the file and says what to do (never a RecursionError);
 - the checks of values that both a flag and a file may give (`integer`, `number`, `seed`), one
   function each, so a value read from a file is validated exactly like the same value on the
-  command line;
+  command line; `unknown`, the refusal of a name that is not in a table (with "did you mean");
 - `write_atomically`: every file the project writes, created exclusively under a random name in its
   folder, then renamed or linked into place; `remove_stale` clears what a killed run left.
 """
 
 from safeio.files import TEMPORARY_SUFFIX, remove_stale, temporary_name, write_atomically
 from safeio.jsontext import MAX_DEPTH, JSONProblem, decode, parse_json, read_json
-from safeio.values import SEED_LIMIT, integer, number, seed, short
+from safeio.values import SEED_LIMIT, did_you_mean, integer, number, seed, short, unknown
 
 __all__ = [
     "MAX_DEPTH",
@@ -20,6 +20,7 @@ __all__ = [
     "TEMPORARY_SUFFIX",
     "JSONProblem",
     "decode",
+    "did_you_mean",
     "integer",
     "number",
     "parse_json",
@@ -28,5 +29,6 @@ __all__ = [
     "seed",
     "short",
     "temporary_name",
+    "unknown",
     "write_atomically",
 ]

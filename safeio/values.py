@@ -3,7 +3,9 @@ the argparse types (cli/) call on the parsed text and the file readers on the JS
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: int64, and never negative here
@@ -14,6 +16,24 @@ def short(value: Any, limit: int = 40) -> str:
     one readable line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unknown(
+    what: str, text: Any, valid: Iterable[str], where: str = "", names: Iterable[str] | None = None
+) -> str:
+    """The one line refusing a name that is not one of `valid` (`where`: " at step 5"): the closest
+    of `names` (default: `valid`; a table of patterns spells its names out) first, as "did you mean",
+    then every valid one."""
+    valid = list(valid)
+    mean = did_you_mean(text, valid if names is None else names)
+    return f"unknown {what} {short(text)}{where}; {mean}choose from {', '.join(valid)}"
+
+
+def did_you_mean(text: Any, names: Iterable[str]) -> str:
+    """ "did you mean X? " naming the (at most 3) of `names` closest to `text`, or "" if none is close."""
+    close = difflib.get_close_matches(text, list(names), n=3, cutoff=0.6) if isinstance(text, str) else []
+    said = [repr(name) if " " in name else name for name in close]
+    return f"did you mean {' or '.join(said)}? " if close else ""
 
 
 def integer(value: Any, low: int | None = None, high: int | None = None) -> int:

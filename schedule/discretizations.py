@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+import safeio
 from schedule.gits_tables import GITS_GRID, GITS_STEPS
 from schedule.noise import DiscreteSchedule, NoiseSchedule
 from schedule.spacing import append_zero, exponential, karras, loglinear, paper_sigmas, ramp, uniform
@@ -551,7 +552,7 @@ class Timesteps(Discretization, kind="timesteps", display="Timesteps"):
 def discretization(kind: str, N: int, **knobs: Any) -> Discretization:
     """The discretization `kind` for N steps with the given knobs (the others at their defaults)."""
     if kind not in DISCRETIZATIONS:
-        raise ValueError(f"unknown discretization {kind!r}; choose from {', '.join(DISCRETIZATIONS)}")
+        raise ValueError(safeio.unknown("discretization", kind, DISCRETIZATIONS))
     return DISCRETIZATIONS[kind](N=N, **knobs)
 
 
@@ -595,10 +596,13 @@ def from_dict(data: Mapping[str, Any]) -> Discretization:
         raise ValueError(f"a discretization must be an object with a kind, got {data!r}")
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in RECORDS:
-        raise ValueError(f"unknown discretization kind {kind!r}; choose from {', '.join(RECORDS)}")
+        raise ValueError(safeio.unknown("discretization kind", kind, RECORDS))
     fields = {f.name for f in dataclasses.fields(RECORDS[kind])}
     unknown = sorted(set(data) - fields - {"kind"})
     if unknown or "N" not in data:
         problem = f"unknown fields {unknown}" if unknown else "no N"
-        raise ValueError(f"the {kind} discretization has {problem}; it takes N, {', '.join(knobs(kind))}")
+        mean = safeio.did_you_mean(unknown[0], fields) if unknown else ""
+        raise ValueError(
+            f"the {kind} discretization has {problem}; {mean}it takes N, {', '.join(knobs(kind))}"
+        )
     return RECORDS[kind](**{k: v for k, v in data.items() if k != "kind"})

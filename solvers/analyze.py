@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from itertools import pairwise
@@ -39,8 +40,23 @@ NOTES = (
     "(the steps' error without the noise left at sigma_end, which the paper decodes as is);",
     "W2: Wasserstein-2 distance (per dimension, RMS) of the exact law of a stochastic solver's output "
     "from the data law, computed exactly on a Gaussian (the output is affine in x_T and the noise);",
-    "-: no plan of that discretization has exactly that NFE with that solver (2-call solvers).",
+    "-: no plan of that discretization has exactly that NFE with that solver (2-call solvers);",
+    "!: diverged, an error above 10, far beyond the data's scale (ipndm_v on linear_quadratic: its "
+    "variable-step weights grow with the step ratio, docs/recipe.md section 9.3); the plot clips it.",
 )
+DIVERGED = 10.0  # RMSE or W2 above this: the data have unit scale, so the solver has blown up
+# Solver families for the plot, each one colour (members: one line style each); the first match wins.
+FAMILIES = (
+    ("Euler, Heun", r"euler|heun|euler_a"),
+    ("DPM++ single-step", r"dpmpp_\ds"),
+    ("DPM++ multistep", r"dpmpp_\dm(_exact)?"),
+    ("DPM++ SDE", r"dpmpp_.*sde.*"),
+    ("DEIS", r"deis_\d"),
+    ("iPNDM", r"ipndm(_v)?"),
+    ("UniPC bh1", r"unipc_bh1_\d"),
+    ("UniPC bh2", r"unipc_bh2_\d"),
+)
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def rmse(a: Tensor, b: Tensor) -> float:
@@ -216,6 +232,7 @@ def format_table(table: dict, nfe_counts: Sequence[int] = NFE_COUNTS) -> list[st
         for n in nfe_counts:
             to_0, to_end = row.get(n, (None, None))
             cell = "-" if to_0 is None else f"{to_0:.4f}" + ("" if to_end is None else f"/{to_end:.4f}")
+            cell += "!" if to_0 is not None and to_0 > DIVERGED else ""
             cells.append(f"{cell:>16}")
         lines.append(f"{kind:<17}{solver:<18}" + "".join(cells))
     return lines
@@ -232,31 +249,74 @@ def _pyplot():
     return plt
 
 
+def family(solver: str) -> str:
+    """The solver's family in `FAMILIES`, "other" for a rule registered elsewhere."""
+    return next((name for name, pattern in FAMILIES if re.fullmatch(pattern, solver)), "other")
+
+
+def _styles(solvers: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """solver -> (colour, line style), family by family: one colour per family, one line style per member."""
+    families = [*(name for name, _ in FAMILIES), "other"]
+    styles, members = {}, {}
+    for solver in sorted(solvers, key=lambda s: families.index(family(s))):
+        kind = family(solver)
+        k = members[kind] = members.get(kind, -1) + 1
+        styles[solver] = (f"C{families.index(kind)}", LINE_STYLES[k % len(LINE_STYLES)])
+    return styles
+
+
 def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
+    """One panel per discretization, error against NFE for every solver, then the local-error curves;
+    one legend beside the panels. A panel with a diverged curve (an error above DIVERGED) ends its axis
+    a little above the other curves' highest error: the diverged curve's points beyond it are drawn at
+    that edge as triangles with their values, so it cannot flatten the others."""
     plt = _pyplot()
-    kinds = list(dict.fromkeys(kind for kind, _ in ode))
+    from matplotlib.lines import Line2D
+
+    rows = {**ode, **sde}
+    kinds = list(dict.fromkeys(kind for kind, _ in rows))
+    styles = _styles(list(dict.fromkeys(name for _, name in rows)))
     columns = 4
     fig, axes = plt.subplots(math.ceil((len(kinds) + 1) / columns), columns, figsize=(18, 14), squeeze=False)
     panels = axes.flatten()
     for panel, kind in zip(panels, kinds, strict=False):
-        for (k, solver_name), row in [*ode.items(), *sde.items()]:
-            points = [(n, cell[0]) for n, cell in sorted(row.items())]
-            if k == kind and points:
-                style = "--" if SOLVERS[solver_name].stochastic else "-"
-                panel.loglog(*zip(*points, strict=True), style, marker=".", label=solver_name)
-        panel.set(title=kind, xlabel="NFE", ylabel="RMSE to x(0) (dashed: W2)")
+        lines = {
+            name: sorted((n, cell[0]) for n, cell in row.items())
+            for (k, name), row in rows.items()
+            if k == kind
+        }
+        diverged = {name for name, points in lines.items() if any(e > DIVERGED for _, e in points)}
+        kept = [e for name, points in lines.items() if name not in diverged for _, e in points]
+        top = 1.5 * max(kept, default=DIVERGED) if diverged else math.inf
+        for name, points in lines.items():
+            if not points:
+                continue
+            colour, style = styles[name]
+            nfe, errors = zip(*points, strict=True)
+            panel.loglog(nfe, [min(e, top) for e in errors], style, color=colour, marker=".")
+            for k, (n, e) in enumerate(points):
+                if e > top:  # the value below the triangle, staggered so neighbours do not overlap
+                    panel.plot(n, top, "^", color=colour, markersize=8)
+                    below = (0, -12 - 9 * (k % 2))
+                    panel.annotate(f"{e:.3g}", (n, top), textcoords="offset points", xytext=below,
+                                   ha="center", fontsize=7, color=colour)  # fmt: skip
+        if diverged:
+            panel.set_ylim(top=top)
+        panel.set(title=kind, xlabel="NFE", ylabel="RMSE to x(0) (SDE solvers: W2)")
         panel.set_xticks(NFE_COUNTS, [str(n) for n in NFE_COUNTS])
         panel.minorticks_off()
-    panels[0].legend(fontsize=6, ncol=2)
     lte = panels[len(kinds)]
     for label, (sigmas, errs) in curves.items():
         lte.loglog(sigmas, errs, "o-", label=label)
     lte.invert_xaxis()
     lte.set(xlabel="sigma at interval start", ylabel="local error (RMSE)", title=f"Local error, {solver}")
-    lte.legend()
+    lte.legend(fontsize=8)
     for panel in panels[len(kinds) + 1 :]:
         panel.axis("off")
-    fig.tight_layout()
+    handles = [Line2D([], [], color=c, linestyle=s, marker=".") for c, s in styles.values()]
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.legend(handles, list(styles), loc="center left", bbox_to_anchor=(0.88, 0.5), fontsize=9,
+               frameon=False, title="solver (colour: family)")  # fmt: skip
     fig.savefig(path, dpi=110)
 
 

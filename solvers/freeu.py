@@ -115,7 +115,7 @@ declare(
             ),
             Flag(
                 "--freeu-version",
-                "FreeU's backbone formula: 1 (the paper's) or 2",
+                "FreeU's backbone formula: 1 (the paper's) or 2 (default: the plan's, 1 in every preset)",
                 {"type": _version, "metavar": "1|2"},
             ),
             Flag(

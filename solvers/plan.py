@@ -108,9 +108,7 @@ class Plan:
         solvers = _per_step(solver, n, "solver")
         for i, entry in enumerate(solvers):
             if not isinstance(entry, str) or entry not in SOLVERS:
-                raise PlanError(
-                    f"unknown solver {safeio.short(entry)} at step {i}; choose from {', '.join(SOLVERS)}"
-                )
+                raise PlanError(safeio.unknown("solver", entry, SOLVERS, f" at step {i + 1}"))
         columns = {}
         defaults = {key: option.default for key, option in OPTIONS.items() if option.stored}
         for key, value in {**defaults, **options}.items():
@@ -120,8 +118,8 @@ class Plan:
                     try:
                         entry = OPTIONS[key].check(entry)
                     except (ValueError, TypeError) as err:
-                        raise PlanError(f"{key} of step {i}: {err}") from None
-                column.append(_json_value(entry, f"{key} of step {i}"))
+                        raise PlanError(f"{key} of step {i + 1}: {err}") from None
+                column.append(_json_value(entry, f"{key} of step {i + 1}"))
             columns[key] = tuple(column)
         if final not in FINAL_POLICIES:
             raise PlanError(f"final must be one of {FINAL_POLICIES}, got {final!r}")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import safeio
 from schedule import (
     DISCRETIZATIONS,
     LCM,
@@ -252,7 +253,11 @@ def preset(
     if m and any(s.short == m.group(2) for s in SOLVERS.values()):
         d = discretization_for(m.group(1), _steps(m.group(3), name), model)
         return Plan(d.sigmas(schedule), by_short(m.group(2)).name, "keep", name, d, guidance=guidance)
-    raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    n = m.group(1) if (m := re.search(r"-(\d+)$", name)) else None
+    spelled = [f"{d}-{s.short}-{n}" for d in BASELINE_DISCRETIZATIONS for s in SOLVERS.values()] if n else []
+    distilled_names = [key if entry.steps else f"{key}-{n}" for key, entry in DISTILLED.items()] if n else []
+    names = [*PAPER_RECIPES, *distilled_names, *spelled]
+    raise ValueError(safeio.unknown("preset", name, preset_names(), names=names))
 
 
 def _steps(text: str | int, name: str) -> int:

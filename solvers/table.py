@@ -94,6 +94,11 @@ def solver(
     return declare
 
 
+def display_names() -> dict[str, str]:
+    """A1111's name of each solver, as the PNG shows it ("DPM++ 2M"), -> its name ("dpmpp_2m")."""
+    return {entry.display: entry.name for entry in SOLVERS.values()}
+
+
 def by_short(short: str) -> Solver:
     for entry in SOLVERS.values():
         if entry.short == short:

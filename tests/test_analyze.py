@@ -1,11 +1,14 @@
 """Truncation-error analysis: the paper's claim about its schedule, and the analysis command."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
 from schedule import DISCRETIZATIONS, DiscreteSchedule, karras
 from solvers import SOLVERS, Plan, analyze, generator_noise, sample
 from solvers.analytic import GaussianMixture
+from tests.reference.samplers import gits_ipndm
 
 SD = DiscreteSchedule.sd()
 
@@ -93,3 +96,38 @@ def test_the_exact_law_of_a_gaussian_run_matches_many_samples():
 def test_convergence_order_fits_the_slope():
     errors = [3.0 / n**2 for n in (4, 8, 16)]
     assert analyze.convergence_order([4, 8, 16], errors) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_ipndm_v_diverges_on_linear_quadratic_exactly_as_the_published_formulas_do(mixture_and_start):
+    """Not a bug: ComfyUI's sample_ipndm_v (GITS' ipndm_v_sampler) computes the same variable-step
+    weights; on linear_quadratic's 6 steps (three equal steps of 0.12 near sigma_max, then one 13.7
+    times longer) their order-4 weights are 211, -632, 640, -218 (7 in all on equal steps), and the
+    output blows up. Fixed-weight iPNDM on the same sigmas does not. Same float64 operations in
+    another order: equal to 1e-12."""
+    model, x = mixture_and_start
+    sigmas = DISCRETIZATIONS["linear_quadratic"](N=6).sigmas(SD).tolist()
+    ours = sample(model, x, Plan(sigmas, "ipndm_v", 1.0, None, "keep"))
+    published = gits_ipndm(model, x, sigmas, variable=True)
+    assert torch.allclose(ours, published, rtol=1e-12, atol=1e-12)
+    exact = analyze.trajectory(model, x, sigmas)[-1]
+    assert analyze.rmse(ours, exact) > analyze.DIVERGED
+    assert analyze.rmse(sample(model, x, Plan(sigmas, "ipndm", 1.0, None, "keep")), exact) < 1
+    steps = [a - b for a, b in pairwise(sigmas)]
+    assert steps[3] / steps[2] > 10
+
+
+def test_the_table_marks_a_diverged_error():
+    table = {("linear_quadratic", "ipndm_v"): {4: (0.7096, None), 6: (378.8, None)}}
+    assert analyze.format_table(table, (4, 6))[1].split() == [
+        "linear_quadratic",
+        "ipndm_v",
+        "0.7096",
+        "378.8000!",
+    ]
+
+
+def test_every_solver_of_the_table_has_a_family_colour_and_its_own_line():
+    assert all(analyze.family(name) != "other" for name in SOLVERS)
+    styles = analyze._styles(list(SOLVERS))
+    assert len(set(styles.values())) == len(SOLVERS)
+    assert {colour for colour, _ in styles.values()} == {f"C{k}" for k in range(len(analyze.FAMILIES))}

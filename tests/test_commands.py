@@ -2,6 +2,7 @@
 stderr, exit status 2, nothing on stdout; Ctrl-C is one line and status 130."""
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,12 @@ from pathlib import Path
 import pytest
 
 import cli
+import run_sample
+from cli.generation import KNOBS
+from evaluation.generate import build_parser as generate_parser
+from pipeline import read_replay
+from solvers import preset
+from solvers.search.__main__ import build_parser as search_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {  # the command -> how it is started, and how it names itself
@@ -69,3 +76,81 @@ def test_an_os_error_reads_as_file_and_reason():
         "x.png: No such file or directory"
     )
     assert cli.one_line(ValueError("two\nlines")) == "two lines"
+
+
+# -- names, spellings and help as people read them -------------------------------------------------------
+
+
+def _refusal(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--solver", "dpmpp2m"], "unknown solver 'dpmpp2m'; did you mean dpmpp_2m or "),
+        (["--solver", "DPM++_2M"], "unknown solver 'DPM++_2M'; did you mean 'DPM++ 2M' or "),
+        (["--discretization", "karas"], "unknown discretization 'karas'; did you mean karras? choose from "),
+        (["--rhoo", "3"], "unrecognized arguments: --rhoo 3; did you mean --rho? (see --help)"),
+        (["--dtype", "flaot16"], "unknown dtype 'flaot16'; did you mean float16 or "),
+    ],
+)
+def test_a_misspelt_name_is_answered_with_the_closest_ones(argv, said, capsys):
+    assert said in _refusal(run_sample.build_parser(), argv, capsys)
+
+
+def test_a_misspelt_preset_is_answered_with_the_closest_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'karas-2m-20'; did you mean karras-2m-20 or "):
+        preset("karas-2m-20")
+
+
+def test_a1111_solver_names_and_common_dtype_spellings_are_accepted():
+    """The solver as the PNG's parameters line names it (A1111's), in any case; fp16 and the like."""
+    for parser in (run_sample.build_parser(), search_parser()):
+        assert parser.parse_args(["--steps", "5", "--solver", "DPM++ 2M"]).solver == "dpmpp_2m"
+        assert parser.parse_args(["--steps", "5", "--solver", "euler a"]).solver == "euler_a"
+    args = run_sample.build_parser().parse_args(["--dtype", "fp16", "--vae-dtype", "BF16"])
+    assert (args.dtype, args.vae_dtype) == ("float16", "bfloat16")
+    for spelling, dtype in [("half", "float16"), ("fp32", "float32"), ("float", "float32")]:
+        assert run_sample.build_parser().parse_args(["--dtype", spelling]).dtype == dtype
+
+
+def test_help_wraps_only_between_names():
+    """A line ends at a space or after the "|" between alternatives, never inside a name."""
+    text = "a named plan: paper-5, paper-xl-8, {karras|linear_quadratic|polyexponential}-{2m|ipndm_v}-N"
+    for width in (8, 20, 33):
+        lines = cli.wrap(text, width)
+        assert " ".join(lines).replace("| ", "|") == text
+        assert all(len(line) <= width or (" " not in line and "|" not in line[:-1]) for line in lines)
+
+
+def test_help_names_every_knob_default_and_the_family_default_of_steps():
+    helps = {
+        parser: {a.dest: a.help for a in parser._actions}
+        for parser in (run_sample.build_parser(), generate_parser())
+    }
+    for actions in helps.values():
+        for flag in (*KNOBS, "freeu_version", "steps", "solver", "guidance", "final"):
+            assert "default" in actions[flag], flag
+        assert "6 for SDXL" in actions["steps"]
+    assert "reference" in {a.dest: a.help for a in generate_parser()._actions}["manifest"]
+
+
+def test_counts_and_file_spans_read_as_people_count():
+    assert (cli.count(1, "image"), cli.count(2, "image")) == ("1 image", "2 images")
+    assert cli.count(1, "trajectory", "trajectories") == "1 trajectory"
+    assert cli.count(0, "trajectory", "trajectories") == "0 trajectories"
+    assert cli.span(["1-a.png"]) == "1-a.png"
+    assert cli.span(["1-a.png", "2-a.png", "3-a.png"]) == "1-a.png ... 3-a.png"
+
+
+def test_the_replay_note_shows_whole_values(capsys):
+    png = next((ROOT / "tests" / "fixtures" / "replay").glob("*.png"))
+    stored = read_replay(png)[0]
+    now = dataclasses.replace(stored, torch_version="2.14.1+cu130", device="cuda")
+    run_sample._note_differences(str(png), stored, now)
+    note = capsys.readouterr().err
+    assert f"device cpu -> cuda, torch_version {stored.torch_version} -> 2.14.1+cu130" in note

@@ -96,7 +96,8 @@ def single(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
     code, stdout, stderr = generate(*argv(inputs, out))
     assert code == 0, stderr
-    assert stdout.startswith(f"made 6 images in {out}/ in ") and stdout.endswith("; 0 were already there\n")
+    assert stdout.startswith(f"made 6 images (00000.png ... 00005.png) in {out}/ in ")
+    assert stdout.endswith("; 0 were already there\n")
     return out
 
 
@@ -129,7 +130,10 @@ def test_two_process_torchrun_matches_one_process_resumes_and_refuses_other_sett
     assert done.returncode == 0, done.stderr
     # batches {0, 1}, {2, 3}, {4, 5}: rank 0 makes the first and the last, rank 1 the middle one
     lines = sorted(line.split(" in ")[0] for line in done.stdout.splitlines())
-    assert lines == ["rank 0 of 2: made 4 images", "rank 1 of 2: made 2 images"]
+    assert lines == [
+        "rank 0 of 2: made 4 images (00000.png ... 00005.png)",
+        "rank 1 of 2: made 2 images (00002.png ... 00003.png)",
+    ]
     assert sorted(p.name for p in out.iterdir()) == sorted([*NAMES, RUN_FILE])
     for name in NAMES:
         assert np.array_equal(pixels(out / name), pixels(single / name)), name
@@ -145,8 +149,8 @@ def test_two_process_torchrun_matches_one_process_resumes_and_refuses_other_sett
     done = torchrun(inputs, out)
     assert done.returncode == 0, done.stderr
     assert sorted(line.split(" in ")[0] for line in done.stdout.splitlines()) == [
-        "rank 0 of 2: made 1 image",
-        "rank 1 of 2: made 1 image",
+        "rank 0 of 2: made 1 image (00001.png)",
+        "rank 1 of 2: made 1 image (00002.png)",
     ]
     after = snapshot(out)
     assert set(after) == set(before) | set(deleted)
@@ -379,3 +383,16 @@ def test_help_lists_every_flag():
         "--compile", "--debug",
     ):  # fmt: skip
         assert flag in text
+
+
+def test_the_bar_counts_the_steps_of_every_batch_and_ends_at_100_percent(inputs, tmp_path):
+    """Per step on a CPU (no CUDA graph): 3 rows in batches of 2 are 2 batches x 2 steps."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # tqdm draws only on a terminal
+            return True
+
+    err = Terminal()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv(inputs, tmp_path / "run", "--limit", "3")) == 0
+    assert "3 images, 2 batches: 100%" in err.getvalue() and " 4/4 [" in err.getvalue()

@@ -146,11 +146,11 @@ FREEU = {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}
 @pytest.mark.parametrize(
     "freeu, message",
     [
-        ({"b1": 1.1}, r"freeu of step 0: FreeU dict has no \['b2', 's1', 's2'\]"),
-        ({**FREEU, "b3": 1}, r"freeu of step 0: FreeU dict has unknown field\(s\) \['b3'\]"),
-        ({**FREEU, "s1": -1}, "freeu of step 0: FreeU s1 must be >= 0, got -1"),
-        ({**FREEU, "version": 3}, "freeu of step 0: FreeU version must be one of"),
-        (1.1, "freeu of step 0: FreeU must be null .off. or an object with b1, b2, s1, s2"),
+        ({"b1": 1.1}, r"freeu of step 1: FreeU dict has no \['b2', 's1', 's2'\]"),
+        ({**FREEU, "b3": 1}, r"freeu of step 1: FreeU dict has unknown field\(s\) \['b3'\]"),
+        ({**FREEU, "s1": -1}, "freeu of step 1: FreeU s1 must be >= 0, got -1"),
+        ({**FREEU, "version": 3}, "freeu of step 1: FreeU version must be one of"),
+        (1.1, "freeu of step 1: FreeU must be null .off. or an object with b1, b2, s1, s2"),
     ],
 )
 def test_a_plan_is_checked_against_freeus_one_schema_with_a_one_line_reason(freeu, message):
@@ -170,7 +170,7 @@ def test_a_plan_file_names_itself_in_its_refusal(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(Plan([2.0, 1.0], freeu=FREEU).to_json().replace('"s2": 0.2', '"s2": -2'))
     with pytest.raises(
-        PlanError, match=f"{path} is not a valid plan: freeu of step 0: FreeU s2 must be >= 0"
+        PlanError, match=f"{path} is not a valid plan: freeu of step 1: FreeU s2 must be >= 0"
     ):
         read_plan_file(path)
 

@@ -36,15 +36,18 @@ def test_sigmas_accept_tensors_and_stay_float64_exact():
         ({"sigmas": [float("nan"), 0.5]}, "finite and >= 0"),
         ({"sigmas": [float("inf"), 0.5]}, "finite and >= 0"),
         ({"sigmas": [2.0, 1.0, 0.0], "solver": ["euler"]}, "solver has 1 entries for 2 steps"),
-        ({"sigmas": [2.0, 1.0], "solver": "dpm_fast"}, "unknown solver 'dpm_fast' at step 0; choose from"),
-        ({"sigmas": [2.0, 1.0], "guidance": -1.0}, "guidance of step 0: must be a finite number >= 0"),
+        (
+            {"sigmas": [2.0, 1.0], "solver": "dpm_fast"},
+            r"unknown solver 'dpm_fast' at step 1; did you mean dpmpp_2s or dpmpp_1s\? choose from",
+        ),
+        ({"sigmas": [2.0, 1.0], "guidance": -1.0}, "guidance of step 1: must be a finite number >= 0"),
         ({"sigmas": [2.0, 1.0, 0.5], "guidance": [1.0]}, "guidance has 1 entries for 2 steps"),
         ({"sigmas": [2.0, 1.0], "guidance": float("nan")}, "finite number"),
         ({"sigmas": [2.0, 1.0], "final": "zero"}, "final must be one of"),
         ({"sigmas": [2.0, 0.0], "final": "denoise"}, "already ends at sigma = 0"),
-        ({"sigmas": [2.0, 1.0], "mask": float("inf")}, "mask of step 0 is inf; options must be finite"),
-        ({"sigmas": [2.0, 1.0], "freeu": float("inf")}, "freeu of step 0: FreeU must be null .off. or an"),
-        ({"sigmas": [2.0, 1.0], "mask": object()}, "mask of step 0 is <object.*JSON cannot hold"),
+        ({"sigmas": [2.0, 1.0], "mask": float("inf")}, "mask of step 1 is inf; options must be finite"),
+        ({"sigmas": [2.0, 1.0], "freeu": float("inf")}, "freeu of step 1: FreeU must be null .off. or an"),
+        ({"sigmas": [2.0, 1.0], "mask": object()}, "mask of step 1 is <object.*JSON cannot hold"),
         ({"sigmas": [2.0, 1.0], "cfg_rescale": [0.5, 0.7]}, "cfg_rescale has 2 entries for 1 steps"),
     ],
 )
@@ -238,7 +241,9 @@ def test_ays_baseline_replaces_the_tables_last_value_by_zero():
 
 def test_unknown_presets_list_the_valid_names():
     with pytest.raises(
-        ValueError, match=r"unknown preset 'paper-fast'; valid: paper-5, paper-6, paper-8.*karras"
+        ValueError,
+        match=r"unknown preset 'paper-fast'; did you mean paper-8 or paper-6 or paper-5\? choose from "
+        r"paper-5, paper-6, paper-8.*karras",
     ):
         preset("paper-fast")
     with pytest.raises(ValueError, match="steps= only goes with preset 'paper'"):

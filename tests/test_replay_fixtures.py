@@ -1,5 +1,6 @@
-"""PNGs written before the pipeline/ restructure replay to the same pixels, bitwise
-(tests/fixtures/replay/README.md says how each was made)."""
+"""PNGs written before the pipeline/ restructure replay to the same pixels: bitwise under the torch
+version (and everything else) they record, within one 8-bit level under another one
+(tests/fixtures/replay/README.md says how each was made; CI pins that torch version)."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import pipeline
+from pipeline import read_replay
 from run_sample import main
 from tests.checkpoints import write_checkpoint
 from tests.helpers import pixels, text_chunks
@@ -38,6 +40,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def assert_replayed(made: Path, png: Path) -> None:
+    """Bitwise where the replay ran under every setting `pipeline.BITWISE_UNDER` names as the fixture
+    records it; under another torch (a fresh install gets the newest) its CPU kernels may block and
+    round differently, which moves a channel value by one level (seen: 1 of 12,288 under 2.14.1)."""
+    stored, now = read_replay(png)[0], read_replay(made)[0]
+    if all(getattr(stored, name) == getattr(now, name) for name in pipeline.BITWISE_UNDER):
+        assert np.array_equal(pixels(made), pixels(png))
+    else:
+        assert np.abs(pixels(made).astype(int) - pixels(png).astype(int)).max() <= 1
+
+
 def test_there_are_fixtures_to_replay():
     assert len(PNGS) == 4
 
@@ -47,7 +60,7 @@ def test_png_written_before_the_restructure_replays_bitwise(png, weights_file, o
     assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
     [made] = tmp_path.glob("*.png")
     assert made.name == png.name
-    assert np.array_equal(pixels(made), pixels(png))
+    assert_replayed(made, png)
 
 
 def test_a_replay_keeps_its_stored_dtype_whatever_the_devices_default(
@@ -59,4 +72,4 @@ def test_a_replay_keeps_its_stored_dtype_whatever_the_devices_default(
     assert main(["--replay", str(png), "--weights", str(weights_file), "--out", str(tmp_path)]) == 0
     [made] = tmp_path.glob("*.png")
     assert json.loads(text_chunks(made)["fewstep-settings"])["dtype"] == "float32"
-    assert np.array_equal(pixels(made), pixels(png))
+    assert_replayed(made, png)

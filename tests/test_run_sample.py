@@ -1,6 +1,7 @@
 """run_sample.py end to end: tiny random-weight checkpoints in the official layouts, `main([...])` in
 process on the CPU in float32, 64 x 64 px (8 x 8 latents)."""
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import pipeline
 import weights
 from pipeline import (
     PARAMETERS_KEY,
@@ -27,6 +29,7 @@ from run_sample import main
 from schedule import DiscreteSchedule, Karras
 from solvers import SOLVERS, Plan, preset
 from solvers.presets import PAPER_FREEU
+from solvers.search.record import Searched
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
 from tests.helpers import pixels, run_main, text_chunks
 from weights.errors import WeightsError
@@ -176,7 +179,7 @@ def test_prompts_file_gives_consecutive_seeds_and_equal_batches(checkpoints, tmp
         "13-a-blue-ball.png": (13, 3, 0),
     }
     assert (
-        stdout.startswith(f"wrote 4 images to {out}/ in ")
+        stdout.startswith(f"wrote 4 images (10-a-red-cube.png ... 13-a-blue-ball.png) to {out}/ in ")
         and " s per image; loading the weights took " in stdout
     )
     assert stdout.count("\n") == 1
@@ -188,6 +191,31 @@ def test_progress_bar_per_batch_on_a_terminal(checkpoints, tmp_path, capsys, mon
     code, _, err = run(capsys, *argv, "--num-images", "2")
     assert code == 0
     assert "batch 1/2: 100%" in err and "batch 2/2: 100%" in err and " 2/2 [" in err and "it/s]" in err
+
+
+def test_progress_moves_per_step_where_no_cuda_graph_replays(checkpoints, tmp_path, capsys, monkeypatch):
+    """On a CPU (even with --compile) each step reaches the bar; only a CUDA graph run has no host call
+    per step, so its bar moves per batch."""
+    seen = []
+    generate_batch = pipeline.generate_batch
+
+    def watched(*args, callback=None, **kwargs):
+        steps = []
+
+        def step(info):
+            steps.append(info.index)
+            callback(info)
+
+        seen.append(steps)
+        return generate_batch(*args, callback=None if callback is None else step, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_batch", watched)
+    argv = sample_args(checkpoints["single"], tmp_path, "--steps", "3", "--prompt", CAT, "--seed", "1")
+    assert run(capsys, *argv, "--num-images", "2")[0] == 0
+    assert seen == [[0, 1, 2], [0, 1, 2]]
+    made = pipeline.read_replay(tmp_path / "1-a-photo-of-a-cat.png")[0]
+    assert not pipeline.replays_graph(dataclasses.replace(made, compile=True))  # CPU: run eagerly
+    assert pipeline.replays_graph(dataclasses.replace(made, compile=True, device="cuda"))
 
 
 # -- replay and reproducibility --------------------------------------------------------------------------
@@ -278,7 +306,7 @@ def test_image_is_the_same_alone_or_inside_a_batch(checkpoints, tmp_path, capsys
 def test_trajectory_grid_shows_decoded_x_and_denoised_at_every_step(checkpoints, tmp_path, capsys):
     argv = sample_args(checkpoints["single"], tmp_path, "--steps", "2", "--prompt", CAT, "--seed", "4")
     code, out, _ = run(capsys, *argv, "--trajectory")
-    assert code == 0 and "wrote 1 images and 1 trajectories" in out
+    assert code == 0 and f"wrote 1 image (4-a-photo-of-a-cat.png) and 1 trajectory to {tmp_path}/ in " in out
     image, grid = tmp_path / "4-a-photo-of-a-cat.png", tmp_path / "4-a-photo-of-a-cat-trajectory.png"
     assert pixels(grid).shape == (2 * 64, 2 * 64, 3)  # rows x_i and D_i, one column per step
     assert text_chunks(grid) == text_chunks(image)
@@ -444,7 +472,8 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
         (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
         (  # every solver of the table (tests/test_solver_table.py pins its contents), in its order
             ["--solver", "dpmpp_9m"],
-            "argument --solver: unknown solver 'dpmpp_9m'; choose from euler, heun, "
+            "argument --solver: unknown solver 'dpmpp_9m'; did you mean dpmpp_3m or dpmpp_2m or dpmpp_2s? "
+            "choose from euler, heun, "
             f"dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m, {', '.join(list(SOLVERS)[6:])}",
         ),
         (
@@ -459,7 +488,8 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
         ),
         (
             ["--dtype", "float8"],
-            "argument --dtype: unknown dtype 'float8'; choose from float32, float16, bfloat16",
+            "argument --dtype: unknown dtype 'float8'; did you mean float or float32 or float16? choose from "
+            "float32, float16, bfloat16",
         ),
         (["--final", "blend"], "argument --final: unknown final policy 'blend'; choose from keep, denoise"),
     ],
@@ -471,7 +501,9 @@ def test_bad_flag_values(flags, message, tmp_path, capsys):
 
 def test_unknown_preset_lists_the_valid_ones(tmp_path, capsys):
     error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path), "--preset", "fast")
-    assert error.startswith("run_sample.py: error: unknown preset 'fast'; valid: paper-5, paper-6, paper-8, ")
+    assert error.startswith(
+        "run_sample.py: error: unknown preset 'fast'; choose from paper-5, paper-6, paper-8, "
+    )
     assert "karras-2m-20" in error
 
 
@@ -592,3 +624,42 @@ def test_help_explains_every_flag(capsys):
     ):
         assert flag in text
     assert f"default: {SD15_REPO}, file {SD15_FILE}" in " ".join(text.split())
+
+
+# -- plans searched on another model ---------------------------------------------------------------------
+
+
+def _searched_plan(model: str) -> Plan:
+    record = Searched(
+        N=2, solver="dpmpp_2m", nfe=2, cost="global", grid=8, samples=4, seed=0, stages=("dp",),
+        teacher="exact", substeps=0, model=model,
+    )  # fmt: skip
+    return Plan([14.6, 2.0, 0.5], "dpmpp_2m", "keep", "searched-2m-2", record, guidance=7.5)
+
+
+@pytest.mark.parametrize(
+    ("model", "note"),
+    [
+        (
+            "solvers.analytic:GaussianMixture.default",
+            "run_sample.py: note: the plan searched-2m-2 was searched on the analytic denoiser "
+            "solvers.analytic:GaussianMixture.default, a toy model, not on SD: its sigmas fit that model, "
+            "whatever its guidance (7.5) says",
+        ),
+        (
+            "v1-5-pruned-emaonly",
+            "run_sample.py: note: the plan searched-2m-2 was searched on v1-5-pruned-emaonly, not on "
+            "sd15-tiny-seed0-fp32: its sigmas fit that model",
+        ),
+        ("sd15-tiny-seed0-fp32", None),
+        ("", None),  # a plan from before the search recorded its model
+    ],
+)
+def test_a_plan_searched_on_another_model_says_so_in_one_line(model, note, checkpoints, tmp_path, capsys):
+    plan_file = tmp_path / "searched.json"
+    plan_file.write_text(_searched_plan(model).to_json())
+    argv = sample_args(checkpoints["single"], tmp_path / "out", "--plan", str(plan_file), "--prompt", CAT)
+    code, _, err = run(capsys, *argv)
+    assert code == 0
+    notes = [line for line in err.splitlines() if "was searched on" in line]
+    assert notes == ([] if note is None else [note])

@@ -364,12 +364,27 @@ def test_the_command_searches_an_analytic_denoiser_and_writes_the_plan(capsys, t
     assert lines[:2] == [
         f"python -m solvers.search: dpmpp_2m at 3 NFE on {MIXTURE}: local cost, 6 candidate levels + 0, "
         "stages dp+polish, 16 search samples, 16 held out",
-        "cost in denoiser calls: teacher 0 x 32 samples (the exact solution), search 9 (dp) + at most 576 "
-        f"(refinement) x 16, scoring {scoring} x 16",
+        "cost in denoiser calls: teacher: the exact solution (6 intervals, no denoiser calls), search 9 (dp) "
+        f"+ at most 576 (refinement) x 16, scoring {scoring} x 16",
     ]
     plan = Plan.from_json(out.read_text())
     assert plan.nfe == 3 and plan.discretization.model == MIXTURE and plan.discretization.cost == "local"
     assert f"wrote {out}; sample with it: python run_sample.py --plan {out} --prompt ..." in lines
+
+
+def test_the_command_shows_each_stage_ending_at_100_percent(capsys, monkeypatch):
+    """On a terminal one bar per stage, the exact teacher's moving per grid interval; each ends at 100%
+    (the refinement's total is only a bound). Elsewhere one line of the report as each stage starts."""
+    argv = ["--denoiser", MIXTURE, "--shape", "16", "--steps", "2", "--samples", "8", "--held-out", "8",
+            "--grid", "4", "--stages", "dp,grid"]  # fmt: skip
+    code, out, err = command(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[2:5] == ["teacher ...", "search (dp+grid) ...", "scoring ..."]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm draws only on a terminal
+    code, _, err = command(capsys, *argv)
+    assert code == 0
+    assert "teacher: 100%" in err and " 64/64 [" in err  # 4 grid intervals x 16 samples
+    assert "search (dp+grid): 100%" in err and "scoring: 100%" in err
 
 
 def plain_denoiser():

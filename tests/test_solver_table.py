@@ -72,7 +72,7 @@ def test_a_name_or_short_name_that_is_taken_is_refused(midpoint_euler):
     with pytest.raises(ValueError, match="clashes with 'dpmpp_2m'"):
         register(Solver("dpmpp_2m_again", midpoint_euler, 1, 2, "2m", "again"))
     with pytest.raises(
-        PlanError, match=r"unknown solver 'nope' at step 0; choose from euler, .*midpoint_euler"
+        PlanError, match=r"unknown solver 'nope' at step 1; choose from euler, .*midpoint_euler"
     ):
         Plan([2.0, 1.0], "nope")
 

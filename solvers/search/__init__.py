@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import Tensor
 
+import safeio
 from schedule import NoiseSchedule
 from solvers.search.compare import Row, baselines, compare, dmn_plan, gain, presets_at
 from solvers.search.dmn import dmn_sigmas
@@ -111,7 +112,7 @@ class Estimate:
 
 def _check(solver: str, nfe: int, cost: str, stages: Sequence[str]) -> None:
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+        raise ValueError(safeio.unknown("solver", solver, SOLVERS))
     if SOLVERS[solver].stochastic:
         raise ValueError(f"{solver} adds noise at every step; the search compares deterministic paths only")
     if nfe < 1:

@@ -9,20 +9,22 @@
 --denoiser names a callable that, called with no arguments, returns a denoiser D(x, sigma) -> x0 for x
 of shape [K, *shape]; its starting latents are standard normal noise at sigma_max of SD's noise table
 from --seed. --weights searches a real SD model (pipeline/search.py). The command prints the cost in
-denoiser calls before it starts and a progress bar while it runs, then the held-out RMSE of the plan
-after each stage next to the presets with the same solver at the same NFE and DMN. The plan (a Plan
-whose discretization records the search) goes to --out, for run_sample.py --plan and evaluation.
+denoiser calls before it starts and a progress bar per stage (teacher, search, scoring) while it
+runs, then the held-out RMSE of the plan after each stage next to the presets with the same solver at
+the same NFE and DMN. The plan (a Plan whose discretization records the search and the model searched
+on) goes to --out, for run_sample.py --plan and evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ from solvers.search import (
     solve_teacher,
 )
 from solvers.search.record import Searched
-from solvers.table import SOLVERS
+from solvers.table import SOLVERS, display_names
 
 PROG = "python -m solvers.search"
 DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--solver",
         default="dpmpp_2m",
-        type=cli.one_of(lambda: list(SOLVERS), "solver"),
+        type=cli.one_of(lambda: list(SOLVERS), "solver", display_names),
         metavar="NAME",
         help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m)",
     )
@@ -203,36 +205,39 @@ def run(args: argparse.Namespace) -> None:
     )  # fmt: skip
     against = baselines(args.solver, args.nfe, subject.schedule, options)
     scoring = len(args.stages) * args.nfe + sum(row.plan.nfe for row in against)
-    teaching = "the exact solution" if teacher == EXACT else f"{teacher}, {substeps} per interval"
+    teaching = (
+        f"teacher: the exact solution ({len(grid) - 1} intervals, no denoiser calls)"
+        if teacher == EXACT
+        else f"teacher {cost.teacher} x {samples + held_out} samples ({teacher}, {substeps} per interval)"
+    )
     print(
         f"{PROG}: {args.solver} at {args.nfe} NFE on {subject.name}: {args.cost} cost, {args.grid} "
         f"candidate levels + 0, stages {'+'.join(args.stages)}, {samples} search samples, {held_out} "
-        f"held out\ncost in denoiser calls: teacher {cost.teacher} x {samples + held_out} samples "
-        f"({teaching}), search {cost.dp} (dp) + at most {cost.refine} (refinement) x {samples}, scoring "
-        f"{scoring} x {held_out}"
+        f"held out\ncost in denoiser calls: {teaching}, search {cost.dp} (dp) + at most {cost.refine} "
+        f"(refinement) x {samples}, scoring {scoring} x {held_out}"
     )
-    work = cost.teacher * (samples + held_out) + (cost.dp + cost.refine) * samples + scoring * held_out
     clock = [time.perf_counter()]
-    with (
-        torch.inference_mode(),
-        tqdm(total=work, unit="sample", file=sys.stderr, disable=None) as bar,
-    ):
-        everyone = subject.teach(grid, options, teacher, substeps, bar.update)
+    with torch.inference_mode():
+        # each stage's bar counts denoiser calls (exact teacher: grid intervals) times their samples
+        with _stage("teacher", (cost.teacher or len(grid) - 1) * (samples + held_out)) as bar:
+            everyone = subject.teach(grid, options, teacher, substeps, bar.update)
         if everyone is None:
             print(f"{PROG}: rank {shard.rank} of {shard.world_size}: teachers done; rank 0 runs the search")
             return
         clock.append(time.perf_counter())
-        result = search(
-            subject.search, everyone.rows(slice(0, samples)), solver=args.solver, nfe=args.nfe,
-            cost=args.cost, stages=args.stages, options=options, bit=bit, decode=subject.decode,
-            seed=args.seed, model=subject.name, progress=bar.update,
-        )  # fmt: skip
+        with _stage(f"search ({'+'.join(args.stages)})", (cost.dp + cost.refine) * samples) as bar:
+            result = search(
+                subject.search, everyone.rows(slice(0, samples)), solver=args.solver, nfe=args.nfe,
+                cost=args.cost, stages=args.stages, options=options, bit=bit, decode=subject.decode,
+                seed=args.seed, model=subject.name, progress=bar.update,
+            )  # fmt: skip
         clock.append(time.perf_counter())
-        held = Problem(
-            Counted(subject.held_out, bar.update), everyone.rows(slice(samples, None)), args.solver, args.nfe,
-            options, bit, subject.decode,
-        )  # fmt: skip
-        rows = compare(result, held, against)
+        with _stage("scoring", scoring * held_out) as bar:
+            held = Problem(
+                Counted(subject.held_out, bar.update), everyone.rows(slice(samples, None)), args.solver,
+                args.nfe, options, bit, subject.decode,
+            )  # fmt: skip
+            rows = compare(result, held, against)
         clock.append(time.perf_counter())
     _report(rows, result, held_out, clock)
     if out is None:
@@ -240,6 +245,20 @@ def run(args: argparse.Namespace) -> None:
     else:
         _write(out, result.plan)
         print(f"wrote {out}; sample with it: python run_sample.py --plan {out} --prompt ...")
+
+
+@contextlib.contextmanager
+def _stage(name: str, total: int) -> Iterator[tqdm]:
+    """A stage's progress bar on stderr (on a terminal; elsewhere one line on stdout, with the report,
+    as it starts; a refusal stays one line on stderr) against `total`, shown at 100% when the stage
+    ends: the refinement's total is a bound, reached only if no move is refused early, and cached
+    teachers cost nothing."""
+    with tqdm(total=total, desc=name, unit="sample", file=sys.stderr, disable=None) as bar:
+        if bar.disable:
+            print(f"{name} ...", flush=True)
+        yield bar
+        bar.total = bar.n
+        bar.refresh()
 
 
 def _report(rows: list[Row], result: Result, held_out: int, clock: list[float]) -> None:
@@ -403,8 +422,9 @@ def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
         substeps: int,
         progress: Callable[[int], Any],
     ) -> Teacher:
-        counted = model if solver == EXACT else Counted(denoise, progress)
-        return solve_teacher(counted, x, grid, options, solver=solver, substeps=substeps)
+        if solver == EXACT:
+            return solve_teacher(model, x, grid, options, progress=progress)
+        return solve_teacher(Counted(denoise, progress), x, grid, options, solver=solver, substeps=substeps)
 
     return Subject(schedule, args.denoiser, denoise, denoise, teach, has_exact_solution(model))
 

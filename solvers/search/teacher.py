@@ -62,9 +62,11 @@ def solve_teacher(
     *,
     solver: str = EXACT,
     substeps: int = 0,
+    progress: Callable[[int], Any] | None = None,
 ) -> Teacher:
-    """The teacher from x at grid[0]: `solver=EXACT` uses `denoise.solve`; any solver of the table runs
-    `substeps` log-uniform steps per grid interval with `options` on every step."""
+    """The teacher from x at grid[0]: `solver=EXACT` uses `denoise.solve` (`progress(n)` hears of each
+    grid interval solved for n samples); any solver of the table runs `substeps` log-uniform steps per
+    grid interval with `options` on every step."""
     grid = tuple(float(s) for s in grid)
     if solver == EXACT:
         if not has_exact_solution(denoise):
@@ -74,6 +76,8 @@ def solve_teacher(
         points = [x]
         for s_from, s_to in pairwise(grid):
             points.append(denoise.solve(points[-1], s_from, s_to))
+            if progress is not None:
+                progress(len(x))
         return Teacher(grid, torch.stack(points), EXACT, 0)
     if substeps < 1:
         raise ValueError(f"a teacher solver needs 1 or more steps per grid interval, got {substeps}")
