@@ -11,9 +11,9 @@ import pytest
 
 import cli
 import run_sample
-from cli.generation import KNOBS
 from evaluation.generate import build_parser as generate_parser
 from pipeline import read_replay
+from schedule.discretizations import knob_flags
 from solvers import preset
 from solvers.search.__main__ import build_parser as search_parser
 
@@ -133,7 +133,7 @@ def test_help_names_every_knob_default_and_the_family_default_of_steps():
         for parser in (run_sample.build_parser(), generate_parser())
     }
     for actions in helps.values():
-        for flag in (*KNOBS, "freeu_version", "steps", "solver", "guidance", "final"):
+        for flag in (*knob_flags(), "freeu_version", "steps", "solver", "guidance", "final"):
             assert "default" in actions[flag], flag
         assert "6 for SDXL" in actions["steps"]
     assert "reference" in {a.dest: a.help for a in generate_parser()._actions}["manifest"]

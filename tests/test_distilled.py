@@ -239,7 +239,7 @@ def test_gamma_round_trips_through_plan_json_step_by_step():
 @pytest.mark.parametrize("bad, why", [(1.5, "must be at most 1, got 1.5"), (-0.1, "must be >= 0"),
                                       (True, "must be a number"), ("0.3", "must be a number")])  # fmt: skip
 def test_a_gamma_outside_0_to_1_is_refused_naming_the_step(bad, why):
-    with pytest.raises(PlanError, match=f"gamma of step 1: {why}"):
+    with pytest.raises(PlanError, match=f"gamma of step 2: {why}"):
         preset("tcd-2").replace(gamma=[0.3, bad])
 
 

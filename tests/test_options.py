@@ -64,7 +64,7 @@ def test_a_new_option_declared_in_one_place_runs_from_its_flag_to_the_unet_and_t
 
 
 def test_a_declared_option_is_checked_by_the_plan_and_absent_where_not_given(eps_scale):
-    with pytest.raises(PlanError, match="eps_scale of step 1: must be >= 0, got -1"):
+    with pytest.raises(PlanError, match="eps_scale of step 2: must be >= 0, got -1"):
         Plan([3.0, 2.0, 1.0], eps_scale=[0.5, -1])
     assert "eps_scale" not in Plan([3.0, 2.0, 1.0]).options
     assert Plan([3.0, 2.0, 1.0], eps_scale=2).eps_scale == (2.0, 2.0)
