@@ -41,12 +41,8 @@ from pipeline.limits import (
 from pipeline.models import (
     DEFAULT_WEIGHTS,
     DTYPES,
-    EMPTY_NEGATIVE,
-    FAMILIES,
-    Family,
     default_dtype,
     family,
-    family_of,
     file_family,
     load_model,
     model_name,
@@ -65,6 +61,7 @@ from pipeline.provenance import (
     run_settings,
 )
 from weights.errors import WeightsError
+from weights.families import EMPTY_NEGATIVE, FAMILIES, Family
 
 # What a command reports as one line and exit status 2 (PlanError is a ValueError).
 USER_ERRORS = (WeightsError, SamplingError, ValueError, OSError)
@@ -106,7 +103,6 @@ __all__ = [
     "default_dtype",
     "denoiser",
     "family",
-    "family_of",
     "file_family",
     "freeu_option",
     "generate",

@@ -1,72 +1,33 @@
-"""Which model to run: weights by path, Hub id or short name, the device and dtype, and the model
-families the pipeline knows (what differs between them for generation: default size, the paper's
-rows, the unconditional rule, size conditioning, the VAE's dtype)."""
+"""Which model to run: weights by path, Hub id or short name, their family (weights/families.py), the
+device and dtype."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import weights
+from weights import FAMILIES, Family
 from weights.errors import WeightsError
 from weights.hub import SD15_REPO, SHORT_NAMES, SINGLE_FILES, hub_file, is_local_path, parse_hub_spec
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-EMPTY_NEGATIVE = ("encode", "zeros")  # an empty negative prompt: the encoded "" or zero embeddings
-
-
-@dataclass(frozen=True)
-class Family:
-    """A kind of model `weights.load` reads, as generation sees it."""
-
-    kind: str  # sd.kind
-    label: str
-    size: int  # default image side in pixels
-    rows: Mapping[int, str]  # the paper's tuned presets for this family, by step count
-    default_steps: int
-    empty_negative: str  # how an empty negative prompt is conditioned by default (EMPTY_NEGATIVE)
-    size_conditioning: bool  # whether the U-Net takes SDXL's size micro-conditioning
-    vae_dtypes: Mapping[str, str]  # the VAE's default dtype for a model dtype, where not the same
-
-    def vae_dtype(self, dtype: str) -> str:
-        return self.vae_dtypes.get(dtype, dtype)
-
-
-FAMILIES = {
-    "sd1": Family("sd1", "SD 1.x", 512, {5: "paper-5", 6: "paper-6", 8: "paper-8"}, 5, "encode", False, {}),
-    # The paper's SDXL code passes no negative prompt, so the unconditional half is zero embeddings
-    # (docs/recipe.md section 6); the SDXL VAE overflows in float16 (docs/model-facts.md section 3),
-    # so it decodes in float32 unless --vae-dtype float16 asks for it (with the fp16-fix VAE).
-    "sdxl": Family(
-        "sdxl", "SDXL", 1024, {6: "paper-xl-6", 8: "paper-xl-8"}, 6, "zeros", True, {"float16": "float32"}
-    ),
-}
 
 
 def family(sd: weights.StableDiffusion) -> Family:
-    return family_of(sd.kind, sd.source)
-
-
-def family_of(kind: str, source: object = "the weights") -> Family:
-    if kind not in FAMILIES:
-        raise WeightsError(
-            f"{source} holds an {kind} model; generation runs {', '.join(FAMILIES)} models only"
-        )
-    return FAMILIES[kind]
+    return FAMILIES[sd.kind]
 
 
 def file_family(path: Path) -> Family:
     """The family of a weights file or diffusers folder, from its headers: before any tensor is read."""
-    return family_of(weights.kind(path), path)
+    return FAMILIES[weights.kind(path)]
 
 
 def owner(preset_name: str) -> Family | None:
     """The family whose tuned row a preset is, or None (rule rows and baselines fit any)."""
-    return next((f for f in FAMILIES.values() if preset_name in f.rows.values()), None)
+    return next((f for f in FAMILIES.values() if preset_name in f.tuned_presets.values()), None)
 
 
 def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True) -> Path:
@@ -141,6 +102,7 @@ def default_dtype(device: torch.device) -> str:
 
 def compile_model(sd: weights.StableDiffusion) -> None:
     """torch.compile the U-Net and the VAE decoder in place: one graph each, no graph breaks
-    (tests/test_compile.py); the decoder's non-finite retry stays outside, in `vae.decode`."""
+    (tests/test_unet.py, tests/test_prepared.py); the decoder's non-finite retry stays outside, in
+    `vae.decode`."""
     sd.unet.compile()
     sd.vae.decoder.compile()

@@ -104,12 +104,12 @@ def build_plan(
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if sum(x is not None for x in (base, preset_name)) + (steps is not None and preset_name != "paper") > 1:
         raise ValueError("give only one of --steps, --preset and --plan (or --preset paper --steps N)")
-    rows = (family or FAMILIES["sd1"]).rows
-    model = (family or FAMILIES["sd1"]).kind  # discretizations with a model table (AYS) take its own
+    tuned = (family or FAMILIES["sd1"]).tuned_presets
+    model = (family or FAMILIES["sd1"]).name  # discretizations with a model table (AYS) take its own
     if base is None:
         if preset_name in (None, "paper"):
             n = (family or FAMILIES["sd1"]).default_steps if steps is None else steps
-            preset_name = rows.get(n, f"paper-{n}")
+            preset_name = tuned.get(n, f"paper-{n}")
         _refuse_other_family(preset_name, family, f"--preset {preset_name}")
         base = preset(preset_name, schedule=schedule, model=model)
     else:
@@ -118,10 +118,10 @@ def build_plan(
     changes: list[str] = []
     recipe = base.discretization
     if discretization is not None:
-        tuned = rows.get(base.steps) if discretization == "paper" else None
+        row = tuned.get(base.steps) if discretization == "paper" else None
         recipe = (
-            PAPER_RECIPES[tuned].discretization
-            if tuned
+            PAPER_RECIPES[row].discretization
+            if row
             else discretization_for(discretization, base.steps, model)
         )
         changes.append(f"discretization={discretization}")
@@ -154,7 +154,7 @@ def _refuse_other_family(preset_name: str, family: Family | None, what: str) -> 
     tuned_for = owner(preset_name)
     if family is None or tuned_for is None or tuned_for is family:
         return
-    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.rows.items())
+    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.tuned_presets.items())
     raise PlanError(
         f"{what} is the paper's row for {tuned_for.label} ({tuned_for.size} px) but the weights are "
         f"{family.label}; its rows are {rows}, or pick a baseline such as karras-2m-20"

@@ -31,10 +31,11 @@ import safeio
 from model import FreeU, SizeConditioning
 from pipeline.img2img import STRENGTH_CUTS, check_strength
 from pipeline.limits import size_problem
-from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
+from pipeline.models import DTYPES, model_name
 from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan
 from solvers import SOLVERS, Plan, PlanError
+from weights.families import EMPTY_NEGATIVE
 from weights.fingerprint import file_sha256, weights_sha256
 
 PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
