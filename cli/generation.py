@@ -8,7 +8,8 @@ its own defaults (or a replayed image's settings) and says which in --help.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import cli
 import pipeline
@@ -296,10 +297,19 @@ def given_size_flags(args: argparse.Namespace) -> list[str]:
     return [flag for flag in ("original_size", "crop_top_left", "target_size") if getattr(args, flag)]
 
 
-def refuse_size_flags(args: argparse.Namespace, family: pipeline.Family) -> None:
-    """Size-conditioning flags with a model that takes none."""
-    given = given_size_flags(args)
-    if given and not family.size_conditioning:
+T = TypeVar("T")
+
+
+def prepared(args: argparse.Namespace, step: Callable[[pipeline.Request], T], request: pipeline.Request) -> T:
+    """`step(request)` (pipeline.preview_plan or pipeline.prepare_run), its refusal of size conditioning
+    named by the flag that asked for it."""
+    try:
+        return step(request)
+    except pipeline.SizeConditioningRefused as err:
+        given = given_size_flags(args)
+        if not given:
+            raise
+        flag = given[0].replace("_", "-")
         raise ValueError(
-            f"--{given[0].replace('_', '-')} is SDXL's size conditioning; {family.label} models take none"
-        )
+            f"--{flag} is SDXL's size conditioning; {err.family.label} models take none"
+        ) from None

@@ -36,11 +36,13 @@ def check_strength(value: float) -> float:
 
 @dataclass(frozen=True)
 class InitImage:
-    """An image to start from: uint8 pixels [3, H, W], the strength and how it cuts the plan."""
+    """An image to start from: uint8 pixels [3, H, W], the strength and how it cuts the plan, and the
+    file it was read from as given (its sha256 goes into each image's settings)."""
 
     pixels: torch.Tensor
     strength: float
     cut: str = "steps"
+    source: str | None = None
 
     def __post_init__(self) -> None:
         check_strength(self.strength)

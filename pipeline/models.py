@@ -10,19 +10,37 @@ import torch
 import weights
 from weights import FAMILIES, Family
 from weights.errors import WeightsError
-from weights.hub import SD15_REPO, SHORT_NAMES, SINGLE_FILES, hub_file, is_local_path, parse_hub_spec
+from weights.hub import (
+    DREAMSHAPER_XL_REPO,
+    SD15_REPO,
+    SDXL_REPO,
+    SHORT_NAMES,
+    SINGLE_FILES,
+    hub_file,
+    is_local_path,
+    parse_hub_spec,
+)
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The family of each repo a short name names, known before anything is fetched.
+REPO_FAMILIES = {SD15_REPO: "sd1", SDXL_REPO: "sdxl", DREAMSHAPER_XL_REPO: "sdxl"}
 
 
 def family(sd: weights.StableDiffusion) -> Family:
     return FAMILIES[sd.kind]
 
 
-def file_family(path: Path) -> Family:
-    """The family of a weights file or diffusers folder, from its headers: before any tensor is read."""
-    return FAMILIES[weights.kind(path)]
+def known_family(spec: str) -> Family | None:
+    """The family of weights known without fetching them: a local file's or folder's, from its headers
+    (no tensor is read); a known repo's (a short name's) from REPO_FAMILIES; else None."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return FAMILIES[weights.kind(path)]
+    if is_local_path(spec):
+        return None  # resolve_weights says it is missing
+    repo_id = parse_hub_spec(SHORT_NAMES.get(spec, spec))[0]
+    return FAMILIES[REPO_FAMILIES[repo_id]] if repo_id in REPO_FAMILIES else None
 
 
 def owner(preset_name: str) -> Family | None:

@@ -345,7 +345,7 @@ def test_sdxl_default_size_is_1024_and_its_default_preset_paper_xl_6(
 ):
     seen = []
     monkeypatch.setattr(
-        pipeline, "generate_batch", lambda sd, plan, batch, made, **kw: seen.append((plan, made)) or []
+        pipeline, "generate_batch", lambda run, batch, **kw: seen.append((run.plan, run.settings)) or []
     )
     argv = [
         "--weights",
