@@ -175,22 +175,23 @@ def run(args: argparse.Namespace) -> None:
         )
     batch_size, offset = min(args.batch_size or 1, len(jobs)), 0
     if replayed is not None and args.batch_size is None and len(jobs) == 1:
-        batch_size, offset = replayed.batch, replayed.batch_index  # rebuild the batch the image was made in
+        # rebuild the batch the image was made in
+        batch_size, offset = replayed.batch, replayed.batch_index
         bounds(batch=batch_size, source=f"the settings of {args.replay}: ")
     out = pipeline.prepare_output(args.out)
 
     started = time.perf_counter()
-    made = prepared(args, pipeline.prepare_run, replace(request, batch=batch_size))
-    pipeline.check_free_space(out, made.settings.height, made.settings.width, len(jobs))
+    assembled = prepared(args, pipeline.prepare_run, replace(request, batch=batch_size))
+    pipeline.check_free_space(out, assembled.settings.height, assembled.settings.width, len(jobs))
     loaded = time.perf_counter() - started
     if replayed is not None:
-        _note_differences(args.replay, replayed, made.settings)
+        _note_differences(args.replay, replayed, assembled.settings)
 
     started = time.perf_counter()
     batches = pipeline.batches(jobs, batch_size, offset)
     written: list[Path] = []
     with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
-        trajectories = _generate_all(made, batches, out, args.trajectory, written)
+        trajectories = _generate_all(assembled, batches, out, args.trajectory, written)
     elapsed = time.perf_counter() - started
     extra = f" and {trajectories} trajectories" if trajectories else ""
     print(
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _generate_all(
-    made: pipeline.Run,
+    assembled: pipeline.Run,
     batches: list[pipeline.Batch[pipeline.Job]],
     out: Path,
     trajectory: bool,
@@ -209,8 +210,8 @@ def _generate_all(
     """Generate and save every batch's own images (and their trajectories), adding each image's path to
     `written` as it lands. Returns the trajectories saved."""
     saved_trajectories = 0
-    sd, plan, quantization = made.model, made.plan, made.settings.quantization
-    total = pipeline.img2img.cut(plan, made.init, sd.schedule).steps
+    sd, plan, quantization = assembled.model, assembled.plan, assembled.settings.quantization
+    total = pipeline.img2img.cut(plan, assembled.init, sd.schedule).steps
     for b, batch in enumerate(batches):
         steps: list[tuple[torch.Tensor, torch.Tensor]] = []
         bar = tqdm(total=total, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr)
@@ -228,7 +229,7 @@ def _generate_all(
         with bar:
             # Without --trajectory no per-step host call: the bar moves per batch, and a --compile run
             # on CUDA replays its step loop as one CUDA graph.
-            images = pipeline.generate_batch(made, batch, callback=step if trajectory else None)
+            images = pipeline.generate_batch(assembled, batch, callback=step if trajectory else None)
             bar.update(total - bar.n)
         for settings, image in images:
             metadata = pipeline.png_metadata(plan, settings)
