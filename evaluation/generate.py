@@ -46,10 +46,9 @@ from cli.generation import (
     add_image_flags,
     add_model_flags,
     add_plan_flags,
-    given_size_flags,
     plan_overrides,
     prepared,
-    size_conditioning,
+    run_request,
 )
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
@@ -255,23 +254,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     base = pipeline.read_plan_file(args.plan) if args.plan else None
     if base is not None:
         bounds(steps=base.steps, source=f"the plan of {args.plan}: ")
-    request = pipeline.Request(
-        weights=args.weights or pipeline.DEFAULT_WEIGHTS,
-        vae=args.vae,
-        device=pick_device(args.device, shard),
-        dtype=args.dtype,
-        vae_dtype=args.vae_dtype,
-        height=args.height,
-        width=args.width,
-        size_conditioning=size_conditioning(args, None) if given_size_flags(args) else None,
-        negative_prompt=args.negative_prompt or "",
-        empty_negative=args.empty_negative,
-        quantization=args.quantize or "round",
-        compile=bool(args.compile),
-        batch=args.batch_size or 1,
-        recipe=pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args)),
-        allow_large=args.allow_large,
-    )
+    recipe = pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args))
+    request = run_request(args, pick_device(args.device, shard), recipe)
     prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before anything is written
     out = pipeline.prepare_output(args.out)
     assembled = prepared(args, pipeline.prepare_run, request)
