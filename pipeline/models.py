@@ -75,26 +75,6 @@ def model_name(path: Path) -> str:
     return path.resolve().name if path.is_dir() else path.stem
 
 
-def load_model(
-    spec: str,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    compile: bool = False,
-    *,
-    vae: str | None = None,
-    vae_dtype: torch.dtype | None = None,
-) -> tuple[weights.StableDiffusion, Path]:
-    """(model, path) for a local path or Hub id (and `vae`, a separate VAE, likewise); refuses a kind
-    generation does not run. `compile`: `compile_model`."""
-    path = resolve_weights(spec, dtype, bundled_vae=vae is None)
-    vae_path = None if vae is None else resolve_weights(vae, dtype if vae_dtype is None else vae_dtype)
-    sd = weights.load(path, device=device, dtype=dtype, vae=vae_path, vae_dtype=vae_dtype)
-    family(sd)
-    if compile:
-        compile_model(sd)
-    return sd, path
-
-
 def parse_device(spec: str | None) -> torch.device:
     """--device as a torch.device (default cuda if there is one), refused if this machine lacks it."""
     if spec is None:
