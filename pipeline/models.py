@@ -37,10 +37,17 @@ def known_family(spec: str) -> Family | None:
     path = Path(spec).expanduser()
     if path.exists():
         return FAMILIES[weights.kind(path)]
-    if is_local_path(spec):
+    if not on_hub(spec):
         return None  # resolve_weights says it is missing
     repo_id = parse_hub_spec(SHORT_NAMES.get(spec, spec))[0]
     return FAMILIES[REPO_FAMILIES[repo_id]] if repo_id in REPO_FAMILIES else None
+
+
+def on_hub(spec: str) -> bool:
+    """Whether weights given as `spec` (a path, a Hub id or a short name) come from the Hub."""
+    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
+        spec = SHORT_NAMES[spec]
+    return not is_local_path(spec)
 
 
 def owner(preset_name: str) -> Family | None:

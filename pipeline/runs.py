@@ -28,6 +28,7 @@ from pipeline.models import (
     compile_model,
     default_dtype,
     known_family,
+    on_hub,
     parse_device,
     resolve_weights,
 )
@@ -36,7 +37,6 @@ from pipeline.provenance import Settings, run_settings
 from schedule import DiscreteSchedule, NoiseSchedule
 from solvers import Plan
 from weights import Family
-from weights.hub import is_local_path
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def prepare_run(request: Request) -> Run:
     dtype = request.dtype or default_dtype(device)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    if not is_local_path(request.weights):
+    if on_hub(request.weights):
         preview_plan(request)  # refuse before minutes go into fetching the weights
     path = resolve_weights(request.weights, DTYPES[dtype], bundled_vae=request.vae is None)
     checkpoint = weights.read_checkpoint(path, DTYPES[dtype], bundled_vae=request.vae is None)
