@@ -147,23 +147,23 @@ def generate(
     CUDA graph on CUDA and replayed by later calls (pipeline/graphs.py); the same numbers as without it
     elsewhere.
     """
-    sd, made, init = run.model, run.settings, run.init
+    sd, settings, init = run.model, run.settings, run.init
     seeds = [job.seed for job in jobs]
     device = next(sd.unet.parameters()).device
     channels = sd.unet.config.in_channels
     plan = img2img.cut(run.plan, init, sd.schedule)
     with torch.inference_mode():
         cond, uncond = conditioning(
-            sd, [job.prompt for job in jobs], made.negative_prompt, size=made.size(),
-            empty_negative=made.empty_negative,
+            sd, [job.prompt for job in jobs], settings.negative_prompt, size=settings.size(),
+            empty_negative=settings.empty_negative,
         )  # fmt: skip
         noise = initial_noise(
-            seeds, (channels, made.height // LATENT_FACTOR, made.width // LATENT_FACTOR), device
+            seeds, (channels, settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR), device
         )
         x = noise * plan.sigmas[0] if init is None else img2img.start_latent(sd, init, plan.sigmas[0], noise)
         inputs = {"x": x, "noise": draw_ahead(step_noise(seeds), x, noise_draws(plan)), "cond": cond,
                   "uncond": uncond}  # fmt: skip
-        if made.compile and callback is None:
+        if settings.compile and callback is None:
             key = (plan.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
             loops = _LOOPS.setdefault(sd.unet, {})
             if key not in loops:
@@ -173,7 +173,7 @@ def generate(
             loop = prepared_steps(sd, plan, x, callback)
         x, finite = loop(inputs)
         _check_finite(finite, plan, _blame(sd, plan))
-        return decode(sd, x, made.quantization)
+        return decode(sd, x, settings.quantization)
 
 
 def prepared_steps(

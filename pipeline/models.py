@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+import safeio
 import weights
 from weights import FAMILIES, Family
 from weights.errors import WeightsError
@@ -89,7 +90,7 @@ def parse_device(spec: str | None) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as err:
-        reason = " ".join(str(err).split())
+        reason = safeio.reason(err)
         raise ValueError(f"--device {spec} is not a torch device ({reason}); use e.g. cpu or cuda") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device.type not in available:  # meta holds no data; xla, hpu, ... are not supported

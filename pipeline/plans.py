@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import safeio
 from model import Denoiser, FreeU
 from pipeline.models import FAMILIES, Family, owner
 from schedule import DiscreteSchedule, NoiseSchedule
@@ -48,7 +49,7 @@ def read_plan_file(path: str | os.PathLike) -> Plan:
     try:
         text = Path(path).read_bytes()
     except OSError as err:
-        raise PlanError(f"cannot read plan file {path}: {_reason(err)}") from None
+        raise PlanError(f"cannot read plan file {path}: {safeio.reason(err)}") from None
     try:
         return check_plan(Plan.from_json(text))
     except PlanError as err:
@@ -212,9 +213,3 @@ def _freeu(
         per_step = (setting,) * n if steps is None else window(steps, setting, n)
         label = "freeu" if freeu is True and version is None else f"freeu={FreeU.from_dict(setting).text()}"
     return per_step, label + ("" if steps is None else f"@{steps}")
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return " ".join(str(err).split()) or type(err).__name__

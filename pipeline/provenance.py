@@ -271,7 +271,7 @@ def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", {}))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise PlanError(f"cannot read {path} as a PNG: {_reason(err)}") from None
+        raise PlanError(f"cannot read {path} as a PNG: {safeio.reason(err)}") from None
     return replay_from_text(text, path)
 
 
@@ -288,9 +288,3 @@ def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tup
         return Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
     except PlanError as err:
         raise PlanError(f"{path} cannot be replayed: {err}") from None
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return " ".join(str(err).split()) or type(err).__name__

@@ -193,13 +193,13 @@ def subject(
     torch.inference_mode()."""
     shard = shard or Shard()
     rows = samples(prompts, search_samples + held_out, seed)
-    sd, made = run.model, run.settings
-    height, width, batch_size, size = made.height, made.width, made.batch, made.size()
+    sd, settings = run.model, run.settings
+    height, width, batch_size, size = settings.height, settings.width, settings.batch, settings.size()
     folder = Path(cache).expanduser() if cache else default_cache()
     parameter = next(sd.unet.parameters())
     guided = partial(
-        batched_denoiser, sd, negative_prompt=made.negative_prompt, batch_size=batch_size, size=size,
-        empty_negative=made.empty_negative,
+        batched_denoiser, sd, negative_prompt=settings.negative_prompt, batch_size=batch_size, size=size,
+        empty_negative=settings.empty_negative,
     )  # fmt: skip
 
     def teach(
@@ -209,11 +209,11 @@ def subject(
         substeps: int,
         progress: Callable[[int], Any],
     ) -> Teacher | None:
-        identity = {"weights_sha256": made.weights_sha256, "negative_prompt": made.negative_prompt,
+        identity = {"weights_sha256": settings.weights_sha256, "negative_prompt": settings.negative_prompt,
                     "height": height, "width": width, "dtype": str(parameter.dtype).removeprefix("torch."),
                     "device": parameter.device.type, "options": dict(options), "grid": list(grid),
-                    "solver": solver, "substeps": substeps, "empty_negative": made.empty_negative,
-                    "size_conditioning": made.size_conditioning}  # fmt: skip
+                    "solver": solver, "substeps": substeps, "empty_negative": settings.empty_negative,
+                    "size_conditioning": settings.size_conditioning}  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         store = TeacherCache(folder, json.loads(json.dumps(identity)))
         return teachers(sd, rows, store, options, guided, height=height, width=width, batch_size=batch_size,
@@ -221,7 +221,7 @@ def subject(
 
     return Subject(
         sd.schedule,
-        made.model,
+        settings.model,
         guided(rows[:search_samples]),
         guided(rows[search_samples:]),
         teach,

@@ -1,4 +1,4 @@
-"""The arrows of DESIGN.md, read off every import statement: commands -> pipeline -> weights -> the
+"""The layers of the project, read off every import statement: commands -> pipeline -> weights -> the
 networks; pipeline -> solvers -> schedule; the networks know nothing of solvers, solvers nothing of
 networks, and no library module imports a script (run_sample.py) or the tests.
 

@@ -421,7 +421,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
         try:
             lines = merges.read_text(encoding="utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as error:
-            raise WeightsError(f"cannot read {merges}: {cli_reason(error)}; {fix}") from None
+            raise WeightsError(f"cannot read {merges}: {safeio.reason(error)}; {fix}") from None
         pairs = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         wrong = next((n for n, pair in enumerate(pairs) if len(pair) != 2), None)
         if wrong is not None:
@@ -429,8 +429,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
         try:
             return Tokenizer(build_bpe(tokens, pairs), pad_id)
         except Exception as error:  # the tokenizers library raises plain Exceptions on a bad vocabulary
-            reason = " ".join(str(error).split())
-            raise WeightsError(f"{folder} holds no CLIP vocabulary ({reason}); {fix}") from None
+            raise WeightsError(f"{folder} holds no CLIP vocabulary ({safeio.reason(error)}); {fix}") from None
     if vocab.is_file() or merges.is_file():
         missing = merges if vocab.is_file() else vocab
         raise WeightsError(
@@ -539,10 +538,6 @@ def _shapes(part: _Part) -> dict[str, tuple[int, ...]]:
                 )
             shapes[target.name] = shape
     return shapes
-
-
-def cli_reason(error: BaseException) -> str:
-    return error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
 
 
 def _count(items: list, noun: str) -> str:
