@@ -56,7 +56,7 @@ class InitImage:
     def check_size(self, height: int, width: int) -> None:
         _, h, w = self.pixels.shape
         if (h, w) != (height, width):
-            raise ValueError(f"--init-image is {w}x{h} pixels but the images are {width}x{height}; resize it")
+            raise ValueError(f"the init image is {w}x{h} px but the images are {width}x{height}; resize it")
 
 
 def cut(plan: Plan, init: InitImage | None, schedule: DiscreteSchedule) -> Plan:
@@ -76,7 +76,7 @@ def start_step(plan: Plan, strength: float, cut: str, schedule: DiscreteSchedule
     if kept == 0:
         least = f"at least {1 / n:.3g}" if cut == "steps" else "a larger one"
         raise ValueError(
-            f"--strength {strength:g} keeps none of the plan's {n} steps (cut by {cut}); use {least}, "
+            f"strength {strength:g} keeps none of the plan's {n} steps (cut by {cut}); use {least}, "
             "or a plan with more steps"
         )
     return n - kept
