@@ -13,7 +13,6 @@ import hashlib
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,12 +26,10 @@ from pipeline.limits import LATENT_FACTOR
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
+from pipeline.runs import Job, Run
 from solvers import NoiseSource, Plan, StepInfo, guided, sample
 from solvers.guidance import Cond
 from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
-
-if TYPE_CHECKING:
-    from pipeline.runs import Job, Run
 
 # The captured step loops of each U-Net, by plan and input shapes (dropped with the U-Net).
 _LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.WeakKeyDictionary()
@@ -153,10 +150,10 @@ def generate(
     channels = sd.unet.config.in_channels
     plan = img2img.cut(run.plan, init, sd.schedule)
     with torch.inference_mode():
+        prompts, size = [job.prompt for job in jobs], settings.size()
         cond, uncond = conditioning(
-            sd, [job.prompt for job in jobs], settings.negative_prompt, size=settings.size(),
-            empty_negative=settings.empty_negative,
-        )  # fmt: skip
+            sd, prompts, settings.negative_prompt, size=size, empty_negative=settings.empty_negative
+        )
         noise = initial_noise(
             seeds, (channels, settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR), device
         )
