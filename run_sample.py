@@ -16,7 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -25,29 +25,21 @@ from tqdm import tqdm
 
 import cli
 import pipeline
-import safeio
 from cli.generation import (
     add_image_flags,
     add_init_image_flags,
     add_model_flags,
     add_plan_flags,
+    given_size_flags,
     plan_overrides,
-    refuse_size_flags,
+    prepared,
     size_conditioning,
 )
 from pipeline import Settings
-from schedule import DiscreteSchedule
-from solvers import Plan, StepInfo
+from solvers import StepInfo
 from solvers.export import listing
-from weights.hub import is_local_path
 
 PROG = "run_sample.py"
-
-
-@dataclass(frozen=True)
-class Job:
-    prompt: str
-    seed: int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,14 +116,6 @@ def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[s
     raise ValueError('no prompt: pass --prompt "TEXT" (repeatable) or --prompts FILE')
 
 
-def _plan_to_print(spec: str | None, plan_for: partial) -> Plan:
-    """--print-plan loads no weights; local --weights (their headers only) pick their family's rows."""
-    if spec is None or not is_local_path(spec) or not Path(spec).expanduser().exists():
-        return plan_for(schedule=DiscreteSchedule.sd())
-    path = Path(spec).expanduser()
-    return plan_for(schedule=DiscreteSchedule.sd(), family=pipeline.file_family(path))
-
-
 def run(args: argparse.Namespace) -> None:
     """The command: settle and check every setting, then load the weights, then generate batch by batch."""
     replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
@@ -142,104 +126,74 @@ def run(args: argparse.Namespace) -> None:
             return flag
         return getattr(replayed, name) if replayed is not None else default
 
-    device = pipeline.parse_device(args.device)
-    dtype = pick(args.dtype, "dtype", pipeline.default_dtype(device))
-    if dtype not in pipeline.DTYPES:
-        raise ValueError(safeio.unknown("dtype", dtype, pipeline.DTYPES))
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     if base is not None:
         bounds(steps=base.steps, source=f"the plan of {args.plan or args.replay}: ")
-    plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before minutes go into fetching weights
+    height, width = pick(args.height, "height", None), pick(args.width, "width", None)
+    if replayed is not None and (args.height is None or args.width is None):
+        bounds(height=height, width=width, source=f"{args.replay}: ")
+    stored_size = None if replayed is None else replayed.size()
+    request = pipeline.Request(
+        weights=pick(args.weights, "weights", pipeline.DEFAULT_WEIGHTS),
+        vae=pick(args.vae, "vae", None),
+        device=pipeline.parse_device(args.device),
+        dtype=pick(args.dtype, "dtype", None),
+        vae_dtype=pick(args.vae_dtype, "vae_dtype", None),
+        height=height,
+        width=width,
+        size_conditioning=size_conditioning(args, stored_size) if given_size_flags(args) else stored_size,
+        negative_prompt=pick(args.negative_prompt, "negative_prompt", ""),
+        empty_negative=pick(args.empty_negative, "empty_negative", None),
+        quantization=pick(args.quantize, "quantization", "round"),
+        compile=pick(args.compile, "compile", False),
+        recipe=pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args)),
+        allow_large=args.allow_large,
+    )
+    plan = prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before any work
     if args.print_plan:
-        print(listing(_plan_to_print(args.weights, plan_for)))
+        print(listing(plan))
         return
     prompts = _read_prompts(args, replayed)
     init_spec = pick(args.init_image, "init_image", None)
     strength = pick(args.strength, "strength", None)
     if (init_spec is None) != (strength is None):
         raise ValueError("--init-image and --strength go together: give both, or neither for text to image")
-    init_pixels = None if init_spec is None else pipeline.read_image(init_spec)
+    if init_spec is not None:
+        cut = pick(args.strength_cut, "strength_cut", "steps")
+        init = pipeline.InitImage(pipeline.read_image(init_spec), strength, cut, source=init_spec)
+        request = replace(request, init=init)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
     bounds(images=len(prompts) * args.num_images)  # before the list of jobs is built
     each = [prompt for prompt in prompts for _ in range(args.num_images)]
-    jobs = [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
+    jobs = [pipeline.Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
     if jobs[-1].seed >= 2**63:
         raise ValueError(
             f"--seed {first_seed} + {len(jobs) - 1} images runs past 2^63 - 1; use a smaller seed"
         )
-    rows, offset = min(args.batch_size or 1, len(jobs)), 0
+    batch_size, offset = min(args.batch_size or 1, len(jobs)), 0
     if replayed is not None and args.batch_size is None and len(jobs) == 1:
-        rows, offset = replayed.batch, replayed.batch_index  # rebuild the batch the image was made in
-        bounds(batch=rows, source=f"the settings of {args.replay}: ")
+        # rebuild the batch the image was made in
+        batch_size, offset = replayed.batch, replayed.batch_index
+        bounds(batch=batch_size, source=f"the settings of {args.replay}: ")
     out = pipeline.prepare_output(args.out)
 
     started = time.perf_counter()
-    spec = pick(args.weights, "weights", pipeline.DEFAULT_WEIGHTS)
-    vae_spec = pick(args.vae, "vae", None)
-    path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=vae_spec is None)
-    family = pipeline.file_family(path)
-    plan_for = partial(plan_for, family=family)
-    checked = plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
-    refuse_size_flags(args, family)
-    default_height, default_width = (family.size,) * 2 if init_pixels is None else init_pixels.shape[1:]
-    height, width = pick(args.height, "height", default_height), pick(args.width, "width", default_width)
-    pipeline.check_size(height, width)
-    given = args.height is not None and args.width is not None
-    bounds(height=height, width=width, source="" if given or replayed is None else f"{args.replay}: ")
-    pipeline.check_free_space(out, height, width, len(jobs))
-    init = None
-    if init_pixels is not None:
-        init = pipeline.InitImage(init_pixels, strength, pick(args.strength_cut, "strength_cut", "steps"))
-        init.check_size(height, width)
-        pipeline.img2img.cut(checked, init, DiscreteSchedule.sd())  # refuse a strength that keeps no step
-    vae_dtype = pick(args.vae_dtype, "vae_dtype", None) or family.vae_dtype(dtype)
-    compile_unet = pick(args.compile, "compile", False)
-    sd, path = pipeline.load_model(
-        str(path),
-        device,
-        pipeline.DTYPES[dtype],
-        compile_unet,
-        vae=vae_spec,
-        vae_dtype=pipeline.DTYPES[vae_dtype],
-    )
-    plan = plan_for(schedule=sd.schedule)  # on the model's own noise schedule (a file may store one)
-    size = (
-        size_conditioning(args, replayed.size() if replayed else None) if family.size_conditioning else None
-    )
-    made = pipeline.run_settings(
-        spec,
-        path,
-        vae=None if vae_spec is None else (vae_spec, sd.vae_source),
-        init_image=None if init is None else (init_spec, Path(init_spec)),
-        negative_prompt=pick(args.negative_prompt, "negative_prompt", ""),
-        width=width,
-        height=height,
-        dtype=dtype,
-        device=device.type,
-        compile=compile_unet,
-        batch=rows,
-        size_conditioning=None if size is None else list(size.numbers()),
-        empty_negative=pick(args.empty_negative, "empty_negative", family.empty_negative),
-        vae_dtype=vae_dtype,
-        strength=strength,
-        strength_cut=None if init is None else init.cut,
-        quantization=pick(args.quantize, "quantization", "round"),
-    )
+    assembled = prepared(args, pipeline.prepare_run, replace(request, batch=batch_size))
+    pipeline.check_free_space(out, assembled.settings.height, assembled.settings.width, len(jobs))
     loaded = time.perf_counter() - started
     if replayed is not None:
-        _note_differences(args.replay, replayed, made)
-    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+        _note_differences(args.replay, replayed, assembled.settings)
+    if elsewhere := pipeline.searched_on_another_model(assembled.plan, assembled.settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
     started = time.perf_counter()
-    batches = pipeline.batches(jobs, rows, offset)
+    batches = pipeline.batches(jobs, batch_size, offset)
     written: list[Path] = []
     with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
-        trajectories = _generate_all(sd, plan, batches, made, init, out, args.trajectory, written)
+        trajectories = _generate_all(assembled, batches, out, args.trajectory, written)
     elapsed = time.perf_counter() - started
     extra = f" and {cli.count(trajectories, 'trajectory', 'trajectories')}" if trajectories else ""
     print(
@@ -249,11 +203,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _generate_all(
-    sd,
-    plan: Plan,
-    batches: list[pipeline.Batch[Job]],
-    made: Settings,
-    init: pipeline.InitImage | None,
+    assembled: pipeline.Run,
+    batches: list[pipeline.Batch[pipeline.Job]],
     out: Path,
     trajectory: bool,
     written: list[Path],
@@ -261,7 +212,8 @@ def _generate_all(
     """Generate and save every batch's own images (and their trajectories), adding each image's path to
     `written` as it lands. Returns the trajectories saved."""
     saved_trajectories = 0
-    quantization, total = made.quantization, pipeline.img2img.cut(plan, init, sd.schedule).steps
+    sd, plan, quantization = assembled.model, assembled.plan, assembled.settings.quantization
+    total = pipeline.img2img.cut(plan, assembled.init, sd.schedule).steps
     for b, batch in enumerate(batches):
         steps: list[tuple[torch.Tensor, torch.Tensor]] = []
         bar = tqdm(total=total, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr)
@@ -279,9 +231,8 @@ def _generate_all(
         with bar:
             # The bar moves per step, but per batch where the step loop replays as a CUDA graph (no host
             # call per step there), unless --trajectory needs every step.
-            per_step = trajectory or not pipeline.replays_graph(made)
-            images = pipeline.generate_batch(sd, plan, batch, made, callback=step if per_step else None,
-                                             init=init)  # fmt: skip
+            per_step = trajectory or not pipeline.replays_graph(assembled.settings)
+            images = pipeline.generate_batch(assembled, batch, callback=step if per_step else None)
             bar.update(total - bar.n)
         for settings, image in images:
             metadata = pipeline.png_metadata(plan, settings)
@@ -297,12 +248,12 @@ def _generate_all(
     return saved_trajectories
 
 
-def _written(written: list[Path], jobs: list[Job], out: Path) -> str:
+def _written(written: list[Path], jobs: list[pipeline.Job], out: Path) -> str:
     last = f", the last {written[-1].name}" if written else ""
     return f"wrote {len(written)} of {len(jobs)} images to {out}/ (each one complete{last})"
 
 
-def _resume(jobs: list[Job], done: int) -> str:
+def _resume(jobs: list[pipeline.Job], done: int) -> str:
     """How to make the images a run did not get to: they are jobs[done:], in order."""
     left = jobs[done:]
     if not left:

@@ -64,9 +64,9 @@ def checkpoint_shapes(model: str) -> dict[str, tuple[int, ...]]:
     from tests.reference import clip
     from text_encoder import CLIPTextConfig, CLIPTextModel
     from vae import AutoencoderKL, VAEConfig
-    from weights.kinds import KINDS
+    from weights.families import FAMILIES
 
-    kind = KINDS[model]
+    kind = FAMILIES[model]
     prefixes = kind.prefixes()
     with torch.device("meta"):
         unet = UNet(UNetConfig.sd1() if model == "sd1" else UNetConfig.sdxl())
@@ -86,9 +86,9 @@ def checkpoint_shapes(model: str) -> dict[str, tuple[int, ...]]:
 def extras(model: str) -> dict[str, torch.Tensor]:
     """The non-weight tensors of the official files: SD 1.5's alphas_cumprod, CLIP's position_ids."""
     from tests.checkpoints import sd15_alphas_cumprod
-    from weights.kinds import KINDS
+    from weights.families import FAMILIES
 
-    clip_prefix = KINDS[model].prefixes()["text_encoder"]
+    clip_prefix = FAMILIES[model].prefixes()["text_encoder"]
     positions = {clip_prefix + "text_model.embeddings.position_ids": torch.arange(77)[None]}
     return positions | ({"alphas_cumprod": sd15_alphas_cumprod()} if model == "sd1" else {})
 

@@ -106,6 +106,7 @@ def dp_against_brute_force() -> None:
 
 def tiny_model(args: argparse.Namespace) -> None:
     """The real-weights path on a tiny random-weight SD 1.5 (64 x 64 px): calls and time."""
+    import pipeline
     from pipeline.search import subject
     from tests.checkpoints import write_checkpoint
 
@@ -113,8 +114,8 @@ def tiny_model(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
         started = time.perf_counter()
         weights = str(write_checkpoint(Path(folder), "single"))
-        sd = subject(weights, prompts, 4, 4, seed=0, height=64, width=64, device="cpu", batch_size=4,
-                     cache=Path(folder) / "cache")  # fmt: skip
+        run = pipeline.prepare_run(pipeline.Request(weights, height=64, width=64, device="cpu", batch=4))
+        sd = subject(run, prompts, 4, 4, seed=0, cache=Path(folder) / "cache")
         loaded = time.perf_counter()
         grid = candidate_grid(sd.schedule, args.grid)
         evaluations: list[int] = []

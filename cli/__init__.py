@@ -150,9 +150,9 @@ def span(names: Sequence[object]) -> str:
 def one_line(err: BaseException) -> str:
     """An error as one line: a system OSError as "file: reason" (as Unix tools write it), anything else
     as its text with newlines folded."""
-    if isinstance(err, OSError) and err.strerror:
-        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
-    return " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return safeio.reason(err)
 
 
 class Interrupted(KeyboardInterrupt):

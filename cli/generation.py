@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import cli
 import pipeline
@@ -271,10 +271,43 @@ def given_size_flags(args: argparse.Namespace) -> list[str]:
     return [flag for flag in ("original_size", "crop_top_left", "target_size") if getattr(args, flag)]
 
 
-def refuse_size_flags(args: argparse.Namespace, family: pipeline.Family) -> None:
-    """Size-conditioning flags with a model that takes none."""
-    given = given_size_flags(args)
-    if given and not family.size_conditioning:
+T = TypeVar("T")
+
+
+def run_request(
+    args: argparse.Namespace, device: object, recipe: pipeline.Recipe | None = None
+) -> pipeline.Request:
+    """The run the model and image flags ask for (a flag not given: the default); `device` as chosen
+    (pipeline/sharding.py under torchrun), `recipe` the plan's (default the family's preset)."""
+    return pipeline.Request(
+        weights=args.weights or pipeline.DEFAULT_WEIGHTS,
+        vae=args.vae,
+        device=device,
+        dtype=args.dtype,
+        vae_dtype=args.vae_dtype,
+        height=args.height,
+        width=args.width,
+        size_conditioning=size_conditioning(args, None) if given_size_flags(args) else None,
+        negative_prompt=args.negative_prompt or "",
+        empty_negative=args.empty_negative,
+        quantization=getattr(args, "quantize", None) or "round",
+        compile=bool(args.compile),
+        batch=args.batch_size or 1,
+        recipe=recipe or pipeline.Recipe(),
+        allow_large=args.allow_large,
+    )
+
+
+def prepared(args: argparse.Namespace, step: Callable[[pipeline.Request], T], request: pipeline.Request) -> T:
+    """`step(request)` (pipeline.preview_plan or pipeline.prepare_run), its refusal of size conditioning
+    named by the flag that asked for it."""
+    try:
+        return step(request)
+    except pipeline.SizeConditioningRefused as err:
+        given = given_size_flags(args)
+        if not given:
+            raise
+        flag = given[0].replace("_", "-")
         raise ValueError(
-            f"--{given[0].replace('_', '-')} is SDXL's size conditioning; {family.label} models take none"
-        )
+            f"--{flag} is SDXL's size conditioning; {err.family.label} models take none"
+        ) from None

@@ -42,20 +42,18 @@ from tqdm import tqdm
 import cli
 import pipeline
 import safeio
-import weights
 from cli.generation import (
     add_image_flags,
     add_model_flags,
     add_plan_flags,
     plan_overrides,
-    refuse_size_flags,
-    size_conditioning,
+    prepared,
+    run_request,
 )
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
 from pipeline.sharding import Shard, pick_device, shard_batches
-from schedule import DiscreteSchedule
 from solvers import Plan, PlanError
 
 PROG = "python -m evaluation.generate"
@@ -98,13 +96,13 @@ def image_path(out: Path, row: Prompt) -> Path:
 def run_record(
     plan: Plan,
     preset_name: str | None,
-    made: Settings,
+    settings: Settings,
     manifest: str | os.PathLike,
     manifest_rows: int,
     manifest_sha256: str,
 ) -> dict:
     """What `DIR/run.json` holds: the plan and what the table shows (method, NFE, guidance), the weights,
-    the manifest, and the settings of `made` (the run's Settings, per-image fields aside)."""
+    the manifest, and `settings` (the run's, per-image fields aside)."""
     guidance = plan.guidance[0] if len(set(plan.guidance)) == 1 else list(plan.guidance)
     record = {
         "format": RUN_FORMAT,
@@ -113,15 +111,15 @@ def run_record(
         "nfe": plan.nfe,
         "guidance": guidance,
         "plan": plan.to_dict(),
-        "weights": made.weights,
-        "weights_sha256": made.weights_sha256,
-        "model": made.model,
+        "weights": settings.weights,
+        "weights_sha256": settings.weights_sha256,
+        "model": settings.model,
         "manifest": str(manifest),
         "manifest_rows": manifest_rows,
         "manifest_sha256": manifest_sha256,
-        **{key: getattr(made, key) for key in DECIDING},
-        "vae": made.vae,
-        "version": made.version,
+        **{key: getattr(settings, key) for key in DECIDING},
+        "vae": settings.vae,
+        "version": settings.version,
     }
     return json.loads(json.dumps(record))  # as it reads back: lists, not tuples
 
@@ -203,9 +201,9 @@ def _short(value: object) -> str:
 # -- which images to make --------------------------------------------------------------------------------
 
 
-def row_settings(made: Settings, row: Prompt, slot: int) -> Settings:
+def row_settings(settings: Settings, row: Prompt, slot: int) -> Settings:
     """The settings of `row`'s image made at row `slot` of its batch, as generate_batch sets them."""
-    return replace(made, prompt=row.prompt, seed=row.seed, batch_index=slot)
+    return replace(settings, prompt=row.prompt, seed=row.seed, batch_index=slot)
 
 
 def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
@@ -222,7 +220,7 @@ def image_differences(path: Path, plan: Plan, settings: Settings) -> list[str]:
     return differences
 
 
-def to_make(batch: Batch[Prompt], out: Path, plan: Plan, made: Settings, force: bool) -> list[int]:
+def to_make(batch: Batch[Prompt], out: Path, plan: Plan, settings: Settings, force: bool) -> list[int]:
     """The slots of `batch` whose image is still to make: no PNG yet, or (under `force`) one made with
     other settings. Without `force` such a PNG is refused."""
     slots = []
@@ -231,7 +229,7 @@ def to_make(batch: Batch[Prompt], out: Path, plan: Plan, made: Settings, force: 
         if not path.exists():
             slots.append(slot)
             continue
-        differences = image_differences(path, plan, row_settings(made, row, slot))
+        differences = image_differences(path, plan, row_settings(settings, row, slot))
         if differences and not force:
             raise ValueError(
                 f"{path} was made with other settings ({'; '.join(differences)}); "
@@ -256,89 +254,54 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     base = pipeline.read_plan_file(args.plan) if args.plan else None
     if base is not None:
         bounds(steps=base.steps, source=f"the plan of {args.plan}: ")
-    plan_for = partial(pipeline.build_plan, args.steps, args.preset, base, **plan_overrides(args))
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a bad plan before the weights are fetched
+    recipe = pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args))
+    request = run_request(args, pick_device(args.device, shard), recipe)
+    prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before anything is written
     out = pipeline.prepare_output(args.out)
-    device = pick_device(args.device, shard)
-    dtype = args.dtype or pipeline.default_dtype(device)
-    spec = args.weights or pipeline.DEFAULT_WEIGHTS
-    batch_size = args.batch_size or 1
-
-    path = pipeline.resolve_weights(spec, pipeline.DTYPES[dtype], bundled_vae=args.vae is None)
-    family = pipeline.file_family(path)
-    plan_for = partial(plan_for, family=family)
-    plan_for(schedule=DiscreteSchedule.sd())  # refuse a plan tuned for another family
-    refuse_size_flags(args, family)
-    height, width = args.height or family.size, args.width or family.size
-    pipeline.check_size(height, width)
-    bounds(height=height, width=width)
-    pipeline.check_free_space(out, height, width, len(rows))
-    vae_dtype = args.vae_dtype or family.vae_dtype(dtype)
-    sd, path = pipeline.load_model(
-        str(path),
-        device,
-        pipeline.DTYPES[dtype],
-        bool(args.compile),
-        vae=args.vae,
-        vae_dtype=pipeline.DTYPES[vae_dtype],
-    )
-    plan = plan_for(schedule=sd.schedule)  # on the model's own noise schedule, as run_sample.py places it
-    size = size_conditioning(args, None) if family.size_conditioning else None
-    made = pipeline.run_settings(
-        spec,
-        path,
-        vae=None if args.vae is None else (args.vae, sd.vae_source),
-        negative_prompt=args.negative_prompt or "",
-        width=width,
-        height=height,
-        dtype=dtype,
-        device=device.type,
-        compile=bool(args.compile),
-        batch=batch_size,
-        size_conditioning=None if size is None else list(size.numbers()),
-        empty_negative=args.empty_negative or family.empty_negative,
-        vae_dtype=vae_dtype,
-        quantization=args.quantize or "round",
-    )
-    if elsewhere := pipeline.searched_on_another_model(plan, made.model):
+    assembled = prepared(args, pipeline.prepare_run, request)
+    settings = assembled.settings
+    pipeline.check_free_space(out, settings.height, settings.width, len(rows))
+    if elsewhere := pipeline.searched_on_another_model(assembled.plan, settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
-    preset_name = None if args.plan else plan.name  # build_plan names a preset's plan after it
-    record = run_record(plan, preset_name, made, args.manifest, manifest_rows, manifest_sha256)
+    preset_name = None if args.plan else assembled.plan.name  # build_plan names a preset's plan after it
+    record = run_record(assembled.plan, preset_name, settings, args.manifest, manifest_rows, manifest_sha256)
     claim_run(out, record, args.force, shard)
 
-    mine = shard_batches(pipeline.batches(rows, batch_size), shard)
-    work = [(batch, slots) for batch in mine if (slots := to_make(batch, out, plan, made, args.force))]
+    mine = shard_batches(pipeline.batches(rows, request.batch), shard)
+    work = [
+        (batch, slots)
+        for batch in mine
+        if (slots := to_make(batch, out, assembled.plan, settings, args.force))
+    ]
     total = sum(len(slots) for _, slots in work)
     present = sum(len(batch.slots) for batch in mine) - total
     tag = f"rank {shard.rank} of {shard.world_size}: " if shard.world_size > 1 else ""
-    started, made_now = time.perf_counter(), []
+    started, written = time.perf_counter(), []
     with cli.reporting_stops(
         out,
-        lambda: f"{tag}made {len(made_now)} of {total} images in {out}/ (each one complete)",
+        lambda: f"{tag}made {len(written)} of {total} images in {out}/ (each one complete)",
         lambda: "rerun the same command to make the rest (the images there are kept)",
     ):
-        _make(sd, plan, made, out, work, total, tag, shard, made_now)
+        _make(assembled, out, work, total, tag, shard, written)
     elapsed = time.perf_counter() - started
     rate = f" ({total / elapsed:.2f} images/s)" if total else ""
-    names = f" ({cli.span([path.name for path in made_now])})" if made_now else ""
+    names = f" ({cli.span([path.name for path in written])})" if written else ""
     made_here = f"{tag}made {cli.count(total, 'image')}{names} in {out}/"
     print(f"{made_here} in {elapsed:.1f} s{rate}; {present} were already there")
 
 
 def _make(
-    sd: weights.StableDiffusion,
-    plan: Plan,
-    made: Settings,
+    assembled: pipeline.Run,
     out: Path,
     work: list[tuple[Batch[Prompt], list[int]]],
     total: int,
     tag: str,
     shard: Shard,
-    made_now: list[Path],
+    written: list[Path],
 ) -> None:
-    """Make the missing images of `work` ((batch, slots) pairs), adding each path to `made_now`. The bar
+    """Make the missing images of `work` ((batch, slots) pairs), adding each path to `written`. The bar
     counts U-Net steps, each batch's per step, or at once where its steps replay as a CUDA graph."""
-    steps = plan.steps
+    steps = pipeline.img2img.cut(assembled.plan, assembled.init, assembled.model.schedule).steps
     with tqdm(
         total=len(work) * steps,
         unit="step",
@@ -346,13 +309,14 @@ def _make(
         disable=None if shard.rank == 0 else True,  # one bar: rank 0's rate and ETA stand for all
         file=sys.stderr,
     ) as bar:
-        step = None if pipeline.replays_graph(made) else lambda info: bar.update(1)
+        step = None if pipeline.replays_graph(assembled.settings) else lambda info: bar.update(1)
         for b, (batch, slots) in enumerate(work):
-            for settings, image in pipeline.generate_batch(sd, plan, batch, made, callback=step):
+            jobs = Batch(tuple(pipeline.Job(row.prompt, row.seed) for row in batch.rows), batch.slots)
+            for settings, image in pipeline.generate_batch(assembled, jobs, callback=step):
                 if settings.batch_index in slots:
                     row = batch.rows[settings.batch_index]
-                    _save(image, out, row, pipeline.png_metadata(plan, settings))
-                    made_now.append(image_path(out, row))
+                    _save(image, out, row, pipeline.png_metadata(assembled.plan, settings))
+                    written.append(image_path(out, row))
             bar.update((b + 1) * steps - bar.n)
 
 

@@ -1,15 +1,15 @@
-"""Text-to-image (and image-to-image) generation as a library: the model, the plan, conditioning,
-initial noise, the guided denoiser, `sample`, decode, and each image's provenance (Settings, PNG
-metadata, replay, atomic writes). `run_sample.py` and `evaluation/` are command lines over it.
+"""Text-to-image (and image-to-image) generation as a library: a run assembled from the user's choices
+(`prepare_run`: the model, the plan, the run's settings), conditioning, initial noise, the guided
+denoiser, `sample`, decode, and each image's provenance (Settings, PNG metadata, replay, atomic
+writes). `run_sample.py`, `evaluation/` and the schedule search are command lines over it.
 
-    import pipeline, torch
-    sd, path = pipeline.load_model("v1-5-pruned-emaonly.safetensors", "cuda", torch.float16)
-    plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule)
-    images = pipeline.generate(sd, plan, ["a cat"], [42])     # uint8 [1, 3, 512, 512]
+    import pipeline
+    recipe = pipeline.Recipe(8, overrides={"guidance": 5.5})
+    run = pipeline.prepare_run(pipeline.Request("v1-5-pruned-emaonly.safetensors", recipe=recipe))
+    images = pipeline.generate(run, [pipeline.Job("a cat", 42)])   # uint8 [1, 3, 512, 512]
 
-    sd, path = pipeline.load_model("sdxl", "cuda", torch.float16, vae="sdxl-vae-fp16-fix")
-    plan = pipeline.build_plan(8, guidance=5.5, schedule=sd.schedule, family=pipeline.family(sd))
-    images = pipeline.generate(sd, plan, ["a cat"], [42])     # paper-xl-8, uint8 [1, 3, 1024, 1024]
+    run = pipeline.prepare_run(pipeline.Request("sdxl", "sdxl-vae-fp16-fix", recipe=recipe))
+    images = pipeline.generate(run, [pipeline.Job("a cat", 42)])   # paper-xl-8, uint8 [1, 3, 1024, 1024]
 """
 
 from model import SizeConditioning
@@ -43,14 +43,9 @@ from pipeline.models import (
     DEFAULT_WEIGHTS,
     DTYPE_ALIASES,
     DTYPES,
-    EMPTY_NEGATIVE,
-    FAMILIES,
-    Family,
     default_dtype,
     family,
-    family_of,
-    file_family,
-    load_model,
+    known_family,
     model_name,
     parse_device,
     resolve_weights,
@@ -67,7 +62,9 @@ from pipeline.provenance import (
     read_replay,
     run_settings,
 )
+from pipeline.runs import Job, Recipe, Request, Run, SizeConditioningRefused, prepare_run, preview_plan
 from weights.errors import WeightsError
+from weights.families import EMPTY_NEGATIVE, FAMILIES, Family
 
 # What a command reports as one line and exit status 2 (PlanError is a ValueError).
 USER_ERRORS = (WeightsError, SamplingError, ValueError, OSError)
@@ -95,9 +92,14 @@ __all__ = [
     "Batch",
     "Family",
     "InitImage",
+    "Job",
+    "Recipe",
+    "Request",
+    "Run",
     "SamplingError",
     "Settings",
     "SizeConditioning",
+    "SizeConditioningRefused",
     "batches",
     "build_plan",
     "check_bounds",
@@ -111,17 +113,17 @@ __all__ = [
     "default_dtype",
     "denoiser",
     "family",
-    "family_of",
-    "file_family",
     "generate",
     "generate_batch",
     "image_stem",
     "initial_noise",
-    "load_model",
+    "known_family",
     "model_name",
     "parse_device",
     "png_metadata",
     "prepare_output",
+    "prepare_run",
+    "preview_plan",
     "read_image",
     "read_plan_file",
     "read_prompts",

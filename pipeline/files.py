@@ -28,8 +28,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ValueError(f"cannot read --prompts {path}: {reason}") from None
+        raise ValueError(f"cannot read --prompts {path}: {safeio.reason(err)}") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts {path} holds no prompt; write one per line")
@@ -70,9 +69,9 @@ def prepare_output(directory: str | os.PathLike) -> Path:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as err:
-        reason = err.strerror or " ".join(str(err).split())
         raise OSError(
-            f"cannot write to the output folder {directory}: {reason}; pass --out DIR with a writable folder"
+            f"cannot write to the output folder {directory}: {safeio.reason(err)}; pass --out DIR with a "
+            "writable folder"
         ) from None
     safeio.remove_stale(directory)
     return directory

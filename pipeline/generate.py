@@ -13,7 +13,6 @@ import hashlib
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -23,10 +22,11 @@ from model import Denoiser, SizeConditioning
 from pipeline import img2img
 from pipeline.batching import Batch
 from pipeline.graphs import StaticLoop
-from pipeline.limits import LATENT_FACTOR, check_size
+from pipeline.limits import LATENT_FACTOR
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
+from pipeline.runs import Job, Run
 from solvers import NoiseSource, NonFinite, Plan, Prepared, StepInfo, guided, prepare
 from solvers.guidance import Cond
 
@@ -36,13 +36,6 @@ _LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.
 
 class SamplingError(RuntimeError):
     """A sampling run went wrong (non-finite latents); the message is one line."""
-
-
-class Job(Protocol):
-    """One image to make: any object with a prompt and a seed (a manifest row is one)."""
-
-    prompt: str
-    seed: int
 
 
 def initial_noise(
@@ -105,8 +98,14 @@ def decode_pixels(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.T
     vae_dtype = next(sd.vae.parameters()).dtype
     pixels = sd.vae.decode((latents / sd.vae.scaling_factor).to(vae_dtype)).float()
     if not torch.isfinite(pixels).all():
+        name = str(vae_dtype).removeprefix("torch.")
+        if vae_dtype != torch.float32:
+            raise SamplingError(
+                f"the VAE decoder produced non-finite pixels in {name}; decode in float32 instead"
+            )
         raise SamplingError(
-            f"the VAE decoder produced non-finite pixels in {vae_dtype}; try --vae-dtype float32"
+            f"the VAE decoder produced non-finite pixels in float32, so its weights "
+            f"{sd.vae_source or sd.source} are at fault: check them or use another VAE"
         )
     return pixels
 
@@ -130,50 +129,38 @@ def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
 
 
 def generate(
-    sd: weights.StableDiffusion,
-    plan: Plan,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    negative_prompt: str = "",
-    height: int | None = None,
-    width: int | None = None,
-    callback: Callable[[StepInfo], None] | None = None,
-    size: SizeConditioning | None = None,
-    empty_negative: str | None = None,
-    init: img2img.InitImage | None = None,
-    quantization: str = "round",
-    graphs: bool = False,
+    run: Run, jobs: Sequence[Job], *, callback: Callable[[StepInfo], None] | None = None
 ) -> torch.Tensor:
-    """Images for prompts[k] from seeds[k], as one batch: uint8 [B, 3, height, width] on the CPU
-    (default: the family's size, 512 for SD 1.x, 1024 for SDXL).
+    """The images of the jobs, as one batch: uint8 [B, 3, height, width] on the CPU, by the run's plan
+    and settings (size, negative prompt, size conditioning, empty negative, quantisation).
 
-    `sd` is a loaded `weights.StableDiffusion`. The latents stay float32 through the solver (the
-    Denoiser casts to the model's dtype); guidance is D_u + w (D_c - D_u) with the negative prompt
-    as the unconditional one (`size`, `empty_negative`: see `conditioning`). With `init`, every image
-    starts from that image at the step its strength selects (pipeline/img2img.py). `callback` sees
-    every step, after the check for non-finite values. Raises SamplingError naming the step at which
-    the latents stopped being finite. `graphs` (with no callback): the step loop of this plan and
-    batch shape runs over static buffers, captured once as a CUDA graph on CUDA and replayed by later
-    calls (pipeline/graphs.py); the same numbers as without it elsewhere.
+    The latents stay float32 through the solver (the Denoiser casts to the model's dtype); guidance is
+    D_u + w (D_c - D_u) with the negative prompt as the unconditional one (see `conditioning`). With
+    the run's init image, every image starts from it at the step its strength selects
+    (pipeline/img2img.py). `callback` sees every step, after the check for non-finite values. Raises
+    SamplingError naming the step at which the latents stopped being finite. A compiled run (with no
+    callback): the step loop of this plan and batch shape runs over static buffers, captured once as a
+    CUDA graph on CUDA and replayed by later calls (pipeline/graphs.py); the same numbers as without it
+    elsewhere.
     """
-    if len(prompts) != len(seeds):
-        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    height, width = height or family(sd).size, width or family(sd).size
-    check_size(height, width)
-    if init is not None:
-        init.check_size(height, width)
+    sd, settings, init = run.model, run.settings, run.init
+    seeds = [job.seed for job in jobs]
     device = next(sd.unet.parameters()).device
     channels = sd.unet.config.in_channels
-    run = img2img.cut(plan, init, sd.schedule)
+    plan = img2img.cut(run.plan, init, sd.schedule)
     with torch.inference_mode():
-        cond, uncond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
-        noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
-        x = noise * run.sigmas[0] if init is None else img2img.start_latent(sd, init, run.sigmas[0], noise)
-        prepared = prepare(run, x, step_noise(seeds))
+        prompts, size = [job.prompt for job in jobs], settings.size()
+        cond, uncond = conditioning(
+            sd, prompts, settings.negative_prompt, size=size, empty_negative=settings.empty_negative
+        )
+        noise = initial_noise(
+            seeds, (channels, settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR), device
+        )
+        x = noise * plan.sigmas[0] if init is None else img2img.start_latent(sd, init, plan.sigmas[0], noise)
+        prepared = prepare(plan, x, step_noise(seeds))
         inputs = {"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond}
-        if graphs and callback is None:
-            key = (run.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
+        if settings.compile and callback is None:
+            key = (plan.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
             loops = _LOOPS.setdefault(sd.unet, {})
             if key not in loops:
                 loops[key] = StaticLoop(step_loop(sd, prepared, x), inputs)  # captured here on CUDA
@@ -184,8 +171,8 @@ def generate(
             x, finite = loop(inputs)
             prepared.check(finite)
         except NonFinite as err:
-            raise SamplingError(f"{err}; {_blame(sd, run)}") from None
-        return decode(sd, x, quantization)
+            raise SamplingError(f"{err}; {_blame(sd, plan)}") from None
+        return decode(sd, x, settings.quantization)
 
 
 def step_loop(
@@ -214,40 +201,23 @@ def _tensors(tree: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     return [(prefix, tree)]
 
 
-def replays_graph(made: Settings) -> bool:
+def replays_graph(settings: Settings) -> bool:
     """Whether a run's step loop replays as one CUDA graph (--compile on CUDA), which takes no host
     call per step: only there does a progress bar move per batch rather than per step."""
-    return made.compile and made.device == "cuda"
+    return settings.compile and settings.device == "cuda"
 
 
 def generate_batch(
-    sd: weights.StableDiffusion,
-    plan: Plan,
-    batch: Batch[Job],
-    made: Settings,
-    callback: Callable[[StepInfo], None] | None = None,
-    init: img2img.InitImage | None = None,
+    run: Run, batch: Batch[Job], callback: Callable[[StepInfo], None] | None = None
 ) -> list[tuple[Settings, torch.Tensor]]:
-    """The images of a batch's own jobs, each with its Settings: `made` (a run's settings) with the
-    job's prompt and seed and the batch shape it was made in. `init` holds the pixels of the init
-    image `made` names (with its strength and cut)."""
-    images = generate(
-        sd,
-        plan,
-        [job.prompt for job in batch.rows],
-        [job.seed for job in batch.rows],
-        negative_prompt=made.negative_prompt,
-        height=made.height,
-        width=made.width,
-        callback=callback,
-        size=made.size(),
-        empty_negative=made.empty_negative,
-        init=init,
-        quantization=made.quantization,
-        graphs=made.compile,
-    )
+    """The images of a batch's own jobs, each with its Settings: the run's with the job's prompt and
+    seed and the batch shape it was made in."""
+    images = generate(run, batch.rows, callback=callback)
     return [
-        (replace(made, prompt=job.prompt, seed=job.seed, batch=len(batch.rows), batch_index=k), images[k])
+        (
+            replace(run.settings, prompt=job.prompt, seed=job.seed, batch=len(batch.rows), batch_index=k),
+            images[k],
+        )
         for k, job in batch.jobs
     ]
 

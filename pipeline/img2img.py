@@ -36,11 +36,13 @@ def check_strength(value: float) -> float:
 
 @dataclass(frozen=True)
 class InitImage:
-    """An image to start from: uint8 pixels [3, H, W], the strength and how it cuts the plan."""
+    """An image to start from: uint8 pixels [3, H, W], the strength and how it cuts the plan, and the
+    file it was read from as given (its sha256 goes into each image's settings)."""
 
     pixels: torch.Tensor
     strength: float
     cut: str = "steps"
+    source: str | None = None
 
     def __post_init__(self) -> None:
         check_strength(self.strength)
@@ -54,7 +56,7 @@ class InitImage:
     def check_size(self, height: int, width: int) -> None:
         _, h, w = self.pixels.shape
         if (h, w) != (height, width):
-            raise ValueError(f"--init-image is {w}x{h} pixels but the images are {width}x{height}; resize it")
+            raise ValueError(f"the init image is {w}x{h} px but the images are {width}x{height}; resize it")
 
 
 def cut(plan: Plan, init: InitImage | None, schedule: DiscreteSchedule) -> Plan:
@@ -74,7 +76,7 @@ def start_step(plan: Plan, strength: float, cut: str, schedule: DiscreteSchedule
     if kept == 0:
         least = f"at least {1 / n:.3g}" if cut == "steps" else "a larger one"
         raise ValueError(
-            f"--strength {strength:g} keeps none of the plan's {n} steps (cut by {cut}); use {least}, "
+            f"strength {strength:g} keeps none of the plan's {n} steps (cut by {cut}); use {least}, "
             "or a plan with more steps"
         )
     return n - kept

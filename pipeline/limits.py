@@ -42,10 +42,10 @@ def size_problem(value: int) -> str | None:
 
 def check_size(height: int, width: int) -> None:
     """Refuse a size the VAE cannot make: each side a positive multiple of 8 pixels."""
-    for flag, value in (("--height", height), ("--width", width)):
+    for side, value in (("height", height), ("width", width)):
         problem = size_problem(value)
         if problem:
-            raise ValueError(f"{flag} {problem}")
+            raise ValueError(f"image {side} {problem}")
 
 
 def check_bounds(

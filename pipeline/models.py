@@ -1,18 +1,26 @@
-"""Which model to run: weights by path, Hub id or short name, the device and dtype, and the model
-families the pipeline knows (what differs between them for generation: default size, the paper's
-rows, the unconditional rule, size conditioning, the VAE's dtype)."""
+"""Which model to run: weights by path, Hub id or short name, their family (weights/families.py), the
+device and dtype."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+import safeio
 import weights
+from weights import FAMILIES, Family
 from weights.errors import WeightsError
-from weights.hub import SD15_REPO, SHORT_NAMES, SINGLE_FILES, hub_file, is_local_path, parse_hub_spec
+from weights.hub import (
+    DREAMSHAPER_XL_REPO,
+    SD15_REPO,
+    SDXL_REPO,
+    SHORT_NAMES,
+    SINGLE_FILES,
+    hub_file,
+    is_local_path,
+    parse_hub_spec,
+)
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -24,57 +32,38 @@ DTYPE_ALIASES = {
     "half": "float16",
     "bf16": "bfloat16",
 }
-EMPTY_NEGATIVE = ("encode", "zeros")  # an empty negative prompt: the encoded "" or zero embeddings
 
 
-@dataclass(frozen=True)
-class Family:
-    """A kind of model `weights.load` reads, as generation sees it."""
-
-    kind: str  # sd.kind
-    label: str
-    size: int  # default image side in pixels
-    rows: Mapping[int, str]  # the paper's tuned presets for this family, by step count
-    default_steps: int
-    empty_negative: str  # how an empty negative prompt is conditioned by default (EMPTY_NEGATIVE)
-    size_conditioning: bool  # whether the U-Net takes SDXL's size micro-conditioning
-    vae_dtypes: Mapping[str, str]  # the VAE's default dtype for a model dtype, where not the same
-
-    def vae_dtype(self, dtype: str) -> str:
-        return self.vae_dtypes.get(dtype, dtype)
-
-
-FAMILIES = {
-    "sd1": Family("sd1", "SD 1.x", 512, {5: "paper-5", 6: "paper-6", 8: "paper-8"}, 5, "encode", False, {}),
-    # The paper's SDXL code passes no negative prompt, so the unconditional half is zero embeddings
-    # (docs/recipe.md section 6); the SDXL VAE overflows in float16 (docs/model-facts.md section 3),
-    # so it decodes in float32 unless --vae-dtype float16 asks for it (with the fp16-fix VAE).
-    "sdxl": Family(
-        "sdxl", "SDXL", 1024, {6: "paper-xl-6", 8: "paper-xl-8"}, 6, "zeros", True, {"float16": "float32"}
-    ),
-}
+# The family of each repo a short name names, known before anything is fetched.
+REPO_FAMILIES = {SD15_REPO: "sd1", SDXL_REPO: "sdxl", DREAMSHAPER_XL_REPO: "sdxl"}
 
 
 def family(sd: weights.StableDiffusion) -> Family:
-    return family_of(sd.kind, sd.source)
+    return FAMILIES[sd.kind]
 
 
-def family_of(kind: str, source: object = "the weights") -> Family:
-    if kind not in FAMILIES:
-        raise WeightsError(
-            f"{source} holds an {kind} model; generation runs {', '.join(FAMILIES)} models only"
-        )
-    return FAMILIES[kind]
+def known_family(spec: str) -> Family | None:
+    """The family of weights known without fetching them: a local file's or folder's, from its headers
+    (no tensor is read); a known repo's (a short name's) from REPO_FAMILIES; else None."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return FAMILIES[weights.kind(path)]
+    if not on_hub(spec):
+        return None  # resolve_weights says it is missing
+    repo_id = parse_hub_spec(SHORT_NAMES.get(spec, spec))[0]
+    return FAMILIES[REPO_FAMILIES[repo_id]] if repo_id in REPO_FAMILIES else None
 
 
-def file_family(path: Path) -> Family:
-    """The family of a weights file or diffusers folder, from its headers: before any tensor is read."""
-    return family_of(weights.kind(path), path)
+def on_hub(spec: str) -> bool:
+    """Whether weights given as `spec` (a path, a Hub id or a short name) come from the Hub."""
+    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
+        spec = SHORT_NAMES[spec]
+    return not is_local_path(spec)
 
 
 def owner(preset_name: str) -> Family | None:
     """The family whose tuned row a preset is, or None (rule rows and baselines fit any)."""
-    return next((f for f in FAMILIES.values() if preset_name in f.rows.values()), None)
+    return next((f for f in FAMILIES.values() if preset_name in f.tuned_presets.values()), None)
 
 
 def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True) -> Path:
@@ -104,26 +93,6 @@ def model_name(path: Path) -> str:
     return path.resolve().name if path.is_dir() else path.stem
 
 
-def load_model(
-    spec: str,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    compile: bool = False,
-    *,
-    vae: str | None = None,
-    vae_dtype: torch.dtype | None = None,
-) -> tuple[weights.StableDiffusion, Path]:
-    """(model, path) for a local path or Hub id (and `vae`, a separate VAE, likewise); refuses a kind
-    generation does not run. `compile`: `compile_model`."""
-    path = resolve_weights(spec, dtype, bundled_vae=vae is None)
-    vae_path = None if vae is None else resolve_weights(vae, dtype if vae_dtype is None else vae_dtype)
-    sd = weights.load(path, device=device, dtype=dtype, vae=vae_path, vae_dtype=vae_dtype)
-    family(sd)
-    if compile:
-        compile_model(sd)
-    return sd, path
-
-
 def parse_device(spec: str | None) -> torch.device:
     """--device as a torch.device (default cuda if there is one), refused if this machine lacks it."""
     if spec is None:
@@ -131,7 +100,7 @@ def parse_device(spec: str | None) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as err:
-        reason = " ".join(str(err).split())
+        reason = safeio.reason(err)
         raise ValueError(f"--device {spec} is not a torch device ({reason}); use e.g. cpu or cuda") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device.type not in available:  # meta holds no data; xla, hpu, ... are not supported
@@ -149,6 +118,7 @@ def default_dtype(device: torch.device) -> str:
 
 def compile_model(sd: weights.StableDiffusion) -> None:
     """torch.compile the U-Net and the VAE decoder in place: one graph each, no graph breaks
-    (tests/test_compile.py); the decoder's non-finite retry stays outside, in `vae.decode`."""
+    (tests/test_unet.py, tests/test_prepared.py); the decoder's non-finite retry stays outside, in
+    `vae.decode`."""
     sd.unet.compile()
     sd.vae.decoder.compile()

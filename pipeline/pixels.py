@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import safeio
+
 # [-1, 1] -> 0..255: diffusers rounds; the authors' code truncates (`.astype(uint8)`), and their FIDs
 # were computed on truncated images (docs/recipe.md section 10): each pixel equal or one level darker.
 QUANTIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -35,6 +37,5 @@ def read_image(path: str | os.PathLike, what: str = "--init-image") -> torch.Ten
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
-        raise ValueError(f"cannot read {what} {path} as an image: {reason}") from None
+        raise ValueError(f"cannot read {what} {path} as an image: {safeio.reason(err)}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.models import FAMILIES, Family, owner
+import safeio
+from pipeline.models import owner
 from schedule import DiscreteSchedule, NoiseSchedule
 from schedule.discretizations import knobs as knob_names
 from solvers import OPTIONS, Plan, PlanError, preset
 from solvers.presets import PAPER_RECIPES, discretization_for
 from solvers.search.record import Searched
+from weights import FAMILIES, Family
 
 DEFAULT_STEPS = FAMILIES["sd1"].default_steps  # the README's command: the paper's 5-step preset
 
@@ -40,7 +42,7 @@ def read_plan_file(path: str | os.PathLike) -> Plan:
     try:
         text = Path(path).read_bytes()
     except OSError as err:
-        raise PlanError(f"cannot read plan file {path}: {_reason(err)}") from None
+        raise PlanError(f"cannot read plan file {path}: {safeio.reason(err)}") from None
     try:
         return check_plan(Plan.from_json(text))
     except PlanError as err:
@@ -97,12 +99,12 @@ def build_plan(
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if sum(x is not None for x in (base, preset_name)) + (steps is not None and preset_name != "paper") > 1:
         raise ValueError("give only one of --steps, --preset and --plan (or --preset paper --steps N)")
-    rows = (family or FAMILIES["sd1"]).rows
-    model = (family or FAMILIES["sd1"]).kind  # discretizations with a model table (AYS) take its own
+    tuned = (family or FAMILIES["sd1"]).tuned_presets
+    model = (family or FAMILIES["sd1"]).name  # discretizations with a model table (AYS) take its own
     if base is None:
         if preset_name in (None, "paper"):
             n = (family or FAMILIES["sd1"]).default_steps if steps is None else steps
-            preset_name = rows.get(n, f"paper-{n}")
+            preset_name = tuned.get(n, f"paper-{n}")
         _refuse_other_family(preset_name, family, f"--preset {preset_name}")
         base = preset(preset_name, schedule=schedule, model=model)
     else:
@@ -111,10 +113,10 @@ def build_plan(
     changes: list[str] = []
     recipe = base.discretization
     if discretization is not None:
-        tuned = rows.get(base.steps) if discretization == "paper" else None
+        row = tuned.get(base.steps) if discretization == "paper" else None
         recipe = (
-            PAPER_RECIPES[tuned].discretization
-            if tuned
+            PAPER_RECIPES[row].discretization
+            if row
             else discretization_for(discretization, base.steps, model)
         )
         changes.append(f"discretization={discretization}")
@@ -150,7 +152,7 @@ def _refuse_other_family(preset_name: str, family: Family | None, what: str) -> 
     tuned_for = owner(preset_name)
     if family is None or tuned_for is None or tuned_for is family:
         return
-    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.rows.items())
+    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.tuned_presets.items())
     raise PlanError(
         f"{what} is the paper's row for {tuned_for.label} ({tuned_for.size} px) but the weights are "
         f"{family.label}; its rows are {rows}, or pick a baseline such as karras-2m-20"
@@ -177,9 +179,3 @@ def _turn_knobs(recipe: Any, knobs: dict[str, Any]) -> Any:
         return dataclasses.replace(recipe, **knobs)
     except ValueError as err:
         raise ValueError(f"{flags}: {err}") from None
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return " ".join(str(err).split()) or type(err).__name__

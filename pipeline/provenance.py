@@ -31,10 +31,11 @@ import safeio
 from model import SizeConditioning
 from pipeline.img2img import STRENGTH_CUTS, check_strength
 from pipeline.limits import size_problem
-from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
+from pipeline.models import DTYPES, model_name
 from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan
 from solvers import OPTIONS, SOLVERS, Plan, PlanError
+from weights.families import EMPTY_NEGATIVE
 from weights.fingerprint import file_sha256, weights_sha256
 
 PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
@@ -291,7 +292,7 @@ def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", {}))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise PlanError(f"cannot read {path} as a PNG: {_reason(err)}") from None
+        raise PlanError(f"cannot read {path} as a PNG: {safeio.reason(err)}") from None
     return replay_from_text(text, path)
 
 
@@ -308,9 +309,3 @@ def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tup
         return Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
     except PlanError as err:
         raise PlanError(f"{path} cannot be replayed: {err}") from None
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return " ".join(str(err).split()) or type(err).__name__

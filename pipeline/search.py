@@ -35,27 +35,20 @@ import weights
 from model import SizeConditioning
 from pipeline.batching import batches
 from pipeline.generate import conditioning, decode_pixels, denoiser, initial_noise
-from pipeline.limits import LATENT_FACTOR, check_size
-from pipeline.models import DTYPES, default_dtype, file_family, load_model, model_name, resolve_weights
-from pipeline.sharding import Shard, pick_device, shard_batches
+from pipeline.limits import LATENT_FACTOR
+from pipeline.runs import Job, Run
+from pipeline.sharding import Shard, shard_batches
 from solvers.search import Counted, Subject, Teacher, solve_teacher
-from weights.fingerprint import weights_sha256
 
 CACHE_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Sample:
-    prompt: str
-    seed: int
-
-
-def samples(prompts: Sequence[str], count: int, first_seed: int) -> list[Sample]:
+def samples(prompts: Sequence[str], count: int, first_seed: int) -> list[Job]:
     """Sample k: prompt k mod len(prompts), seed first_seed + k."""
-    return [Sample(prompts[k % len(prompts)], first_seed + k) for k in range(count)]
+    return [Job(prompts[k % len(prompts)], first_seed + k) for k in range(count)]
 
 
-def latents(sd: weights.StableDiffusion, rows: Sequence[Sample], height: int, width: int) -> Tensor:
+def latents(sd: weights.StableDiffusion, rows: Sequence[Job], height: int, width: int) -> Tensor:
     """The starting latents at sigma_max, float32 on the model's device: each row's own seed's noise."""
     device = next(sd.unet.parameters()).device
     shape = (sd.unet.config.in_channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
@@ -64,7 +57,7 @@ def latents(sd: weights.StableDiffusion, rows: Sequence[Sample], height: int, wi
 
 def batched_denoiser(
     sd: weights.StableDiffusion,
-    rows: Sequence[Sample],
+    rows: Sequence[Job],
     *,
     negative_prompt: str,
     batch_size: int,
@@ -110,15 +103,15 @@ class TeacherCache:
     folder: Path
     identity: Mapping[str, Any]  # all that decides a trajectory besides its prompt and seed
 
-    def key(self, sample: Sample) -> str:
+    def key(self, sample: Job) -> str:
         return json.dumps(
             {"format": CACHE_FORMAT, **self.identity, "prompt": sample.prompt, "seed": sample.seed}
         )
 
-    def path(self, sample: Sample) -> Path:
+    def path(self, sample: Job) -> Path:
         return self.folder / f"{hashlib.sha256(self.key(sample).encode()).hexdigest()}.safetensors"
 
-    def load(self, sample: Sample) -> Tensor | None:
+    def load(self, sample: Job) -> Tensor | None:
         path = self.path(sample)
         if not path.exists():
             return None
@@ -131,7 +124,7 @@ class TeacherCache:
             raise ValueError(f"teacher cache file {path} holds another trajectory; delete it")
         return states
 
-    def save(self, sample: Sample, states: Tensor) -> None:
+    def save(self, sample: Job, states: Tensor) -> None:
         data = save({"states": states.contiguous().cpu()}, metadata={"key": self.key(sample)})
         with contextlib.suppress(FileExistsError):  # a link never replaces what another rank wrote
             safeio.write_atomically(self.path(sample), data, replace=False)
@@ -139,10 +132,10 @@ class TeacherCache:
 
 def teachers(
     sd: weights.StableDiffusion,
-    rows: Sequence[Sample],
+    rows: Sequence[Job],
     cache: TeacherCache,
     options: Mapping[str, Any],
-    guided: Callable[[Sequence[Sample]], Callable[..., Tensor]],
+    guided: Callable[[Sequence[Job]], Callable[..., Tensor]],
     *,
     height: int,
     width: int,
@@ -172,7 +165,7 @@ def teachers(
     return Teacher(grid, torch.stack([_wait(cache, row) for row in rows], dim=1).to(device), solver, substeps)
 
 
-def _wait(cache: TeacherCache, row: Sample) -> Tensor:
+def _wait(cache: TeacherCache, row: Job) -> Tensor:
     """The row's cached states, once another rank has written them (torchrun stops every rank when one
     fails, so this ends)."""
     told = False
@@ -185,55 +178,29 @@ def _wait(cache: TeacherCache, row: Sample) -> Tensor:
 
 
 def subject(
-    weights_spec: str,
+    run: Run,
     prompts: Sequence[str],
     search_samples: int,
     held_out: int,
     *,
     seed: int,
-    negative_prompt: str = "",
-    height: int | None = None,
-    width: int | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    vae: str | None = None,
-    vae_dtype: str | None = None,
-    batch_size: int = 1,
-    compile: bool = False,
     cache: str | os.PathLike | None = None,
     decoded: bool = False,
-    size: SizeConditioning | None = None,
-    empty_negative: str | None = None,
     shard: Shard | None = None,
 ) -> Subject:
-    """An SD model as `python -m solvers.search` searches it: samples 0..K-1 are searched on, the next
-    `held_out` score the plans; `height`/`width` default to the family's size, `vae_dtype` to the
-    family's VAE dtype for `dtype`, `size` and `empty_negative` as `conditioning` takes them, as generation
-    does. Call under torch.inference_mode()."""
+    """The model of `run` as `python -m solvers.search` searches it: samples 0..K-1 are searched on, the
+    next `held_out` score the plans; the size, negative prompt, size conditioning, empty negative and
+    U-Net batch size are the run's settings, as generation takes them. Call under
+    torch.inference_mode()."""
     shard = shard or Shard()
     rows = samples(prompts, search_samples + held_out, seed)
-    where = pick_device(device, shard)
-    dtype = dtype or default_dtype(where)
-    path = resolve_weights(weights_spec, DTYPES[dtype], bundled_vae=vae is None)
-    family = file_family(path)
-    height, width = height or family.size, width or family.size
-    check_size(height, width)
-    vae_dtype = vae_dtype or family.vae_dtype(dtype)
-    if size is not None and not family.size_conditioning:
-        raise ValueError(
-            f"--original-size, --crop-top-left and --target-size are SDXL's size conditioning; "
-            f"{family.label} models take none"
-        )
-    sd, path = load_model(str(path), where, DTYPES[dtype], compile, vae=vae, vae_dtype=DTYPES[vae_dtype])
+    sd, settings = run.model, run.settings
+    height, width, batch_size, size = settings.height, settings.width, settings.batch, settings.size()
     folder = Path(cache).expanduser() if cache else default_cache()
-    sha256 = weights_sha256(path)
     parameter = next(sd.unet.parameters())
-    empty_negative = empty_negative or family.empty_negative
-    if family.size_conditioning:
-        size = size or SizeConditioning()
     guided = partial(
-        batched_denoiser, sd, negative_prompt=negative_prompt, batch_size=batch_size, size=size,
-        empty_negative=empty_negative,
+        batched_denoiser, sd, negative_prompt=settings.negative_prompt, batch_size=batch_size, size=size,
+        empty_negative=settings.empty_negative,
     )  # fmt: skip
 
     def teach(
@@ -243,11 +210,11 @@ def subject(
         substeps: int,
         progress: Callable[[int], Any],
     ) -> Teacher | None:
-        identity = {"weights_sha256": sha256, "negative_prompt": negative_prompt, "height": height,
-                    "width": width, "dtype": str(parameter.dtype).removeprefix("torch."),
+        identity = {"weights_sha256": settings.weights_sha256, "negative_prompt": settings.negative_prompt,
+                    "height": height, "width": width, "dtype": str(parameter.dtype).removeprefix("torch."),
                     "device": parameter.device.type, "options": dict(options), "grid": list(grid),
-                    "solver": solver, "substeps": substeps, "empty_negative": empty_negative,
-                    "size_conditioning": None if size is None else list(size.numbers())}  # fmt: skip
+                    "solver": solver, "substeps": substeps, "empty_negative": settings.empty_negative,
+                    "size_conditioning": settings.size_conditioning}  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         store = TeacherCache(folder, json.loads(json.dumps(identity)))
         return teachers(sd, rows, store, options, guided, height=height, width=width, batch_size=batch_size,
@@ -255,7 +222,7 @@ def subject(
 
     return Subject(
         sd.schedule,
-        model_name(path),
+        settings.model,
         guided(rows[:search_samples]),
         guided(rows[search_samples:]),
         teach,

@@ -10,7 +10,7 @@ lowest layers (weights/, solvers/) and the parser (cli/) can all use it:
   folder, then renamed or linked into place; `remove_stale` clears what a killed run left.
 """
 
-from safeio.files import TEMPORARY_SUFFIX, remove_stale, temporary_name, write_atomically
+from safeio.files import TEMPORARY_SUFFIX, reason, remove_stale, temporary_name, write_atomically
 from safeio.jsontext import MAX_DEPTH, JSONProblem, decode, parse_json, read_json
 from safeio.values import SEED_LIMIT, did_you_mean, integer, number, seed, short, unknown
 
@@ -25,6 +25,7 @@ __all__ = [
     "number",
     "parse_json",
     "read_json",
+    "reason",
     "remove_stale",
     "seed",
     "short",

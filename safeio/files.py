@@ -97,3 +97,11 @@ def _running(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True  # another user's process, or not a pid: leave the file alone
     return True
+
+
+def reason(err: BaseException) -> str:
+    """Why an operation failed, as one line: a system error's own words (its strerror), else the error's
+    text with newlines folded, else its type's name."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return " ".join(str(err).split()) or type(err).__name__

@@ -1,4 +1,4 @@
-"""The arrows of DESIGN.md, read off every import statement: commands -> pipeline -> weights -> the
+"""The layers of the project, read off every import statement: commands -> pipeline -> weights -> the
 networks; pipeline -> solvers -> schedule; the networks know nothing of solvers, solvers nothing of
 networks, and no library module imports a script (run_sample.py) or the tests.
 
@@ -36,7 +36,7 @@ ALLOWED = {
     "evaluation": {"cli", "pipeline", "solvers", "schedule", "weights", "model", "text_encoder"},
 }
 # package -> what its command modules may import besides ALLOWED
-COMMAND_LAYERS = {"solvers": {"cli", "pipeline"}}
+COMMAND_LAYERS = {"solvers": {"cli", "pipeline"}, "weights": {"cli"}}
 # package -> single modules of another layer its modules may import: the solvers carry FreeU, a
 # per-step option the U-Net takes, and check and read it with model.FreeU's one schema (solvers/freeu.py)
 MODULES = {"solvers": {"model.freeu"}}

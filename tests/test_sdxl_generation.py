@@ -343,7 +343,7 @@ def test_sdxl_default_size_is_1024_and_its_default_preset_paper_xl_6(
 ):
     seen = []
     monkeypatch.setattr(
-        pipeline, "generate_batch", lambda sd, plan, batch, made, **kw: seen.append((plan, made)) or []
+        pipeline, "generate_batch", lambda run, batch, **kw: seen.append((run.plan, run.settings)) or []
     )
     argv = [
         "--weights",
@@ -511,3 +511,21 @@ def test_print_plan_with_local_sdxl_weights_prints_their_familys_row(checkpoints
         main, capsys, "--print-plan", "--steps", "8", "--weights", str(checkpoints["single"])
     )
     assert code == 0 and Plan.from_json(out.splitlines()[0]).name == "paper-xl-8"
+
+
+def test_print_plan_of_a_short_name_prints_its_familys_row_without_fetching(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a fetch would fail: the family comes from the weights table
+    code, out, _ = run_main(main, capsys, "--print-plan", "--steps", "8", "--weights", "sdxl")
+    assert code == 0 and Plan.from_json(out.splitlines()[0]).name == "paper-xl-8"
+
+
+def test_prepare_run_refuses_a_row_of_another_family_before_fetching_the_weights(monkeypatch):
+    def fetch(*args, **kwargs):
+        raise AssertionError("the weights were fetched")
+
+    monkeypatch.setattr(pipeline.runs, "resolve_weights", fetch)
+    request = pipeline.Request("sd15", recipe=pipeline.Recipe(preset="paper-xl-8"))
+    with pytest.raises(
+        PlanError, match=r"--preset paper-xl-8 is the paper's row for SDXL .* the weights are SD 1\.x"
+    ):
+        pipeline.prepare_run(request)

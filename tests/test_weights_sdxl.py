@@ -36,7 +36,7 @@ from tests.reference import vae as ref_vae
 from text_encoder import CLIPTextConfig, CLIPTextModel
 from weights import detect, keymaps
 from weights.checkpoint import empty_modules
-from weights.kinds import SDXL
+from weights.families import SDXL
 
 TOL = 1e-5
 PROMPTS = ["a photo of a cat", "", "An astronaut riding a horse on Mars, highly detailed"]

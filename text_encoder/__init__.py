@@ -1,8 +1,7 @@
-"""CLIP text transformer(s) in the Hugging Face layout, the CLIP BPE tokenizer, and SDXL's text
-conditioning from its two encoders."""
+"""CLIP text transformer(s) in the Hugging Face layout and the CLIP BPE tokenizer (a family's
+conditioning from them: model/conditioning.py)."""
 
 from text_encoder.clip import CLIPTextConfig, CLIPTextModel
-from text_encoder.sdxl import sdxl_text
 from text_encoder.tokenizer import Tokenizer
 
-__all__ = ["CLIPTextConfig", "CLIPTextModel", "Tokenizer", "sdxl_text"]
+__all__ = ["CLIPTextConfig", "CLIPTextModel", "Tokenizer"]

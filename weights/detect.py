@@ -3,7 +3,7 @@
 Shapes fix everything but the heads (a [C, C] attention projection splits into any number of them)
 and the activations: SD 1.x has 8 U-Net heads, SDXL 64-wide ones, CLIP 64-wide heads
 (docs/model-facts.md sections 1.1, 2.1, 4), and a diffusers folder states them in its config.json
-files; the family (weights/kinds.py) supplies them for single files. Shapes here use the parameter
+files; the family (weights/families.py) supplies them for single files. Shapes here use the parameter
 names (see keymaps).
 """
 
@@ -20,7 +20,7 @@ from schedule import DiscreteSchedule
 from text_encoder import CLIPTextConfig
 from vae import VAEConfig
 from weights.errors import WeightsError
-from weights.kinds import SD1, SDXL, UNET_PREFIX, Kind
+from weights.families import SD1, SDXL, UNET_PREFIX, Family
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -44,7 +44,7 @@ def _sample(keys, count: int = 3) -> str:
     return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
 
 
-def single_file_kind(shapes: Shapes, source: object) -> Kind:
+def single_file_kind(shapes: Shapes, source: object) -> Family:
     """The family of an LDM / sgm single file, from its keys; refuse SD 2.x, a lone model, or no SD."""
     keys = list(shapes)
     if any(k.startswith(("conditioner.embedders.", UNET_PREFIX + "label_emb.")) for k in keys):
@@ -92,7 +92,7 @@ def refuse_other_unets(unet: Shapes, source: object) -> None:
         )
 
 
-def folder_kind(configs: Mapping[str, dict], has_second_text_encoder: bool, source: object) -> Kind:
+def folder_kind(configs: Mapping[str, dict], has_second_text_encoder: bool, source: object) -> Family:
     """The family of a diffusers folder, from its config files (read before any weights)."""
     unet = configs.get("unet", {})
     if has_second_text_encoder or unet.get("addition_embed_type") == "text_time":

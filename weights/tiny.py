@@ -28,7 +28,7 @@ import safeio
 from model.unet import UNet, UNetConfig
 from text_encoder.clip import CLIPTextConfig, CLIPTextModel
 from vae.autoencoder import AutoencoderKL, VAEConfig
-from weights.kinds import SD1, UNET_PREFIX, VAE_PREFIX
+from weights.families import SD1, UNET_PREFIX, VAE_PREFIX
 
 PROG = "python -m weights.tiny"
 TEXT_WIDTH = 64  # one 64-wide head, CLIP's head size

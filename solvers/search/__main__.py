@@ -36,7 +36,7 @@ from tqdm import tqdm
 import cli
 import pipeline
 import safeio
-from cli.generation import add_image_flags, add_model_flags, given_size_flags, size_conditioning
+from cli.generation import add_image_flags, add_model_flags, prepared, run_request
 from schedule import DiscreteSchedule
 from solvers.plan import Plan
 from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
@@ -283,32 +283,16 @@ def _report(rows: list[Row], result: Result, held_out: int, clock: list[float]) 
 def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subject, Any]:
     """--weights: the model through pipeline/search.py, imported only here (and the torchrun shard)."""
     from pipeline import search as real
-    from pipeline.sharding import Shard
+    from pipeline.sharding import Shard, pick_device
 
     shard = Shard.from_env()
     pipeline.check_bounds(
         height=args.height, width=args.width, batch=args.batch_size, allow_large=args.allow_large
     )
+    prompts = pipeline.read_prompts(args.prompts)
+    run = prepared(args, pipeline.prepare_run, run_request(args, pick_device(args.device, shard)))
     subject = real.subject(
-        args.weights,
-        pipeline.read_prompts(args.prompts),
-        samples,
-        held_out,
-        seed=args.seed,
-        negative_prompt=args.negative_prompt or "",
-        empty_negative=args.empty_negative,
-        size=size_conditioning(args, None) if given_size_flags(args) else None,
-        height=args.height,
-        width=args.width,
-        device=args.device,
-        dtype=args.dtype,
-        vae=args.vae,
-        vae_dtype=args.vae_dtype,
-        batch_size=args.batch_size or 1,
-        compile=bool(args.compile),
-        cache=args.cache,
-        decoded=args.decoded,
-        shard=shard,
+        run, prompts, samples, held_out, seed=args.seed, cache=args.cache, decoded=args.decoded, shard=shard
     )
     return subject, shard
 
