@@ -173,6 +173,7 @@ def _read_cache(path: Path, key: str) -> FolderStats | None:
     if not path.is_file():
         return None
     try:
+        safeio.check_regular(path)
         with np.load(path, allow_pickle=False) as cached:
             if "fingerprint" not in cached.files or str(cached["fingerprint"]) != key:
                 return None if "fingerprint" in cached.files else _damaged(path, "it has no fingerprint")

@@ -26,7 +26,7 @@ METADATA_BOUND = 1 << 20  # Pillow refuses text chunks over 1 MiB when reading t
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """--prompts FILE: one prompt per line, blank lines skipped."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = safeio.read_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ValueError(f"cannot read --prompts {path}: {reason}") from None

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import safeio
+
 # [-1, 1] -> 0..255: diffusers rounds; the authors' code truncates (`.astype(uint8)`), and their FIDs
 # were computed on truncated images (docs/recipe.md section 10): each pixel equal or one level darker.
 QUANTIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -32,7 +34,7 @@ def unquantize(pixels: torch.Tensor) -> torch.Tensor:
 def read_image(path: str | os.PathLike, what: str = "--init-image") -> torch.Tensor:
     """An image file as uint8 [3, H, W] RGB (an alpha channel is dropped)."""
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path) as file, Image.open(file) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())

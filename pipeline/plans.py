@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+import safeio
 from model import Denoiser, FreeU
 from pipeline.models import FAMILIES, Family, owner
 from schedule import DiscreteSchedule, NoiseSchedule
@@ -46,7 +46,7 @@ def check_plan(plan: Plan) -> Plan:
 def read_plan_file(path: str | os.PathLike) -> Plan:
     """A Plan saved as JSON (`plan.to_json()`), checked like a plan built from flags."""
     try:
-        text = Path(path).read_bytes()
+        text = safeio.read_bytes(path)
     except OSError as err:
         raise PlanError(f"cannot read plan file {path}: {_reason(err)}") from None
     try:

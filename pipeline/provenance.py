@@ -267,7 +267,7 @@ def _quote(value: str) -> str:
 def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
     """The settings and Plan stored in a PNG written with `png_metadata`."""
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path) as file, Image.open(file) as image:
             text = dict(getattr(image, "text", {}))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise PlanError(f"cannot read {path} as a PNG: {_reason(err)}") from None

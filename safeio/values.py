@@ -4,9 +4,13 @@ the argparse types (cli/) call on the parsed text and the file readers on the JS
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: int64, and never negative here
+# Python decodes bytes that are not UTF-8 (in argv, in file names) to lone surrogates, and JSON's \u
+# escapes can spell them; no encoder, file or PNG chunk can hold them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def short(value: Any, limit: int = 40) -> str:
@@ -14,6 +18,27 @@ def short(value: Any, limit: int = 40) -> str:
     one readable line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode (a lone surrogate, as bytes that are not UTF-8 become), or None."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"not valid Unicode (character {found.start() + 1} is U+{ord(found.group()):04X}, a lone "
+        "surrogate: bytes that are not UTF-8); write it in UTF-8"
+    )
+
+
+def text(value: Any) -> str:
+    """`value` if it is a string of valid Unicode; else ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {short(value)}")
+    problem = unicode_problem(value)
+    if problem:
+        raise ValueError(f"is {problem}")
+    return value
 
 
 def integer(value: Any, low: int | None = None, high: int | None = None) -> int:

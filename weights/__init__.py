@@ -396,7 +396,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
         if not isinstance(tokens, dict) or not all(type(i) is int and i >= 0 for i in tokens.values()):
             raise WeightsError(f"{vocab} is not a vocabulary (an object of token: id >= 0); {fix}")
         try:
-            lines = merges.read_text(encoding="utf-8").split("\n")
+            lines = safeio.read_text(merges).split("\n")
         except (OSError, UnicodeDecodeError) as error:
             raise WeightsError(f"cannot read {merges}: {cli_reason(error)}; {fix}") from None
         pairs = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
