@@ -153,8 +153,8 @@ def write_manifest(prompt_set: PromptSet, out: str | Path, force: bool = False) 
         if record["image_id"] is None:
             del record["image_id"]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    safeio.write_atomically(out, "".join(lines))
-    safeio.write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references))
+    safeio.write_atomically(out, "".join(lines), replace=force)
+    safeio.write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references), replace=force)
     return out, references
 
 

@@ -18,11 +18,13 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 import cli
+import safeio
 from schedule import DISCRETIZATIONS, DiscreteSchedule, append_zero, exponential, karras
 from solvers.analytic import Gaussian, GaussianMixture
 from solvers.loop import sample
@@ -232,7 +234,7 @@ def _pyplot():
     return plt
 
 
-def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
+def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str, replace: bool) -> None:
     plt = _pyplot()
     kinds = list(dict.fromkeys(kind for kind, _ in ode))
     columns = 4
@@ -257,7 +259,8 @@ def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
     for panel in panels[len(kinds) + 1 :]:
         panel.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    kind = Path(path).suffix.lstrip(".") or "png"
+    safeio.write_atomically(path, lambda file: fig.savefig(file, dpi=110, format=kind), replace=replace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="solver for the local-error curves (default: dpmpp_1s)",
     )
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     return cli.run(parser.prog, analyze, args, errors=(ValueError, OSError, ImportError))
@@ -287,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def analyze(args: argparse.Namespace) -> None:
     if args.plot:
         _pyplot()  # refuse before the work, not after it
+        safeio.check_target(args.plot, "--plot", args.force)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tens of thousands of tiny calls: a thread pool only adds overhead
     try:
@@ -320,7 +325,7 @@ def _report(args: argparse.Namespace) -> None:
         for s, e in zip(sigmas, errs, strict=True):
             print(f"    from sigma {s:8.4f}: {e:.5f}")
     if args.plot:
-        _plot(args.plot, ode, sde, curves, args.lte_solver)
+        _plot(args.plot, ode, sde, curves, args.lte_solver, args.force)
         print(f"\nwrote {args.plot}")
 
 
