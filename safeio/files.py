@@ -1,6 +1,7 @@
 """Every file the project reads is opened by `open_regular` (or checked by `check_regular` where a
 library opens it by name): a FIFO would block the open until a writer came, a device may never end, a
-folder reads as nothing, so each is refused, naming the path, before a byte is read.
+folder reads as nothing, so each is refused, naming the path, before a byte is read (the null device,
+which reads as an empty file, is let through).
 
 Every file the project writes: into a temporary file created exclusively (O_EXCL, so a planted
 file or symlink is never followed) under a random name in the destination folder, then renamed over
@@ -36,9 +37,10 @@ _KINDS = (
 )
 
 
-def _refuse_special(mode: int, path: str | os.PathLike) -> None:
-    if stat.S_ISREG(mode):
-        return
+def _refuse_special(status: os.stat_result, path: str | os.PathLike) -> None:
+    mode = status.st_mode
+    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and os.path.samestat(status, os.stat(os.devnull))):
+        return  # the null device reads as an empty file
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
     code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
     raise OSError(code, f"it is {kind}, not a file; pass a regular file", str(path))
@@ -48,10 +50,10 @@ def check_regular(path: str | os.PathLike) -> None:
     """Refuse (OSError naming `path`) what is not a regular file, for readers that open by name; a
     missing file is left to the reader's own message."""
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except OSError:
         return
-    _refuse_special(mode, path)
+    _refuse_special(status, path)
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
@@ -60,7 +62,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     file swapped in between cannot slip through."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        _refuse_special(os.fstat(fd).st_mode, path)
+        _refuse_special(os.fstat(fd), path)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -41,6 +41,7 @@ from solvers.search.teacher import (
     candidate_grid,
     has_exact_solution,
     solve_teacher,
+    states_problem,
     teacher_calls,
 )
 from solvers.table import SOLVERS
@@ -79,6 +80,7 @@ __all__ = [
     "rmse",
     "search",
     "solve_teacher",
+    "states_problem",
 ]
 
 
