@@ -38,6 +38,7 @@ from pipeline import Settings
 from schedule import DiscreteSchedule
 from solvers import Plan, StepInfo
 from solvers.export import listing
+from solvers.presets import preset_steps
 from weights.hub import is_local_path
 
 PROG = "run_sample.py"
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(pipeline.DTYPES)}")
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
+    bounds(steps=preset_steps(args.preset), source=f"--preset {args.preset}: ")
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     if base is not None:

@@ -57,6 +57,7 @@ from pipeline import Batch, Settings
 from pipeline.sharding import Shard, pick_device, shard_batches
 from schedule import DiscreteSchedule
 from solvers import Plan, PlanError
+from solvers.presets import preset_steps
 
 PROG = "python -m evaluation.generate"
 # What decides the images: run.json, and each PNG's settings, must agree on these to share a folder.
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
+    bounds(steps=preset_steps(args.preset), source=f"--preset {args.preset}: ")
     base = pipeline.read_plan_file(args.plan) if args.plan else None
     if base is not None:
         bounds(steps=base.steps, source=f"the plan of {args.plan}: ")
