@@ -188,6 +188,7 @@ def load(
     problem = checkpoint.kind.widths_problem(checkpoint.configs)
     if problem:
         raise WeightsError(f"{source} mixes models: {problem}")
+    _check_tokenizers(checkpoint, source)
 
     with empty_modules():
         modules = {c: MODULES.get(c, CLIPTextModel)(checkpoint.configs[c]) for c in checkpoint.parts}
@@ -387,6 +388,20 @@ def _variant(stem: Path, dtype: torch.dtype, folder: Path) -> Path:
     raise WeightsError(f"{folder} is not a complete diffusers folder: {_missing(folder, full)}{hint}")
 
 
+def _check_tokenizers(checkpoint: _Checkpoint, source: Path) -> None:
+    """Refuse a tokenizer whose ids do not fit its text encoder's embedding table, naming its vocab.json
+    (or the file, for the vendored vocabulary)."""
+    for component, tokenizer in checkpoint.tokenizers.items():
+        problem = tokenizer.id_problem(checkpoint.configs[component].vocab_size)
+        if problem:
+            text = next(t for t in checkpoint.kind.text_encoders if t.component == component)
+            vocab = source / text.tokenizer / "vocab.json" if source.is_dir() else None
+            where = (
+                vocab if vocab is not None and vocab.is_file() else f"{source}: the vendored CLIP vocabulary"
+            )
+            raise WeightsError(f"{where}: {problem}; re-download the tokenizer folder or the model")
+
+
 def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
     """vocab.json + merges.txt in `folder`; without the folder, the vendored CLIP vocabulary."""
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
@@ -407,7 +422,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
             return Tokenizer(build_bpe(tokens, pairs), pad_id)
         except Exception as error:  # the tokenizers library raises plain Exceptions on a bad vocabulary
             reason = " ".join(str(error).split())
-            raise WeightsError(f"{folder} holds no CLIP vocabulary ({reason}); {fix}") from None
+            raise WeightsError(f"{vocab} is not a CLIP vocabulary ({reason}); {fix}") from None
     if vocab.is_file() or merges.is_file():
         missing = merges if vocab.is_file() else vocab
         raise WeightsError(
@@ -481,9 +496,22 @@ def _activation(value) -> None:
         raise ValueError(f"must be one of {', '.join(sorted(ACTIVATIONS))}, got {safeio.short(value)}")
 
 
+# Published VAEs scale latents by 0.13025 (SDXL) to 1.5305 (SD3) so that they have unit variance; a
+# factor far outside that range (1e308, 1e-9) makes latents the U-Net never saw and a wrong image.
+LATENT_SCALE_RANGE = (0.01, 10.0)
+
+
+def _latent_scale(value) -> None:
+    low, high = LATENT_SCALE_RANGE
+    if not low <= safeio.number(value, 0, strict=True) <= high:
+        raise ValueError(
+            f"must be in [{low:g}, {high:g}] (SD 1.x uses 0.18215, SDXL 0.13025), got {safeio.short(value)}"
+        )
+
+
 def _scaling_factor(folder: Path, config: dict, kind: Kind) -> float:
-    """A VAE config's latent scale (the family's when absent): a finite number > 0."""
-    return _setting(config, folder / "config.json", "scaling_factor", kind.latent_scale, _positive)
+    """A VAE config's latent scale (the family's when absent): a finite number in LATENT_SCALE_RANGE."""
+    return _setting(config, folder / "config.json", "scaling_factor", kind.latent_scale, _latent_scale)
 
 
 def _missing(folder: Path, path: Path) -> str:
