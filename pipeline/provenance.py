@@ -33,7 +33,7 @@ from pipeline.img2img import STRENGTH_CUTS, check_strength
 from pipeline.limits import size_problem
 from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
 from pipeline.pixels import QUANTIZATIONS
-from pipeline.plans import check_plan
+from pipeline.plans import check_plan, checked_record
 from solvers import SOLVERS, Plan, PlanError
 from weights.fingerprint import file_sha256, weights_sha256
 
@@ -284,9 +284,10 @@ def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tup
             "pass a PNG written by run_sample.py with its metadata intact"
         )
     try:
-        return Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
+        settings, plan = Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
     except PlanError as err:
         raise PlanError(f"{path} cannot be replayed: {err}") from None
+    return settings, checked_record(plan, path)
 
 
 def _reason(err: BaseException) -> str:
