@@ -136,9 +136,18 @@ def recorded(record: dict, key: str):
 
 def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
     """Check `out/run.json` against `record`: refuse other settings unless `force`. Rank 0 writes it
-    when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs."""
+    when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs
+    or cannot be read (as the refusal without `force` promised; a folder there is for the user to remove)."""
     path = out / RUN_FILE
-    existing = read_run(path, "delete it, or pass --force to replace it")
+    unreadable = False
+    try:
+        existing = read_run(
+            path, "remove that folder" if path.is_dir() else "delete it, or pass --force to replace it"
+        )
+    except ValueError:
+        if not force or path.is_dir():
+            raise
+        existing, unreadable = None, True
     if existing is not None:
         differences = run_differences(existing, record)
         if not differences:
@@ -152,7 +161,7 @@ def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
         return
     text = json.dumps(record, indent=2) + "\n"
     try:  # under force, replace; else link, which fails if another run wrote run.json meanwhile
-        safeio.write_atomically(path, text, replace=existing is not None)
+        safeio.write_atomically(path, text, replace=existing is not None or unreadable)
     except FileExistsError:
         claim_run(out, record, force, shard)
 
