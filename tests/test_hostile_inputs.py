@@ -709,7 +709,7 @@ def test_the_search_checks_its_out_file_before_the_work_and_prints_a_plan_it_can
     assert code == 2 and err.count("\n") == 1
     assert err.strip().endswith(
         f"--out {tmp_path / 'p.json'}: the plan is not written ({tmp_path / 'p.json'}: No space left on "
-        "device); its JSON is printed above: save it to a file"
+        "device); its JSON is on standard output: save it to a file"
     )
     assert Plan.from_json(out.strip().splitlines()[-1]).nfe == 2  # the whole plan, nothing lost
 

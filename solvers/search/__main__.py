@@ -370,7 +370,8 @@ def _write(path: Path, plan: Plan) -> None:
         print(plan.to_json())
         reason = "it appeared while the search ran" if isinstance(err, FileExistsError) else cli.one_line(err)
         raise ValueError(
-            f"--out {path}: the plan is not written ({reason}); its JSON is printed above: save it to a file"
+            f"--out {path}: the plan is not written ({reason}); its JSON is on standard output: save it "
+            "to a file"
         ) from None
 
 
