@@ -838,6 +838,10 @@ def test_files_that_are_not_regular_are_refused_before_they_are_read(
     assert "\n" not in str(info.value)
 
 
+def test_the_null_device_reads_as_an_empty_file():
+    assert safeio.read_bytes(os.devnull) == b""  # `--prompts /dev/null` is "no prompt", not a device
+
+
 def test_a_fifo_as_init_image_is_one_line_in_run_sample(tmp_path, capsys):
     fifo = special(tmp_path, "fifo")
     argv = [
