@@ -1,6 +1,7 @@
 """JSON from outside files, bounded: Python's decoder recurses once per nesting level (200,000 nested
 brackets raise RecursionError) and refuses integers of more than 4300 digits with ValueError; both,
-and any nesting deeper than MAX_DEPTH, become the caller's one-line error naming the file."""
+any nesting deeper than MAX_DEPTH, and any string that is not valid Unicode (a \\u escape of a lone
+surrogate, which no file or PNG chunk can hold), become the caller's one-line error naming the file."""
 
 from __future__ import annotations
 
