@@ -38,6 +38,7 @@ from cli.generation import (
 from pipeline import Settings
 from solvers import StepInfo
 from solvers.export import listing
+from solvers.presets import preset_steps
 
 PROG = "run_sample.py"
 
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to draw")
     prompts = what.add_mutually_exclusive_group()
     prompts.add_argument(
-        "--prompt", action="append", metavar="TEXT", help="a prompt; repeat the flag for several"
+        "--prompt",
+        action="append",
+        type=cli.text,
+        metavar="TEXT",
+        help="a prompt; repeat the flag for several",
     )
     prompts.add_argument(
         "--prompts", metavar="FILE", help="a text file, one prompt per line (blank lines skipped)"
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> None:
 
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
+    bounds(steps=preset_steps(args.preset), source=f"--preset {args.preset}: ")
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     if base is not None:
@@ -276,9 +282,11 @@ def _note_differences(png: str, stored: Settings, now: Settings) -> None:
         if getattr(stored, name) != getattr(now, name)
     ]
     if differing:
+        inputs = {"weights_sha256", "vae_sha256", "init_image_sha256"}  # other inputs, not other arithmetic
+        expect = "different" if any(d.split()[0] in inputs for d in differing) else "close, not identical,"
         print(
             f"{PROG}: note: {png} was made with other settings ({', '.join(differing)}); "
-            "expect close, not identical, pixels",
+            f"expect {expect} pixels",
             file=sys.stderr,
         )
 

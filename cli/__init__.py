@@ -114,6 +114,12 @@ def positive_float(text: str) -> float:
     return _checked(lambda v: safeio.number(v, 0, strict=True), _number(text))
 
 
+def text(value: str) -> str:
+    """Text that is valid Unicode: argv holds bytes that are not UTF-8 as lone surrogates, which no
+    tokenizer, file or PNG chunk can take, so they are refused here, naming the flag."""
+    return _checked(safeio.text, value)
+
+
 def one_of(
     names: Sequence[str] | Callable[[], Sequence[str]],
     what: str,

@@ -196,7 +196,10 @@ def add_image_flags(parser: argparse.ArgumentParser, *, quantize: bool = True) -
     """The images' flags; `quantize` False leaves out --quantize, for a command that keeps float pixels."""
     image = parser.add_argument_group("the images")
     image.add_argument(
-        "--negative-prompt", metavar="TEXT", help="the unconditional prompt of guidance (default: '')"
+        "--negative-prompt",
+        type=cli.text,
+        metavar="TEXT",
+        help="the unconditional prompt of guidance (default: '')",
     )
     image.add_argument(
         "--empty-negative",

@@ -169,10 +169,11 @@ def fingerprint(paths: list[Path], weights_sha256: str, protocol: str) -> str:
 
 def _read_cache(path: Path, key: str) -> FolderStats | None:
     """The statistics cached at `path` if they are whole and keyed by `key`; a damaged cache (truncated,
-    a pickle, fields missing or mis-shaped) is ignored with a warning, never unpickled."""
+    a pickle, fields missing, mis-shaped, not finite floats) is ignored with a warning, never unpickled."""
     if not path.is_file():
         return None
     try:
+        safeio.check_regular(path)
         with np.load(path, allow_pickle=False) as cached:
             if "fingerprint" not in cached.files or str(cached["fingerprint"]) != key:
                 return None if "fingerprint" in cached.files else _damaged(path, "it has no fingerprint")
@@ -182,6 +183,8 @@ def _read_cache(path: Path, key: str) -> FolderStats | None:
     d = features.shape[-1] if features.ndim == 2 else -1
     if features.ndim != 2 or mu.shape != (d,) or sigma.shape != (d, d) or len(features) < 2:
         return _damaged(path, f"its arrays have shapes {features.shape}, {mu.shape}, {sigma.shape}")
+    if not all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in (features, mu, sigma)):
+        return _damaged(path, "its arrays are not all finite floating-point numbers")
     return FolderStats(features, mu, sigma, key, cached=True)
 
 

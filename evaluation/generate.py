@@ -55,6 +55,7 @@ from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
 from pipeline.sharding import Shard, pick_device, shard_batches
 from solvers import Plan, PlanError
+from solvers.presets import preset_steps
 
 PROG = "python -m evaluation.generate"
 # What decides the images: run.json, and each PNG's settings, must agree on these to share a folder.
@@ -133,9 +134,18 @@ def recorded(record: dict, key: str):
 
 def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
     """Check `out/run.json` against `record`: refuse other settings unless `force`. Rank 0 writes it
-    when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs."""
+    when it is missing (without replacing one another process wrote meanwhile) or, under `force`, differs
+    or cannot be read (as the refusal without `force` promised; a folder there is for the user to remove)."""
     path = out / RUN_FILE
-    existing = read_run(path, "delete it, or pass --force to replace it")
+    unreadable = False
+    try:
+        existing = read_run(
+            path, "remove that folder" if path.is_dir() else "delete it, or pass --force to replace it"
+        )
+    except ValueError:
+        if not force or path.is_dir():
+            raise
+        existing, unreadable = None, True
     if existing is not None:
         differences = run_differences(existing, record)
         if not differences:
@@ -149,7 +159,7 @@ def claim_run(out: Path, record: dict, force: bool, shard: Shard) -> None:
         return
     text = json.dumps(record, indent=2) + "\n"
     try:  # under force, replace; else link, which fails if another run wrote run.json meanwhile
-        safeio.write_atomically(path, text, replace=existing is not None)
+        safeio.write_atomically(path, text, replace=existing is not None or unreadable)
     except FileExistsError:
         claim_run(out, record, force, shard)
 
@@ -251,6 +261,7 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     manifest_sha256 = hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest()
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
+    bounds(steps=preset_steps(args.preset), source=f"--preset {args.preset}: ")
     base = pipeline.read_plan_file(args.plan) if args.plan else None
     if base is not None:
         bounds(steps=base.steps, source=f"the plan of {args.plan}: ")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import safeio
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")  # pytorch-fid's set
 PAPER_SIZE = 512
 CLEAN_CROP_SIZE = 256
@@ -39,7 +41,7 @@ def load_rgb(path: Path) -> Image.Image:
     """An image file as RGB; ValueError naming the file for one that cannot be read (not an image,
     truncated, or over Pillow's decompression-bomb limit of ~179 million pixels)."""
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path) as file, Image.open(file) as image:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         reason = (

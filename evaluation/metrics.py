@@ -5,7 +5,8 @@
     python -m evaluation.metrics clip --images DIR --manifest prompts.jsonl --weights CLIP.safetensors
 
 Each number is printed on its own line, naming its protocol; `--json OUT` also writes them for the
-results table. Errors are one line on stderr with exit status 2.
+results table. An existing --json or --plot file is refused before any work unless --force. Errors are
+one line on stderr with exit status 2.
 """
 
 import argparse
@@ -32,9 +33,10 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _write_json(path: str | None, record: dict) -> None:
-    if path:
-        safeio.write_atomically(path, json.dumps(record, indent=2) + "\n")
+def _write_json(args: argparse.Namespace, record: dict) -> None:
+    """`record` to --json, if given (over an existing file only with --force)."""
+    if args.json:
+        safeio.write_atomically(args.json, json.dumps(record, indent=2) + "\n", replace=args.force)
 
 
 def _folder_features(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -69,7 +71,7 @@ def run_fid(args: argparse.Namespace) -> None:
     generated, reference = next(iter(pairs.values()))  # counts are the same under every protocol
     counts = {"generated": generated.count, "reference": reference.count}
     described = {p: PROTOCOLS[p] for p in values}
-    _write_json(args.json, {"metric": "fid", **run, "count": counts, "fid": values, "protocols": described})
+    _write_json(args, {"metric": "fid", **run, "count": counts, "fid": values, "protocols": described})
 
 
 def run_prd(args: argparse.Namespace) -> None:
@@ -97,11 +99,11 @@ def run_prd(args: argparse.Namespace) -> None:
             f"[recall-, precision-weighted; {len(eval_feats)} images each; {PROTOCOLS[protocol]}]"
         )
     if args.plot:
-        prd.plot_prd({f"{p} protocol": c for p, c in curves.items()}, args.plot)
+        prd.plot_prd({f"{p} protocol": c for p, c in curves.items()}, args.plot, replace=args.force)
         _note(f"PRD curve written to {args.plot}")
     settings = {"clusters": args.clusters, "angles": args.angles, "runs": args.runs, "seed": args.seed}
     curves_json = {p: {"precision": c[0].tolist(), "recall": c[1].tolist()} for p, c in curves.items()}
-    _write_json(args.json, {"metric": "prd", **run, **settings, "prd": values, "curves": curves_json})
+    _write_json(args, {"metric": "prd", **run, **settings, "prd": values, "curves": curves_json})
 
 
 def run_clip(args: argparse.Namespace) -> None:
@@ -112,7 +114,7 @@ def run_clip(args: argparse.Namespace) -> None:
     )
     print(f"CLIP score = {value:.4f}   [ViT-B/32, max(100 cos, 0) averaged over {args.images}]")
     run = {"images": str(args.images), "manifest": str(args.manifest), "weights": str(args.weights)}
-    _write_json(args.json, {"metric": "clip", **run, "clip_score": float(value)})
+    _write_json(args, {"metric": "clip", **run, "clip_score": float(value)})
 
 
 def device(text: str) -> str:
@@ -128,6 +130,19 @@ def angles(text: str) -> int:
     if value < 3:
         raise argparse.ArgumentTypeError(f"the PRD curve needs at least 3 angles, got {value}")
     return value
+
+
+def _add_force_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace an existing --json or --plot file")
+
+
+def _run(args: argparse.Namespace) -> None:
+    """The subcommand, after its output files are checked: a folder, or a file that exists without
+    --force, is refused before the long feature pass."""
+    for flag in ("json", "plot"):
+        if getattr(args, flag, None):
+            safeio.check_target(getattr(args, flag), f"--{flag}", args.force)
+    args.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache-dir", type=Path, help="where feature caches go (default: beside each folder)"
         )
         sub.add_argument("--json", help="also write the results to this JSON file")
+        _add_force_flag(sub)
         cli.add_debug_flag(sub)
         return sub
 
@@ -172,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--batch-size", type=cli.positive_int, default=32)
     clip.add_argument("--device", default="cpu", type=device, help="torch device (default: cpu)")
     clip.add_argument("--json", help="also write the result to this JSON file")
+    _add_force_flag(clip)
     cli.add_debug_flag(clip)
     clip.set_defaults(run=run_clip)
     return parser
@@ -181,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (2 with a one-line message for any refusal)."""
     args = build_parser().parse_args(argv)
     errors = (ValueError, OSError, ImportError, WeightsError)  # WeightsError: clip --weights
-    return cli.run(f"{PROG} {args.command}", args.run, args, errors=errors)
+    return cli.run(f"{PROG} {args.command}", _run, args, errors=errors)
 
 
 if __name__ == "__main__":

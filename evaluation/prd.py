@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+import safeio
+
 ANGLE_EPS = 1e-10  # the curve's end angles are eps and pi/2 - eps, where tan is finite
 F_EPS = 1e-10  # keeps F_beta finite where precision = recall = 0
 NUM_SEEDINGS = 10  # k-means++ seedings per clustering, the one of least inertia is refined
@@ -135,8 +137,12 @@ def f_beta(precision: np.ndarray, recall: np.ndarray, beta: float = 8) -> tuple[
     return score(beta), score(1 / beta)
 
 
-def plot_prd(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
-    """Precision against recall, one line per labelled curve, written to `path` (needs matplotlib)."""
+def plot_prd(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, replace: bool = False
+) -> None:
+    """Precision against recall, one line per labelled curve, written to `path` (needs matplotlib) by
+    `safeio.write_atomically` (over an existing file only when `replace`), in the format its suffix
+    names."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
@@ -150,4 +156,5 @@ def plot_prd(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path)
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="Recall", ylabel="Precision")
     axes.legend(loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, dpi=150)
+    kind = Path(path).suffix.lstrip(".") or "png"
+    safeio.write_atomically(path, lambda file: figure.savefig(file, dpi=150, format=kind), replace=replace)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import random
 import sys
@@ -152,8 +153,8 @@ def write_manifest(prompt_set: PromptSet, out: str | Path, force: bool = False) 
         if record["image_id"] is None:
             del record["image_id"]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    safeio.write_atomically(out, "".join(lines))
-    safeio.write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references))
+    safeio.write_atomically(out, "".join(lines), replace=force)
+    safeio.write_atomically(references, "".join(f"{r}\n" for r in prompt_set.references), replace=force)
     return out, references
 
 
@@ -161,7 +162,7 @@ def read_manifest(path: str | Path) -> list[Prompt]:
     """The rows of a manifest, checked: every line a record with the Prompt fields, each index once.
     Blank lines are skipped. Raises ValueError naming the file, the line and what is wrong."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = safeio.read_text(path)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise ValueError(
@@ -275,10 +276,10 @@ def _read_caption_table(path: Path) -> list[tuple[str, str | None]]:
 def _caption_rows(path: Path) -> list[tuple[str, str | None]]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = safeio.read_text(path).splitlines()
         return [(line, None) for line in lines if line.strip()]
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        with io.TextIOWrapper(safeio.open_regular(path), encoding="utf-8", newline="") as f:
             reader = csv.reader(f, delimiter="," if suffix == ".csv" else "\t")
             header = next(reader, None)
             if header is None:

@@ -104,7 +104,7 @@ def _number_text(value: float | None, decimals: int) -> str:
 
 def _read_json(path: Path, what: str) -> dict | None:
     """The JSON object in `path` (the result of metric `what`); None if there is no such file."""
-    command = f"python -m evaluation.metrics {what} --json"
+    command = f"python -m evaluation.metrics {what} --force --json"  # --force: the file is there
     if not path.exists():
         return None
     record = safeio.read_json(path, f"write it again with {command}")
@@ -119,7 +119,7 @@ def _number(value: object, what: str, path: Path) -> float:
     except ValueError:
         raise ValueError(
             f"{path}: {what} is {safeio.short(value)}, not a number; rewrite it with python -m "
-            "evaluation.metrics"
+            "evaluation.metrics (--force replaces the file)"
         ) from None
 
 
@@ -127,11 +127,15 @@ def _for_protocol(record: dict, key: str, protocol: str, path: Path) -> object:
     """record[key][protocol]; None, with a note on stderr, when the file holds other protocols only."""
     values = record.get(key)
     if not isinstance(values, dict):
-        raise ValueError(f"{path} has no {key!r} values; rewrite it with python -m evaluation.metrics")
+        raise ValueError(
+            f"{path} has no {key!r} values; rewrite it with python -m evaluation.metrics (--force replaces "
+            "the file)"
+        )
     if protocol not in values:
         print(
             f"{PROG}: note: {path} has no {protocol}-protocol value (it has {', '.join(values)}); "
-            f"rerun python -m evaluation.metrics {key} with --protocol {protocol} or both",
+            f"rerun python -m evaluation.metrics {key} with --protocol {protocol} or both, and --force to "
+            "replace it",
             file=sys.stderr,
         )
         return None

@@ -26,7 +26,7 @@ METADATA_BOUND = 1 << 20  # Pillow refuses text chunks over 1 MiB when reading t
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """--prompts FILE: one prompt per line, blank lines skipped."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = safeio.read_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read --prompts {path}: {safeio.reason(err)}") from None
     prompts = [line.strip() for line in lines if line.strip()]

@@ -13,9 +13,27 @@ tens of GB after minutes of loading, an endless loop); `--allow-large` lifts the
   then needs ~20 GB of activations for SD 1.5 in float16; more is seldom faster;
 - MAX_IMAGES 100,000 images per run_sample.py run (prompts x --num-images): ten times the paper's
   10,000-prompt evaluation sets; the run's list of jobs is built up front.
+
+The schedule search (`python -m solvers.search`, `check_search`) holds the teacher's state of every
+sample at every grid level in memory, so its flags are bounded too:
+
+- MAX_SAMPLE_ELEMENTS 262,144 numbers per sample (--shape): the latents of the largest image MAX_SIDE
+  allows (4 channels x 256 x 256);
+- MAX_SEARCH_SAMPLES 65,536 search samples, and as many held out: 64 times the analytic default of
+  1024; the RMSE of a plan over K samples has a standard error of about 1/sqrt(K) of its spread, 0.4%
+  here, far finer than the differences the search ranks;
+- MAX_GRID 1000 candidate levels: SD's DDPM table has 1000 noise levels, as for MAX_STEPS;
+- MAX_SUBSTEPS 1000 teacher steps per grid interval: a fine solve already converged far below the
+  plans' errors at a few tens.
+
+Beyond these, `check_memory` refuses a search whose teacher states would not fit in this machine's
+memory, whatever `--allow-large` says, naming the flags that shrink it.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
 MAX_SIDE = 2048
@@ -23,6 +41,10 @@ MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_IMAGES = 100_000
 LARGE_FLAG = "--allow-large"
+MAX_SAMPLE_ELEMENTS = 4 * (MAX_SIDE // LATENT_FACTOR) ** 2
+MAX_SEARCH_SAMPLES = 65_536
+MAX_GRID = MAX_STEPS
+MAX_SUBSTEPS = MAX_STEPS
 
 
 def size_problem(value: int) -> str | None:
@@ -75,3 +97,58 @@ def check_bounds(
                 f"{source}{what} {value} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to "
                 "lift the limits (see the README)"
             )
+
+
+def check_search(
+    *,
+    shape: tuple[int, ...],
+    steps: int,
+    samples: int,
+    held_out: int,
+    grid: int,
+    substeps: int,
+    allow_large: bool = False,
+) -> None:
+    """Refuse the search's sample shape, NFE budget, sample counts, grid or teacher steps beyond the
+    maxima, unless `allow_large`."""
+    if allow_large:
+        return
+    elements = math.prod(shape)
+    for what, value, limit, why in (
+        ("--shape", elements, MAX_SAMPLE_ELEMENTS, "numbers per sample (4 x 256 x 256 latents)"),
+        ("--steps", steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
+        ("--samples", samples, MAX_SEARCH_SAMPLES, "search samples"),
+        ("--held-out", held_out, MAX_SEARCH_SAMPLES, "held-out samples"),
+        ("--grid", grid, MAX_GRID, "candidate levels, the noise levels of SD's DDPM table"),
+        ("--teacher-substeps", substeps, MAX_SUBSTEPS, "teacher steps per grid interval"),
+    ):
+        if value > limit:
+            shown = f"{','.join(map(str, shape))} ({value} numbers)" if what == "--shape" else value
+            raise ValueError(
+                f"{what} {shown} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to lift the "
+                "limits (see the README)"
+            )
+
+
+def teacher_bytes(shape: tuple[int, ...], rows: int, grid: int, itemsize: int) -> int:
+    """Bytes of the teacher's states, [grid + 1 levels, rows, *shape], twice: the solve keeps each level's
+    state, then stacks them into one tensor."""
+    return 2 * (grid + 1) * rows * math.prod(shape) * itemsize
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system says (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, lower: str) -> None:
+    """Refuse work that needs `need` bytes on a machine with less memory; `lower` names what to lower."""
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"the search would hold {need / 2**30:.1f} GiB of teacher states, more than this machine's "
+            f"{have / 2**30:.1f} GiB of memory; lower {lower}"
+        )

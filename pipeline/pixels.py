@@ -34,7 +34,7 @@ def unquantize(pixels: torch.Tensor) -> torch.Tensor:
 def read_image(path: str | os.PathLike, what: str = "--init-image") -> torch.Tensor:
     """An image file as uint8 [3, H, W] RGB (an alpha channel is dropped)."""
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path) as file, Image.open(file) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read {what} {path} as an image: {safeio.reason(err)}") from None

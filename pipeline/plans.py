@@ -8,9 +8,10 @@ b1, b2, s1, s2, its version and its step window, and the final policy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import safeio
@@ -37,16 +38,50 @@ def check_plan(plan: Plan) -> Plan:
     return plan
 
 
+def checked_record(plan: Plan, where: object, schedule: NoiseSchedule | None = None) -> Plan:
+    """`plan` as read from `where`, without its discretization record (and with a one-line warning)
+    when the record does not reproduce its sigmas on `schedule` (SD's by default), so no PNG names a
+    schedule its sigmas do not follow. A search's record places nothing: its N and NFE must match."""
+    record = plan.discretization
+    if record is None:
+        return plan
+    problem = None
+    if plan.steps != record.N:
+        problem = f"it is for {record.N} steps, the plan has {plan.steps}"
+    elif isinstance(record, Searched):
+        problem = None if record.nfe == plan.nfe else f"it spends {record.nfe} NFE, the plan {plan.nfe}"
+    else:
+        try:
+            placed = record.sigmas(schedule or DiscreteSchedule.sd()).tolist()
+        except ValueError as err:
+            placed, problem = None, f"it places no sigmas ({err})"
+        # rel 1e-4: a file's own float32 noise table moves sigmas by ~1e-7; another schedule by far more
+        if placed is not None and (
+            len(placed) != len(plan.sigmas)
+            or not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(placed, plan.sigmas, strict=True))
+        ):
+            problem = "the sigmas it places are not the plan's"
+    if problem is None:
+        return plan
+    warnings.warn(
+        f"{where}: dropping the plan's discretization record ({record.describe()}): {problem}; the "
+        "plan's own sigmas are used",
+        stacklevel=2,
+    )
+    return plan.replace(discretization=None)
+
+
 def read_plan_file(path: str | os.PathLike) -> Plan:
     """A Plan saved as JSON (`plan.to_json()`), checked like a plan built from flags."""
     try:
-        text = Path(path).read_bytes()
+        text = safeio.read_bytes(path)
     except OSError as err:
         raise PlanError(f"cannot read plan file {path}: {safeio.reason(err)}") from None
     try:
-        return check_plan(Plan.from_json(text))
+        plan = check_plan(Plan.from_json(text))
     except PlanError as err:
         raise PlanError(f"{path} is not a valid plan: {err}") from None
+    return checked_record(plan, f"plan file {path}")
 
 
 def searched_on_another_model(plan: Plan, model: str) -> str | None:

@@ -33,7 +33,7 @@ from pipeline.img2img import STRENGTH_CUTS, check_strength
 from pipeline.limits import size_problem
 from pipeline.models import DTYPES, model_name
 from pipeline.pixels import QUANTIZATIONS
-from pipeline.plans import check_plan
+from pipeline.plans import check_plan, checked_record
 from solvers import OPTIONS, SOLVERS, Plan, PlanError
 from weights.families import EMPTY_NEGATIVE
 from weights.fingerprint import file_sha256, weights_sha256
@@ -289,7 +289,7 @@ def _quote(value: str) -> str:
 def read_replay(path: str | os.PathLike) -> tuple[Settings, Plan]:
     """The settings and Plan stored in a PNG written with `png_metadata`."""
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path) as file, Image.open(file) as image:
             text = dict(getattr(image, "text", {}))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise PlanError(f"cannot read {path} as a PNG: {safeio.reason(err)}") from None
@@ -306,6 +306,7 @@ def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tup
             "pass a PNG written by run_sample.py with its metadata intact"
         )
     try:
-        return Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
+        settings, plan = Settings.from_json(text[SETTINGS_KEY]), check_plan(Plan.from_json(text[PLAN_KEY]))
     except PlanError as err:
         raise PlanError(f"{path} cannot be replayed: {err}") from None
+    return settings, checked_record(plan, path)

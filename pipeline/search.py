@@ -7,7 +7,10 @@
 - The teacher: the fine solve of solvers/search/teacher.py, batch by batch (`pipeline.batches`), batch k
   on rank k mod WORLD_SIZE under torchrun (pipeline/sharding.py); each sample's trajectory goes into the
   cache folder as soon as its batch is done, so a killed run restarts where it stopped. Rank 0 then
-  waits for the other ranks' trajectories and runs the search alone.
+  waits for the other ranks' trajectories and runs the search alone. A cache file that is damaged or
+  does not hold this trajectory (another key, shape or dtype, values not finite) is removed with a
+  one-line warning and solved again, never used. The cache folder is proved writable before the
+  model loads, and to have room for the missing trajectories before the teacher starts.
 - With `decoded`, final states are compared as the VAE decodes them, in [0, 1].
 """
 
@@ -16,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -38,9 +44,10 @@ from pipeline.generate import conditioning, decode_pixels, denoiser, initial_noi
 from pipeline.limits import LATENT_FACTOR
 from pipeline.runs import Job, Run
 from pipeline.sharding import Shard, shard_batches
-from solvers.search import Counted, Subject, Teacher, solve_teacher
+from solvers.search import Counted, Subject, Teacher, solve_teacher, states_problem
 
 CACHE_FORMAT = 1
+CACHE_FILE_OVERHEAD = 1 << 16  # bytes of a cache file beyond its states: the header with the key
 
 
 def samples(prompts: Sequence[str], count: int, first_seed: int) -> list[Job]:
@@ -102,6 +109,7 @@ class TeacherCache:
 
     folder: Path
     identity: Mapping[str, Any]  # all that decides a trajectory besides its prompt and seed
+    shape: tuple[int, ...] = ()  # one sample's states: [len(grid), C, h, w]
 
     def key(self, sample: Job) -> str:
         return json.dumps(
@@ -112,22 +120,69 @@ class TeacherCache:
         return self.folder / f"{hashlib.sha256(self.key(sample).encode()).hexdigest()}.safetensors"
 
     def load(self, sample: Job) -> Tensor | None:
+        """The sample's cached states; None when there are none, or when the file is damaged or holds
+        something else (then it is removed, with a warning, to be solved again)."""
         path = self.path(sample)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
+            safeio.check_regular(path)
             with safe_open(path, framework="pt") as file:
-                metadata, states = file.metadata(), file.get_tensor("states")
+                metadata, names = file.metadata(), sorted(file.keys())
+                states = file.get_tensor("states") if names == ["states"] else None
         except (OSError, SafetensorError) as err:
-            raise ValueError(f"teacher cache file {path} is unreadable ({err}); delete it") from None
+            return _damaged(path, f"unreadable: {' '.join(str(err).split())}")
         if not metadata or metadata.get("key") != self.key(sample):
-            raise ValueError(f"teacher cache file {path} holds another trajectory; delete it")
-        return states
+            return _damaged(path, "it holds another trajectory")
+        problem = f"it holds {names}, not one 'states' tensor" if states is None else None
+        problem = problem or states_problem(states, self.shape)
+        return _damaged(path, problem) if problem else states
 
     def save(self, sample: Job, states: Tensor) -> None:
         data = save({"states": states.contiguous().cpu()}, metadata={"key": self.key(sample)})
         with contextlib.suppress(FileExistsError):  # a link never replaces what another rank wrote
             safeio.write_atomically(self.path(sample), data, replace=False)
+
+
+def _damaged(path: Path, reason: str) -> None:
+    warnings.warn(
+        f"ignoring the damaged teacher cache file {path} ({reason}); solving it again", stacklevel=3
+    )
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def cache_folder(cache: str | os.PathLike | None) -> Path:
+    """The teacher cache folder: `cache` if given, else the default under $XDG_CACHE_HOME."""
+    return Path(cache).expanduser() if cache else default_cache()
+
+
+def check_cache_folder(folder: Path) -> None:
+    """Create the teacher cache folder and prove it writable, before minutes go into loading weights."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / safeio.temporary_name("write-test")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or " ".join(str(err).split())
+        raise OSError(
+            f"cannot write the teacher cache folder {folder}: {reason}; pass --cache DIR, a writable folder"
+        ) from None
+
+
+def check_cache_space(cache: TeacherCache, rows: Sequence[Job]) -> None:
+    """Refuse, before the teacher starts, a cache folder without room for the trajectories it lacks
+    (float32 states and a header each)."""
+    missing = sum(not cache.path(row).exists() for row in rows)
+    need = missing * (4 * math.prod(cache.shape) + CACHE_FILE_OVERHEAD)
+    free = shutil.disk_usage(cache.folder).free
+    if free < need:
+        raise OSError(
+            f"{cache.folder}: No space left for the teacher cache ({free} bytes free, up to {need} needed "
+            f"for {missing} trajectories); free space, pass --cache DIR on another disk, or lower --samples, "
+            "--held-out or --grid"
+        )
 
 
 def teachers(
@@ -151,7 +206,7 @@ def teachers(
         cache.identity["substeps"],
     )
     for batch in shard_batches(batches(list(rows), batch_size), shard):
-        if all(cache.path(row).exists() for _, row in batch.jobs):
+        if all([cache.load(row) is not None for _, row in batch.jobs]):  # a list: every damaged file goes
             continue
         own = len(batch.slots)  # progress counts the batch's own samples, not the copies that pad it
         denoise = Counted(guided(batch.rows), None if progress is None else lambda _, own=own: progress(own))
@@ -167,14 +222,20 @@ def teachers(
 
 def _wait(cache: TeacherCache, row: Job) -> Tensor:
     """The row's cached states, once another rank has written them (torchrun stops every rank when one
-    fails, so this ends)."""
+    fails, so this ends). A file found damaged here was written by a rank that is done: the rerun
+    solves it again."""
     told = False
-    while (states := cache.load(row)) is None:
+    while True:
+        written = cache.path(row).exists()
+        states = cache.load(row)
+        if states is not None:
+            return states
+        if written:
+            raise ValueError(f"the teacher cache file of {row} was damaged; rerun to solve it again")
         if not told:
             print("rank 0: waiting for the other ranks' teacher trajectories", file=sys.stderr)
             told = True
         time.sleep(1.0)
-    return states
 
 
 def subject(
@@ -196,7 +257,8 @@ def subject(
     rows = samples(prompts, search_samples + held_out, seed)
     sd, settings = run.model, run.settings
     height, width, batch_size, size = settings.height, settings.width, settings.batch, settings.size()
-    folder = Path(cache).expanduser() if cache else default_cache()
+    folder = cache_folder(cache)
+    check_cache_folder(folder)
     parameter = next(sd.unet.parameters())
     guided = partial(
         batched_denoiser, sd, negative_prompt=settings.negative_prompt, batch_size=batch_size, size=size,
@@ -215,8 +277,9 @@ def subject(
                     "device": parameter.device.type, "options": dict(options), "grid": list(grid),
                     "solver": solver, "substeps": substeps, "empty_negative": settings.empty_negative,
                     "size_conditioning": settings.size_conditioning}  # fmt: skip
-        folder.mkdir(parents=True, exist_ok=True)
-        store = TeacherCache(folder, json.loads(json.dumps(identity)))
+        latent = (sd.unet.config.in_channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
+        store = TeacherCache(folder, json.loads(json.dumps(identity)), (len(grid), *latent))
+        check_cache_space(store, rows)
         return teachers(sd, rows, store, options, guided, height=height, width=width, batch_size=batch_size,
                         shard=shard, progress=progress)  # fmt: skip
 

@@ -1,4 +1,9 @@
-"""Every file the project writes: into a temporary file created exclusively (O_EXCL, so a planted
+"""Every file the project reads is opened by `open_regular` (or checked by `check_regular` where a
+library opens it by name): a FIFO would block the open until a writer came, a device may never end, a
+folder reads as nothing, so each is refused, naming the path, before a byte is read (the null device,
+which reads as an empty file, is let through).
+
+Every file the project writes: into a temporary file created exclusively (O_EXCL, so a planted
 file or symlink is never followed) under a random name in the destination folder, then renamed over
 the target (`replace`) or hard-linked to the first free name (never over an existing file: a link,
 unlike a rename, fails if the name exists). The temporary file is removed whatever happens, Ctrl-C
@@ -7,10 +12,12 @@ included; one a killed process left behind (SIGKILL, power loss) is removed by `
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,6 +26,73 @@ from typing import BinaryIO
 TEMPORARY_SUFFIX = ".tmp"
 STALE_AFTER_S = 60  # a temporary untouched this long, of a process gone from this machine, is stale
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _refuse_special(status: os.stat_result, path: str | os.PathLike) -> None:
+    mode = status.st_mode
+    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and os.path.samestat(status, os.stat(os.devnull))):
+        return  # the null device reads as an empty file
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+    raise OSError(code, f"it is {kind}, not a file; pass a regular file", str(path))
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Refuse (OSError naming `path`) what is not a regular file, for readers that open by name; a
+    missing file is left to the reader's own message."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return
+    _refuse_special(status, path)
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`path` open for reading in binary, or OSError naming it when it is not a regular file. The open
+    does not wait for a FIFO's writer (O_NONBLOCK), and the check is on what was opened (fstat), so a
+    file swapped in between cannot slip through."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        _refuse_special(os.fstat(fd), path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of the regular file `path` (`open_regular`)."""
+    with open_regular(path) as file:
+        return file.read()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of the regular file `path`, strictly UTF-8 (UnicodeDecodeError otherwise)."""
+    return read_bytes(path).decode("utf-8")
+
+
+def check_target(path: str | os.PathLike, flag: str, force: bool = False) -> Path:
+    """Refuse, before any work, an output file `path` (given as `flag`) that is a folder, or that exists
+    when not `force`, or whose folder is missing; `write_atomically(path, ..., replace=force)` then
+    writes it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; pass a file name")
+    if not force and (path.exists() or path.is_symlink()):
+        raise ValueError(f"{flag} {path} exists; pass --force to replace it, or another file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
+    return path
 
 
 def temporary_name(name: str) -> str:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
 SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: int64, and never negative here
+# Python decodes bytes that are not UTF-8 (in argv, in file names) to lone surrogates, and JSON's \u
+# escapes can spell them; no encoder, file or PNG chunk can hold them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def short(value: Any, limit: int = 40) -> str:
@@ -34,6 +38,27 @@ def did_you_mean(text: Any, names: Iterable[str]) -> str:
     close = difflib.get_close_matches(text, list(names), n=3, cutoff=0.6) if isinstance(text, str) else []
     said = [repr(name) if " " in name else name for name in close]
     return f"did you mean {' or '.join(said)}? " if close else ""
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode (a lone surrogate, as bytes that are not UTF-8 become), or None."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"not valid Unicode (character {found.start() + 1} is U+{ord(found.group()):04X}, a lone "
+        "surrogate: bytes that are not UTF-8); write it in UTF-8"
+    )
+
+
+def text(value: Any) -> str:
+    """`value` if it is a string of valid Unicode; else ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {short(value)}")
+    problem = unicode_problem(value)
+    if problem:
+        raise ValueError(f"is {problem}")
+    return value
 
 
 def integer(value: Any, low: int | None = None, high: int | None = None) -> int:

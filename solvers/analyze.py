@@ -19,11 +19,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 import cli
+import safeio
 from schedule import DISCRETIZATIONS, DiscreteSchedule, append_zero, exponential, karras
 from solvers.analytic import Gaussian, GaussianMixture
 from solvers.loop import sample
@@ -265,7 +267,7 @@ def _styles(solvers: Sequence[str]) -> dict[str, tuple[str, str]]:
     return styles
 
 
-def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
+def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str, replace: bool) -> None:
     """One panel per discretization, error against NFE for every solver, then the local-error curves;
     one legend beside the panels. A panel with a diverged curve (an error above DIVERGED) ends its axis
     a little above the other curves' highest error: the diverged curve's points beyond it are drawn at
@@ -317,7 +319,8 @@ def _plot(path: str, ode: dict, sde: dict, curves: dict, solver: str) -> None:
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.legend(handles, list(styles), loc="center left", bbox_to_anchor=(0.88, 0.5), fontsize=9,
                frameon=False, title="solver (colour: family)")  # fmt: skip
-    fig.savefig(path, dpi=110)
+    kind = Path(path).suffix.lstrip(".") or "png"
+    safeio.write_atomically(path, lambda file: fig.savefig(file, dpi=110, format=kind), replace=replace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="solver for the local-error curves (default: dpmpp_1s)",
     )
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     return cli.run(parser.prog, analyze, args, errors=(ValueError, OSError, ImportError))
@@ -347,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def analyze(args: argparse.Namespace) -> None:
     if args.plot:
         _pyplot()  # refuse before the work, not after it
+        safeio.check_target(args.plot, "--plot", args.force)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tens of thousands of tiny calls: a thread pool only adds overhead
     try:
@@ -380,7 +385,7 @@ def _report(args: argparse.Namespace) -> None:
         for s, e in zip(sigmas, errs, strict=True):
             print(f"    from sigma {s:8.4f}: {e:.5f}")
     if args.plot:
-        _plot(args.plot, ode, sde, curves, args.lte_solver)
+        _plot(args.plot, ode, sde, curves, args.lte_solver, args.force)
         print(f"\nwrote {args.plot}")
 
 

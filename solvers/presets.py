@@ -223,6 +223,15 @@ def preset_names() -> list[str]:
     return [*PAPER_RECIPES, "paper-N", *named, pattern]
 
 
+def preset_steps(name: str | None) -> int | None:
+    """The step count a preset name asks for, read before its plan is built (so a caller can bound
+    it), or None for no name or one that names no count."""
+    if name in PAPER_RECIPES:
+        return PAPER_RECIPES[name].discretization.N
+    m = re.fullmatch(r"(?:paper|[a-z]+-\w+)-(\d{1,4000})", name or "")  # int() takes up to 4300 digits
+    return int(m.group(1)) if m else None
+
+
 def preset(
     name: str,
     steps: int | None = None,

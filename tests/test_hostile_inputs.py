@@ -1,6 +1,9 @@
-"""Hostile and broken inputs (issue 12), one table per input kind: every row is refused with exit
+"""Hostile and broken inputs (issues 12 and 23), one table per input kind: every row is refused with exit
 status 2 (or the library's own error), one line that names the file and the field, no traceback, and
-nothing written. Then the resource bounds, the caches, the temporary files, and signals and faults.
+nothing written. Then the resource bounds, the caches, the temporary files, and signals and faults;
+then (issue 23) the schedule search's flags, cache and output, files that are not regular files, text
+that is not valid Unicode, writes over existing files and planted links, and bounds that arrive by
+other ways than a flag.
 
 Everything here is refused before any sampling (the tiny checkpoints of tests/checkpoints.py are
 read for their headers and configs only), except the two interrupted runs: one 64 px image each."""
@@ -49,6 +52,11 @@ SETTINGS = Settings(
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-checkpoints")
     return {layout: write_checkpoint(root / layout, layout=layout) for layout in ("single", "diffusers")}
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("hostile-sdxl"), layout="diffusers", kind="sdxl")
 
 
 def one_line(capsys, main, *argv: str, status: int = 2) -> str:
@@ -225,6 +233,8 @@ def edit_json(path: Path, **changes) -> None:
 FOLDER_FILES = [
     ("vae/config.json", {"scaling_factor": "abc"}, "config.json: scaling_factor must be a number, got 'abc'"),
     ("vae/config.json", {"scaling_factor": -1}, "scaling_factor must be > 0, got -1"),
+    ("vae/config.json", {"scaling_factor": 1e308}, "scaling_factor must be in [0.01, 10] (SD 1.x uses"),
+    ("vae/config.json", {"scaling_factor": 1e-9}, "scaling_factor must be in [0.01, 10]"),
     ("text_encoder/config.json", {"layer_norm_eps": "x"}, "layer_norm_eps must be a number, got 'x'"),
     ("text_encoder/config.json", {"num_attention_heads": 0}, "num_attention_heads must be an integer in [1,"),
     ("text_encoder/config.json", {"hidden_act": "swish"}, "hidden_act must be one of"),
@@ -262,6 +272,27 @@ def test_config_values_are_checked_naming_the_file_and_field(folder, name, chang
 def test_malformed_config_and_tokenizer_files_are_one_line(folder, name, text, message):
     (folder / name).write_text(text, encoding="latin-1" if text == "\xff" else "utf-8")
     assert message in refused(folder, ".")
+
+
+TOKENIZERS = [
+    ("tokenizer", lambda vocab: vocab | {"zz": 49408}, "tokenizer/vocab.json: it has token ids up to 49408, "
+     "but the text encoder embeds only ids below 49408"),
+    ("tokenizer_2", lambda vocab: vocab | {"zz": 10**6},
+     "tokenizer_2/vocab.json: it has token ids up to 1000000"),
+    ("tokenizer", lambda vocab: {k: v for k, v in vocab.items() if k != "<|endoftext|>"},
+     "tokenizer/vocab.json is not a CLIP vocabulary (the vocabulary has no <|endoftext|> entry"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "change", "message"), TOKENIZERS)
+def test_tokenizer_files_must_fit_their_text_encoder(
+    checkpoints, sdxl_folder, tmp_path, name, change, message
+):
+    copy = tmp_path / "model"
+    shutil.copytree(sdxl_folder if name == "tokenizer_2" else checkpoints["diffusers"], copy)
+    vocab = copy / name / "vocab.json"
+    vocab.write_text(json.dumps(change(json.loads(vocab.read_text()))))
+    assert message in refused(copy, ".")
 
 
 def rewrite(path: Path, change) -> None:
@@ -569,3 +600,378 @@ def test_parse_json_turns_every_malformed_text_into_the_callers_error(text, reas
         safeio.parse_json(text, "the file", "fix it", PlanError)
     assert reason in str(info.value) and str(info.value).endswith("; fix it")
     assert safeio.parse_json("[" * 32 + "]" * 32, "f", "") is not None
+
+
+# -- 8. the schedule search: flags, denoiser, cache, output (issue 23) ---------------------------------
+
+MIXTURE = "solvers.analytic:GaussianMixture.default"
+
+
+def not_a_denoiser():
+    return lambda x, sigma: x.sum()
+
+
+def nan_denoiser():
+    return lambda x, sigma: x * float("nan")
+
+
+SEARCH_FLAGS = [
+    (["--shape", "1000000000"], "--shape 1000000000 (1000000000 numbers) is over the maximum of 262144 "
+     "numbers per sample (4 x 256 x 256 latents); pass --allow-large to lift the limits (see the README)"),
+    (["--shape", "100000,100000"], "--shape 100000,100000 (10000000000 numbers) is over the maximum"),
+    (["--shape", "16", "--samples", "1000000000"], "--samples 1000000000 is over the maximum of 65536"),
+    (["--shape", "16", "--held-out", "100000"], "--held-out 100000 is over the maximum of 65536 held-out"),
+    (["--shape", "16", "--grid", "10000000"], "--grid 10000000 is over the maximum of 1000 candidate"),
+    (["--shape", "16", "--teacher", "dpmpp_2m", "--teacher-substeps", "5000"], "--teacher-substeps 5000 is"),
+    (["--shape", "16", "--steps", "5000"], "--steps 5000 is over the maximum of 1000 steps"),
+    (["--shape", "16", "--grid", "8", "--steps", "1000"], "no plan on a grid of 8 levels spends exactly 1000 "
+     "NFE with dpmpp_2m; pass --grid 1000 or more, or fewer --steps"),
+    (["--shape", "4,128,128", "--samples", "10000", "--held-out", "10000"], "the search would hold 800.8 GiB "
+     "of teacher states, more than this machine's 1.0 GiB of memory; lower --samples, --held-out, --grid or "
+     "--shape"),
+]  # fmt: skip
+DENOISERS = [
+    ("json:loads", "--denoiser json:loads: loads() with no arguments fails (TypeError: "),
+    ("solvers.analytic:GaussianMixture", "GaussianMixture() with no arguments fails (TypeError"),
+    ("..:x", "--denoiser '..:x' is not MODULE:CALLABLE"),
+    ("builtins:dict", "--denoiser builtins:dict: dict() returned dict, not a denoiser"),
+    ("tests.test_hostile_inputs:not_a_denoiser", "--denoiser tests.test_hostile_inputs:not_a_denoiser "
+     "returned a torch.float64 tensor of shape () for x of shape (2, 16); a denoiser returns"),
+]  # fmt: skip
+
+
+def search_command(capsys, *argv: str, status: int = 2) -> str:
+    from solvers.search.__main__ import main
+
+    return one_line(capsys, main, *argv, status=status)
+
+
+@pytest.mark.parametrize(("flags", "message"), SEARCH_FLAGS)
+def test_the_search_bounds_its_flags_and_memory_before_any_allocation(capsys, monkeypatch, flags, message):
+    monkeypatch.setattr(pipeline.limits, "physical_memory", lambda: 2**30)
+    allocated = []
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: allocated.append(a))  # nothing is drawn
+    error = search_command(capsys, "--denoiser", MIXTURE, "--steps", "3", *flags)
+    assert error.startswith("python -m solvers.search: error: ") and message in error
+    assert allocated == []
+
+
+@pytest.mark.parametrize(("spec", "message"), DENOISERS)
+def test_a_denoiser_flag_that_names_no_denoiser_is_one_line(capsys, spec, message):
+    assert message in search_command(capsys, "--denoiser", spec, "--shape", "16", "--steps", "3")
+
+
+def test_the_budget_check_agrees_with_the_search_lattice():
+    from schedule import DiscreteSchedule
+    from solvers.search import candidate_grid, check_budget
+    from solvers.search.dp import Lattice
+
+    for solver in ("dpmpp_2m", "heun", "dpmpp_2s"):
+        for levels in range(2, 7):
+            grid = candidate_grid(DiscreteSchedule.sd(), levels)
+            for nfe in range(1, 12):
+                reachable = any(n == nfe for n, _ in Lattice(grid, solver, nfe).reach)
+                try:
+                    check_budget(levels, solver, nfe)
+                except ValueError:
+                    assert not reachable, (solver, levels, nfe)
+                else:
+                    assert reachable, (solver, levels, nfe)
+
+
+SMALL_SEARCH = ["--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--steps", "2",
+                "--samples", "4", "--held-out", "4", "--grid", "4", "--stages", "dp", "--teacher-substeps",
+                "1"]  # fmt: skip
+
+
+def test_the_search_checks_its_out_file_before_the_work_and_prints_a_plan_it_cannot_write(
+    tmp_path, capsys, monkeypatch
+):
+    link = tmp_path / "plan.json"
+    link.symlink_to(tmp_path / "nowhere")  # dangling: found now, not after the search
+    assert f"--out {link} exists" in search_command(capsys, *SMALL_SEARCH, "--out", str(link))
+    full = shutil._ntuple_diskusage(10**9, 10**9, 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    error = search_command(capsys, *SMALL_SEARCH, "--out", str(tmp_path / "p.json"))
+    assert "has 1000 bytes free, less than the 1048576 a plan may take" in error
+    monkeypatch.undo()
+
+    def disk_full(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(safeio, "write_atomically", disk_full)
+    code, out, err = run_main(_search_main(), capsys, *SMALL_SEARCH, "--out", str(tmp_path / "p.json"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.strip().endswith(
+        f"--out {tmp_path / 'p.json'}: the plan is not written ({tmp_path / 'p.json'}: No space left on "
+        "device); its JSON is on standard output: save it to a file"
+    )
+    assert Plan.from_json(out.strip().splitlines()[-1]).nfe == 2  # the whole plan, nothing lost
+
+
+def _search_main():
+    from solvers.search.__main__ import main
+
+    return main
+
+
+def test_a_teacher_of_non_finite_states_is_refused(capsys):
+    error = search_command(capsys, "--denoiser", "tests.test_hostile_inputs:nan_denoiser", "--shape", "4",
+                           "--steps", "2", "--grid", "4", "--samples", "2", "--held-out", "2")  # fmt: skip
+    assert "the teacher's solve (dpmpp_2m) gave non-finite states, first of sample 0 at grid level 1" in error
+
+
+def teacher_cache(tmp_path: Path):
+    from pipeline.runs import Job as Sample
+    from pipeline.search import TeacherCache
+
+    cache = TeacherCache(tmp_path, {"grid": [2.0, 1.0, 0.0]}, (3, 4, 8, 8))
+    return cache, Sample("a cat", 1)
+
+
+TEACHER_FILES = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "another key": lambda good: safetensors_bytes({"states": torch.zeros(3, 4, 8, 8)}, "other"),
+    "mis-shaped": lambda good: safetensors_bytes({"states": torch.zeros(3, 4, 8, 9)}),
+    "integer": lambda good: safetensors_bytes({"states": torch.zeros(3, 4, 8, 8, dtype=torch.int64)}),
+    "not finite": lambda good: safetensors_bytes({"states": torch.full((3, 4, 8, 8), float("nan"))}),
+    "two tensors": lambda good: safetensors_bytes({"states": torch.zeros(3, 4, 8, 8), "x": torch.zeros(1)}),
+    "a pickle": lambda good: pickle.dumps(Exploit()),
+}
+TEACHER_REASONS = {
+    "truncated": "unreadable", "another key": "it holds another trajectory",
+    "mis-shaped": "its states have shape [3, 4, 8, 9], not [3, 4, 8, 8]",
+    "integer": "its states are a torch.int64 tensor, not floating point", "not finite": "not all finite",
+    "two tensors": "it holds ['states', 'x'], not one 'states' tensor", "a pickle": "unreadable",
+}  # fmt: skip
+
+
+def safetensors_bytes(tensors: dict, key: str | None = None) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"key": key or SAFETENSORS_KEY[0]})
+
+
+SAFETENSORS_KEY = [""]
+
+
+@pytest.mark.parametrize("damage", list(TEACHER_FILES))
+def test_a_damaged_teacher_cache_file_is_ignored_with_a_warning_and_removed(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("EXPLOIT_MARK", str(tmp_path / "ran"))
+    cache, row = teacher_cache(tmp_path)
+    SAFETENSORS_KEY[0] = cache.key(row)
+    good = torch.randn(3, 4, 8, 8)
+    cache.save(row, good)
+    assert torch.equal(cache.load(row), good)
+    path = cache.path(row)
+    path.write_bytes(TEACHER_FILES[damage](path.read_bytes()))
+    with pytest.warns(
+        UserWarning, match=re.escape(f"ignoring the damaged teacher cache file {path} (")
+    ) as seen:
+        assert cache.load(row) is None
+    assert TEACHER_REASONS[damage] in str(seen[0].message) and "\n" not in str(seen[0].message)
+    assert not path.exists() and not (tmp_path / "ran").exists()  # solved again next, never unpickled
+    cache.save(row, good)
+    assert torch.equal(cache.load(row), good)
+
+
+def test_the_teacher_cache_folder_is_checked_for_writing_and_room(tmp_path, monkeypatch):
+    from pipeline.search import check_cache_folder, check_cache_space
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError, match=f"cannot write the teacher cache folder {tmp_path / 'file'}: "):
+        check_cache_folder(tmp_path / "file")
+    cache, row = teacher_cache(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    with pytest.raises(
+        OSError, match=r"No space left for the teacher cache \(1000 bytes free, up to 68608 needed"
+    ):
+        check_cache_space(cache, [row])
+
+
+# -- 9. files that are not regular files (issue 23) ---------------------------------------------------
+
+
+def special(tmp_path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo.png")
+        return tmp_path / "fifo.png"
+    if kind == "folder":
+        (tmp_path / "folder.png").mkdir()
+        return tmp_path / "folder.png"
+    return Path("/dev/zero")  # a device that never ends
+
+
+READERS = [
+    ("--init-image", pipeline.read_image, ValueError, "cannot read --init-image {p} as an image: "),
+    ("--plan", pipeline.read_plan_file, PlanError, "cannot read plan file {p}: "),
+    ("--prompts", pipeline.read_prompts, ValueError, "cannot read --prompts {p}: "),
+    ("--replay", pipeline.read_replay, PlanError, "cannot read {p} as a PNG: "),
+    ("manifest", prompts.read_manifest, ValueError, "cannot read the manifest {p}: "),
+    ("metric image", images.load_rgb, ValueError, "cannot read the image {p}: "),
+    ("JSON file", lambda p: safeio.read_json(p, "fix it"), ValueError, "cannot read {p}: "),
+    ("weights", read_header, OSError, "it is "),
+]  # fmt: skip
+KINDS = {"fifo": "it is a FIFO (named pipe), not a file", "folder": "it is a folder, not a file",
+         "device": "it is a character device, not a file"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize(("what", "read", "error", "message"), READERS, ids=[r[0] for r in READERS])
+def test_files_that_are_not_regular_are_refused_before_they_are_read(
+    tmp_path, kind, what, read, error, message
+):
+    path = special(tmp_path, kind)
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"{what}: reading a {kind} blocked"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(error) as info:
+            read(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert message.format(p=path) in str(info.value) and KINDS[kind] in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_null_device_reads_as_an_empty_file():
+    assert safeio.read_bytes(os.devnull) == b""  # `--prompts /dev/null` is "no prompt", not a device
+
+
+def test_a_fifo_as_init_image_is_one_line_in_run_sample(tmp_path, capsys):
+    fifo = special(tmp_path, "fifo")
+    argv = [
+        "--prompt",
+        "a cat",
+        "--init-image",
+        str(fifo),
+        "--strength",
+        "0.5",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    error = one_line(capsys, run_sample.main, *argv)
+    assert error.endswith(
+        f"cannot read --init-image {fifo} as an image: {KINDS['fifo']}; pass a regular file"
+    )
+
+
+# -- 10. text that is not valid Unicode (issue 23) ---------------------------------------------------
+
+BAD_TEXT = "\udcff\udcfe cat"  # how Python's argv holds the bytes ff fe, which are not UTF-8
+UNICODE = "not valid Unicode (character 1 is U+DCFF, a lone surrogate: bytes that are not UTF-8)"
+
+
+def test_prompts_that_are_not_valid_unicode_are_refused_where_they_enter(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out")]
+    for flags in (["--prompt", BAD_TEXT], ["--prompt", "a cat", "--negative-prompt", BAD_TEXT]):
+        error = one_line(capsys, run_sample.main, *flags, *out)
+        assert f"argument {flags[-2]}: is {UNICODE}; write it in UTF-8" in error
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_bytes(b"a \xff\xfe cat\n")
+    error = one_line(capsys, run_sample.main, "--prompts", str(prompts_file), *out)
+    assert f"cannot read --prompts {prompts_file}: 'utf-8' codec can't decode byte 0xff" in error
+    png = replay_png(tmp_path / "in", {"prompt": BAD_TEXT})
+    error = one_line(capsys, run_sample.main, "--replay", str(png), *out)
+    assert f"{png} cannot be replayed: the settings is not valid JSON (a string is {UNICODE}" in error
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(preset("paper-5").to_dict() | {"name": BAD_TEXT}))
+    error = one_line(capsys, run_sample.main, "--prompt", "a cat", "--plan", str(plan), *out)
+    assert f"{plan} is not a valid plan: the plan is not valid JSON (a string is {UNICODE}" in error
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"index": 0, "prompt": BAD_TEXT, "seed": 0, "reference": None}) + "\n")
+    error = one_line(capsys, evaluation_generate.main, "--manifest", str(manifest), *out)
+    assert f"{manifest} line 1 is not a manifest record (not JSON: a string is {UNICODE}" in error
+    assert files_in(tmp_path / "out") == []
+
+
+# -- 11. writes: never over an existing file without --force, never through a planted link (issue 23) -
+
+
+def test_metrics_outputs_are_refused_before_the_work_when_they_exist(tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "prd.png"
+    link.symlink_to(target)
+    folders = ["--generated", str(tmp_path), "--reference", str(tmp_path)]
+    error = one_line(capsys, metrics.main, "prd", *folders, "--plot", str(link))
+    assert error.endswith(f"--plot {link} exists; pass --force to replace it, or another file name")
+    (tmp_path / "fid.json").write_text("{}")
+    error = one_line(capsys, metrics.main, "fid", *folders, "--json", str(tmp_path / "fid.json"))
+    assert f"--json {tmp_path / 'fid.json'} exists; pass --force" in error
+    assert target.read_text() == "keep me" and (tmp_path / "fid.json").read_text() == "{}"
+
+
+def test_a_forced_plot_replaces_a_planted_link_never_the_file_it_points_to(tmp_path):
+    from evaluation import prd
+
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "prd.png"
+    link.symlink_to(target)
+    curve = (np.linspace(0, 1, 5), np.linspace(1, 0, 5))
+    with pytest.raises(FileExistsError):
+        prd.plot_prd({"a": curve}, link)
+    prd.plot_prd({"a": curve}, link, replace=True)
+    assert target.read_text() == "keep me" and not link.is_symlink()
+    assert link.read_bytes().startswith(b"\x89PNG")
+
+
+def test_analyze_refuses_an_existing_plot_before_the_work(tmp_path, capsys):
+    from solvers import analyze
+
+    pytest.importorskip("matplotlib")
+    (tmp_path / "a.png").write_text("mine")
+    error = one_line(capsys, analyze.main, "--samples", "1", "--plot", str(tmp_path / "a.png"))
+    assert f"--plot {tmp_path / 'a.png'} exists; pass --force to replace it" in error
+
+
+# -- 12. bounds and records by every way they arrive; advice that works (issue 23) -------------------
+
+
+@pytest.mark.parametrize("name", ["karras-2m-100000", "paper-5000"])
+def test_presets_meet_the_step_cap_in_run_sample_and_evaluation_generate(tmp_path, capsys, name):
+    message = f"--preset {name}: steps {name.rsplit('-', 1)[1]} is over the maximum of 1000 steps"
+    assert message in one_line(capsys, run_sample.main, "--preset", name, "--print-plan")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}\n')
+    argv = ["--manifest", str(manifest), "--out", str(tmp_path / "out"), "--preset", name]
+    assert message in one_line(capsys, evaluation_generate.main, *argv)
+
+
+def test_a_discretization_record_that_does_not_reproduce_the_sigmas_is_dropped_with_a_note(tmp_path):
+    plan = preset("karras-2m-5")
+    path = tmp_path / "plan.json"
+    path.write_text(
+        plan.replace(sigmas=plan.sigmas, discretization=preset("paper-5").discretization).to_json()
+    )
+    with pytest.warns(
+        UserWarning, match=re.escape(f"plan file {path}: dropping the plan's discretization record")
+    ):
+        read = pipeline.read_plan_file(path)
+    assert read.discretization is None and read.sigmas == plan.sigmas
+    path.write_text(plan.to_json())
+    assert pipeline.read_plan_file(path) == plan  # a true record stays
+
+
+def test_a_replay_with_another_init_image_expects_different_pixels(capsys):
+    run_sample._note_differences("x.png", SETTINGS, SETTINGS)
+    assert capsys.readouterr().err == ""
+    changed = Settings(**{**SETTINGS.__dict__, "init_image_sha256": "1" * 64})
+    run_sample._note_differences("x.png", changed, SETTINGS)
+    assert capsys.readouterr().err.strip().endswith("expect different pixels")
+    changed = Settings(**{**SETTINGS.__dict__, "device": "cuda"})
+    run_sample._note_differences("x.png", changed, SETTINGS)
+    assert capsys.readouterr().err.strip().endswith("expect close, not identical, pixels")
+
+
+def test_force_replaces_an_unreadable_run_record_as_the_refusal_advises(tmp_path):
+    from pipeline.sharding import Shard
+
+    (tmp_path / "run.json").write_text(DEEP)
+    record = {"format": 1, "method": "m"}
+    with pytest.raises(ValueError, match="delete it, or pass --force to replace it"):
+        evaluation_generate.claim_run(tmp_path, record, False, Shard())
+    evaluation_generate.claim_run(tmp_path, record, True, Shard())
+    assert json.loads((tmp_path / "run.json").read_text()) == record

@@ -99,7 +99,7 @@ def test_clean_protocol_and_a_file_without_the_asked_protocol(tmp_path):
     assert code == 0 and out.splitlines()[2] == "| paper-5 | 5 | 7.5 | - | - |"
     assert err == (
         f"python -m evaluation.table: note: {run / 'fid.json'} has no paper-protocol value (it has clean); "
-        "rerun python -m evaluation.metrics fid with --protocol paper or both\n"
+        "rerun python -m evaluation.metrics fid with --protocol paper or both, and --force to replace it\n"
     )
 
 
@@ -151,11 +151,12 @@ def test_method_names_with_a_pipe_are_escaped(tmp_path):
          "python -m evaluation.generate --out DIR"),
         (lambda run: (run / "fid.json").write_text("{oops"), "{run}/fid.json is not valid JSON (Expecting "
          "property name enclosed in double quotes: line 1 column 2 (char 1)); write it again with python -m "
-         "evaluation.metrics fid --json"),
+         "evaluation.metrics fid --force --json"),
         (lambda run: write(run / "clip.json", fid_json(1.0)), "{run}/clip.json is not a clip record; "
-         "write it with python -m evaluation.metrics clip --json"),
+         "write it with python -m evaluation.metrics clip --force --json"),
         (lambda run: write(run / "clip.json", {"metric": "clip", "clip_score": "high"}), "{run}/clip.json: "
-         "clip_score is 'high', not a number; rewrite it with python -m evaluation.metrics"),
+         "clip_score is 'high', not a number; rewrite it with python -m evaluation.metrics (--force replaces "
+         "the file)"),
         (lambda run: write(run / RUN_FILE, {"format": 7}), "{run}/run.json is not a run record of format 1; "
          "write it again with python -m evaluation.generate"),
     ],

@@ -115,6 +115,16 @@ class Tokenizer:
         self.pad_id = pad_id
         self.length = length
 
+    def id_problem(self, rows: int) -> str | None:
+        """Why this tokenizer cannot feed a text encoder whose embedding table has `rows` rows (an id it
+        can give, a token's or the padding's, is `rows` or more: an IndexError mid-run), or None."""
+        largest = max(self.bpe.get_vocab(with_added_tokens=True).values(), default=-1)
+        if largest >= rows:
+            return f"it has token ids up to {largest}, but the text encoder embeds only ids below {rows}"
+        if self.pad_id >= rows:
+            return f"its padding id {self.pad_id} is beyond the text encoder's {rows} embeddings"
+        return None
+
     @classmethod
     def sd1(cls, pad_id: int = EOS) -> Tokenizer:
         """The vendored CLIP vocabulary (CLIP-L and bigG share it); SDXL's bigG encoder wants pad_id=0."""

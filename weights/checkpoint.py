@@ -114,6 +114,7 @@ def refuse_pickle(path: Path) -> None:
 def read_header(path: str | os.PathLike) -> Header:
     """Parse and check the whole header against the file size before any tensor is read."""
     path = Path(path)
+    safeio.check_regular(path)
     refuse_pickle(path)
     stat = path.stat()
     size = stat.st_size

@@ -193,6 +193,7 @@ def read_checkpoint(
     problem = read.family.widths_problem(read.configs)
     if problem:
         raise WeightsError(f"{source} mixes models: {problem}")
+    _check_tokenizers(read, source)
     with empty_modules():
         modules = {c: MODULES.get(c, CLIPTextModel)(read.configs[c]) for c in read.parts}
     for part in read.parts.values():
@@ -410,6 +411,20 @@ def _variant(stem: Path, dtype: torch.dtype, folder: Path) -> Path:
     raise WeightsError(f"{folder} is not a complete diffusers folder: {_missing(folder, full)}{hint}")
 
 
+def _check_tokenizers(read: _Read, source: Path) -> None:
+    """Refuse a tokenizer whose ids do not fit its text encoder's embedding table, naming its vocab.json
+    (or the file, for the vendored vocabulary)."""
+    for component, tokenizer in read.tokenizers.items():
+        problem = tokenizer.id_problem(read.configs[component].vocab_size)
+        if problem:
+            text = next(t for t in read.family.text_encoders if t.component == component)
+            vocab = source / text.tokenizer / "vocab.json" if source.is_dir() else None
+            where = (
+                vocab if vocab is not None and vocab.is_file() else f"{source}: the vendored CLIP vocabulary"
+            )
+            raise WeightsError(f"{where}: {problem}; re-download the tokenizer folder or the model")
+
+
 def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
     """vocab.json + merges.txt in `folder`; without the folder, the vendored CLIP vocabulary."""
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
@@ -419,7 +434,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
         if not isinstance(tokens, dict) or not all(type(i) is int and i >= 0 for i in tokens.values()):
             raise WeightsError(f"{vocab} is not a vocabulary (an object of token: id >= 0); {fix}")
         try:
-            lines = merges.read_text(encoding="utf-8").split("\n")
+            lines = safeio.read_text(merges).split("\n")
         except (OSError, UnicodeDecodeError) as error:
             raise WeightsError(f"cannot read {merges}: {safeio.reason(error)}; {fix}") from None
         pairs = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
@@ -429,7 +444,7 @@ def _folder_tokenizer(folder: Path, pad_id: int) -> Tokenizer:
         try:
             return Tokenizer(build_bpe(tokens, pairs), pad_id)
         except Exception as error:  # the tokenizers library raises plain Exceptions on a bad vocabulary
-            raise WeightsError(f"{folder} holds no CLIP vocabulary ({safeio.reason(error)}); {fix}") from None
+            raise WeightsError(f"{vocab} is not a CLIP vocabulary ({safeio.reason(error)}); {fix}") from None
     if vocab.is_file() or merges.is_file():
         missing = merges if vocab.is_file() else vocab
         raise WeightsError(
@@ -503,9 +518,22 @@ def _activation(value) -> None:
         raise ValueError(f"must be one of {', '.join(sorted(ACTIVATIONS))}, got {safeio.short(value)}")
 
 
+# Published VAEs scale latents by 0.13025 (SDXL) to 1.5305 (SD3) so that they have unit variance; a
+# factor far outside that range (1e308, 1e-9) makes latents the U-Net never saw and a wrong image.
+LATENT_SCALE_RANGE = (0.01, 10.0)
+
+
+def _latent_scale(value) -> None:
+    low, high = LATENT_SCALE_RANGE
+    if not low <= safeio.number(value, 0, strict=True) <= high:
+        raise ValueError(
+            f"must be in [{low:g}, {high:g}] (SD 1.x uses 0.18215, SDXL 0.13025), got {safeio.short(value)}"
+        )
+
+
 def _scaling_factor(folder: Path, config: dict, family: Family) -> float:
-    """A VAE config's latent scale (the family's when absent): a finite number > 0."""
-    return _setting(config, folder / "config.json", "scaling_factor", family.latent_scale, _positive)
+    """A VAE config's latent scale (the family's when absent): a finite number in LATENT_SCALE_RANGE."""
+    return _setting(config, folder / "config.json", "scaling_factor", family.latent_scale, _latent_scale)
 
 
 def _missing(folder: Path, path: Path) -> str:

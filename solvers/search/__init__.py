@@ -43,6 +43,7 @@ from solvers.search.teacher import (
     candidate_grid,
     has_exact_solution,
     solve_teacher,
+    states_problem,
     teacher_calls,
 )
 from solvers.table import SOLVERS
@@ -70,6 +71,7 @@ __all__ = [
     "baselines",
     "brute_force",
     "candidate_grid",
+    "check_budget",
     "compare",
     "dmn_plan",
     "dmn_sigmas",
@@ -81,6 +83,7 @@ __all__ = [
     "rmse",
     "search",
     "solve_teacher",
+    "states_problem",
 ]
 
 
@@ -120,6 +123,24 @@ def _check(solver: str, nfe: int, cost: str, stages: Sequence[str]) -> None:
     if cost not in COSTS:
         raise ValueError(f"unknown cost model {cost!r}; choose from {', '.join(COSTS)}")
     Searched.check_stages(tuple(stages))
+
+
+def check_budget(levels: int, solver: str, nfe: int) -> None:
+    """Refuse, before the teacher, an NFE budget that no path on a grid of `levels` positive levels spends
+    exactly: a path takes steps of the solver's calls into positive levels (at most levels - 1 of them,
+    the first level being the start), then maybe one step into 0, which costs one call (`Lattice`)."""
+    calls = SOLVERS[solver].calls
+    ways = [n // calls for n in (nfe, nfe - 1) if n >= 0 and n % calls == 0]  # ending above 0, or at 0
+    if not ways:
+        raise ValueError(
+            f"no plan of {solver} ({calls} calls a step, one for a last step into 0) spends exactly {nfe} "
+            f"NFE; pick another --steps, e.g. {nfe - (nfe - 1) % calls}"
+        )
+    if min(ways) + 1 > levels:
+        raise ValueError(
+            f"no plan on a grid of {levels} levels spends exactly {nfe} NFE with {solver}; pass --grid "
+            f"{min(ways) + 1} or more, or fewer --steps"
+        )
 
 
 def estimate(

@@ -7,12 +7,15 @@
     torchrun --nproc_per_node=8 -m solvers.search --weights ...    # the teacher shards over the ranks
 
 --denoiser names a callable that, called with no arguments, returns a denoiser D(x, sigma) -> x0 for x
-of shape [K, *shape]; its starting latents are standard normal noise at sigma_max of SD's noise table
-from --seed. --weights searches a real SD model (pipeline/search.py). The command prints the cost in
-denoiser calls before it starts and a progress bar per stage (teacher, search, scoring) while it
-runs, then the held-out RMSE of the plan after each stage next to the presets with the same solver at
-the same NFE and DMN. The plan (a Plan whose discretization records the search and the model searched
-on) goes to --out, for run_sample.py --plan and evaluation.
+of shape [K, *shape] (it imports and runs the code it names, by design, as `python -c` does: name only
+code you trust); it is tried once on a two-sample batch before anything else runs. Its starting latents
+are standard normal noise at sigma_max of SD's noise table from --seed. --weights searches a real SD
+model (pipeline/search.py). Before any work the flags are bounded (pipeline/limits.py; --allow-large
+lifts the bounds) and the teacher's memory is checked. The command prints the cost in denoiser calls
+before it starts and a progress bar per stage (teacher, search, scoring) while it runs, then the
+held-out RMSE of the plan after each stage next to the presets with the same solver at the same NFE and
+DMN. The plan (a Plan whose discretization records the search and the model searched on) goes to
+--out, for run_sample.py --plan and evaluation.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +41,7 @@ import cli
 import pipeline
 import safeio
 from cli.generation import add_image_flags, add_model_flags, prepared, run_request
+from pipeline.limits import LATENT_FACTOR, check_memory, check_search, teacher_bytes
 from schedule import DiscreteSchedule
 from solvers.plan import Plan
 from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
@@ -52,6 +57,7 @@ from solvers.search import (
     Teacher,
     baselines,
     candidate_grid,
+    check_budget,
     compare,
     estimate,
     has_exact_solution,
@@ -64,6 +70,8 @@ from solvers.table import SOLVERS, display_names
 PROG = "python -m solvers.search"
 DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
 SAMPLES = {"denoiser": (1024, 1024), "weights": (16, 16)}  # (search, held-out) samples by default
+PLAN_BOUND = 1 << 20  # bytes a plan file may take: 1000 steps of sigmas and options are ~100 KB
+PROBE_ROWS = 2  # the samples --denoiser is tried on before the search
 
 
 def _text(shape_: tuple[int, ...]) -> str:
@@ -85,7 +93,11 @@ def stage_list(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     what = p.add_argument_group("what to search on: an analytic denoiser, or real weights (--weights)")
-    what.add_argument("--denoiser", metavar="MODULE:CALLABLE", help="a callable returning D(x, sigma) -> x0")
+    what.add_argument(
+        "--denoiser",
+        metavar="MODULE:CALLABLE",
+        help="a callable returning D(x, sigma) -> x0; it imports and runs that code, as python -c does",
+    )
     what.add_argument(
         "--shape", type=shape, metavar="D[,D...]", help="the shape of one sample, with --denoiser"
     )
@@ -190,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> None:
     mode = _mode(args)
     samples, held_out = (args.samples or SAMPLES[mode][0]), (args.held_out or SAMPLES[mode][1])
+    _check_size(args, mode, samples, held_out)
+    check_budget(args.grid, args.solver, args.nfe)
     out = _check_out(args.out)
     subject, shard = (
         _real(args, samples, held_out) if mode == "weights" else (_analytic(args, samples, held_out), None)
@@ -261,6 +275,20 @@ def _stage(name: str, total: int) -> Iterator[tqdm]:
         bar.refresh()
 
 
+def _check_size(args: argparse.Namespace, mode: str, samples: int, held_out: int) -> None:
+    """The flags' bounds and the teacher's memory, before anything is allocated."""
+    check_search(
+        shape=args.shape or (), steps=args.nfe, samples=samples, held_out=held_out, grid=args.grid,
+        substeps=args.teacher_substeps, allow_large=args.allow_large,
+    )  # fmt: skip
+    if mode == "denoiser":  # float64 samples of --shape
+        shape, itemsize, lower = args.shape, 8, "--samples, --held-out, --grid or --shape"
+    else:  # float32 latents, of the largest family's default size where --height/--width are not given
+        sides = ((args.height or 1024) // LATENT_FACTOR, (args.width or 1024) // LATENT_FACTOR)
+        shape, itemsize, lower = (4, *sides), 4, "--samples, --held-out, --grid, --height or --width"
+    check_memory(teacher_bytes(shape, samples + held_out, args.grid, itemsize), lower)
+
+
 def _report(rows: list[Row], result: Result, held_out: int, clock: list[float]) -> None:
     best = min(row.held_out for row in rows if row.kind == "preset")
     calls = iter(f"{stage.name} ({stage.calls} calls)" for stage in result.stages)
@@ -290,6 +318,7 @@ def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subjec
         height=args.height, width=args.width, batch=args.batch_size, allow_large=args.allow_large
     )
     prompts = pipeline.read_prompts(args.prompts)
+    real.check_cache_folder(real.cache_folder(args.cache))  # before minutes go into loading the weights
     run = prepared(args, pipeline.prepare_run, run_request(args, pick_device(args.device, shard)))
     subject = real.subject(
         run, prompts, samples, held_out, seed=args.seed, cache=args.cache, decoded=args.decoded, shard=shard
@@ -319,43 +348,63 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def _check_out(out: str | None) -> Path | None:
-    """Refuse, before any work, a plan file that exists or a folder that cannot take it."""
+    """Refuse, before any work, a plan file that exists (a link to nothing included) or a folder that
+    cannot take it: missing, not writable, or without room for a plan."""
     if out is None:
         return None
     path = Path(out)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise ValueError(f"--out {out} exists; pass another file name (nothing written is replaced)")
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise ValueError(f"--out {out}: the folder {path.parent} does not exist or is not writable")
+    free = shutil.disk_usage(path.parent).free
+    if free < PLAN_BOUND:
+        raise ValueError(
+            f"--out {out}: the folder {path.parent} has {free} bytes free, less than the {PLAN_BOUND} a "
+            "plan may take; free space or pass a file on another disk"
+        )
     return path
 
 
 def _write(path: Path, plan: Plan) -> None:
-    """The plan's JSON at `path`, atomically and never over a file that appeared meanwhile."""
+    """The plan's JSON at `path`, atomically and never over a file that appeared meanwhile; a plan that
+    cannot be written is printed whole, so the search's work is not lost."""
     try:
         safeio.write_atomically(path, plan.to_json() + "\n", replace=False)
-    except FileExistsError:
-        raise ValueError(f"--out {path} appeared while the search ran; the plan is not written") from None
+    except OSError as err:
+        print(plan.to_json())
+        reason = "it appeared while the search ran" if isinstance(err, FileExistsError) else cli.one_line(err)
+        raise ValueError(
+            f"--out {path}: the plan is not written ({reason}); its JSON is on standard output: save it "
+            "to a file"
+        ) from None
 
 
 def load_denoiser(spec: str) -> Callable[..., Tensor]:
-    """The denoiser that MODULE:CALLABLE returns when called with no arguments."""
+    """The denoiser that MODULE:CALLABLE returns when called with no arguments. It runs the code it
+    names (by design, as `python -c` does); whatever that code raises is one line naming the flag."""
     module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
+    if not module_name or not attribute or module_name.startswith("."):
         raise ValueError(
             f"--denoiser {spec!r} is not MODULE:CALLABLE, e.g. solvers.analytic:GaussianMixture.default"
         )
     try:
         made: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--denoiser {spec}: cannot import {module_name} ({err})") from None
+    except Exception as err:  # the module's own code runs here: anything it raises is the flag's fault
+        raise ValueError(f"--denoiser {spec}: cannot import {module_name} ({cli.one_line(err)})") from None
     for part in attribute.split("."):
         if not hasattr(made, part):
             raise ValueError(f"--denoiser {spec}: {module_name} has no {attribute}")
         made = getattr(made, part)
     if not callable(made):
         raise ValueError(f"--denoiser {spec}: {attribute} is not callable")
-    denoise = made()
+    try:
+        denoise = made()
+    except Exception as err:
+        raise ValueError(
+            f"--denoiser {spec}: {attribute}() with no arguments fails ({type(err).__name__}: "
+            f"{cli.one_line(err)}); name a callable that takes none and returns D(x, sigma)"
+        ) from None
     if not callable(denoise):
         raise ValueError(
             f"--denoiser {spec}: {attribute}() returned {type(denoise).__name__}, not a denoiser"
@@ -364,12 +413,41 @@ def load_denoiser(spec: str) -> Callable[..., Tensor]:
 
 
 def _accepted(denoise: Callable[..., Tensor]) -> Callable[[str], bool]:
-    """Which keyword options `denoise` takes: any with **options, else those it names."""
-    parameters = list(inspect.signature(denoise).parameters.values())
+    """Which keyword options `denoise` takes: any with **options, else those it names (none when its
+    signature cannot be read, as for some builtins)."""
+    try:
+        parameters = list(inspect.signature(denoise).parameters.values())
+    except (TypeError, ValueError):
+        return lambda name: False
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return lambda name: True
     named = {p.name for p in parameters[2:]}
     return lambda name: name in named
+
+
+def _probe(args: argparse.Namespace, denoise: Callable[..., Tensor], sigma: float) -> None:
+    """One call on PROBE_ROWS samples of --shape, before anything large is allocated: a wrong --shape
+    or a callable that is no denoiser is a clear refusal rather than a traceback later."""
+    x = torch.randn(
+        (PROBE_ROWS, *args.shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    try:
+        got = denoise(x * sigma, sigma)
+    except Exception as err:  # the flag's own code runs here
+        raise ValueError(
+            f"--denoiser {args.denoiser} fails on samples of --shape {_text(args.shape)}: "
+            f"{cli.one_line(err)} ({type(err).__name__})"
+        ) from None
+    if not isinstance(got, Tensor) or got.shape != x.shape or not got.is_floating_point():
+        found = (
+            f"a {got.dtype} tensor of shape {tuple(got.shape)}"
+            if isinstance(got, Tensor)
+            else (f"a {type(got).__name__}")
+        )
+        raise ValueError(
+            f"--denoiser {args.denoiser} returned {found} for x of shape {tuple(x.shape)}; a denoiser "
+            "returns a floating-point tensor of x's shape"
+        )
 
 
 def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
@@ -383,21 +461,10 @@ def _analytic(args: argparse.Namespace, samples: int, held_out: int) -> Subject:
         return model(x, sigma, **{name: value for name, value in options.items() if takes(name)})
 
     schedule = DiscreteSchedule.sd()
+    _probe(args, denoise, schedule.sigma_max)
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn((samples + held_out, *args.shape), generator=generator, dtype=torch.float64)
     x = x * schedule.sigma_max
-    try:  # one call on one sample, so a wrong --shape is a clear refusal rather than a traceback later
-        probe = denoise(x[:1], schedule.sigma_max)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(
-            f"--denoiser {args.denoiser} fails on samples of --shape {_text(args.shape)}: {err}"
-        ) from None
-    if not isinstance(probe, Tensor) or probe.shape != x[:1].shape:
-        got = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
-        raise ValueError(
-            f"--denoiser {args.denoiser} returned {got} for x of shape {tuple(x[:1].shape)}; "
-            "it must return x's shape"
-        )
 
     def teach(
         grid: Sequence[float],

@@ -4,11 +4,14 @@ The grid is G noise levels log-uniform (uniform in log-SNR) from the model's sig
 sigma_min, then 0. The teacher is the ODE solution from the starting latents at every grid level:
 the model's own exact solution where it has one (`solvers.analytic`: `solve(x, sigma_from,
 sigma_to)`), else a fine solve with `substeps` steps of a solver per grid interval and a last step
-from sigma_min into 0 (which returns D(x; sigma_min), as every sampler ending at 0 does).
+from sigma_min into 0 (which returns D(x; sigma_min), as every sampler ending at 0 does). States that
+are not finite are refused (a plan measured against them would score nan), as is a cached teacher of
+another shape (`states_problem`, pipeline/search.py's cache).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor
 
 from schedule import NoiseSchedule, exponential
-from solvers.loop import StepInfo, sample
+from solvers.loop import NonFinite, StepInfo, sample
 from solvers.plan import Plan
 
 EXACT = "exact"
@@ -78,7 +81,7 @@ def solve_teacher(
             points.append(denoise.solve(points[-1], s_from, s_to))
             if progress is not None:
                 progress(len(x))
-        return Teacher(grid, torch.stack(points), EXACT, 0)
+        return _finite(Teacher(grid, torch.stack(points), EXACT, 0))
     if substeps < 1:
         raise ValueError(f"a teacher solver needs 1 or more steps per grid interval, got {substeps}")
     fine = fine_sigmas(grid, substeps)
@@ -88,8 +91,40 @@ def solve_teacher(
         if info.index % substeps == 0:
             seen.append(info.x)
 
-    end = sample(denoise, x, Plan(fine, solver, final="keep", name="teacher", **options), keep)
-    return Teacher(grid, torch.stack([*seen, end]), solver, substeps)
+    plan = Plan(fine, solver, final="keep", name="teacher", **options)
+    try:
+        end = sample(denoise, x, plan, keep)
+        reached = [*seen, end]
+    except NonFinite:  # x at grid[0] is the start; the levels not reached count as not finite
+        known = seen or [x]
+        reached = [*known, *[torch.full_like(x, math.nan)] * (len(grid) - len(known))]
+    return _finite(Teacher(grid, torch.stack(reached), solver, substeps))
+
+
+def _finite(teacher: Teacher) -> Teacher:
+    finite = torch.isfinite(teacher.states).flatten(2).all(-1)  # [level, sample]
+    if not finite.all():
+        level, row = (int(i) for i in (~finite).nonzero()[0])
+        raise ValueError(
+            f"the teacher's solve ({teacher.method}) gave non-finite states, first of sample {row} at grid "
+            f"level {level} (sigma {teacher.grid[level]:.4g}): the denoiser returned nan or inf there, and "
+            "no plan can be measured against it"
+        )
+    return teacher
+
+
+def states_problem(states: object, shape: Sequence[int]) -> str | None:
+    """Why `states` cannot be a teacher's states of `shape` (e.g. one sample's [levels, C, h, w], as the
+    cache of pipeline/search.py holds them), or None: not a floating-point tensor of that shape, or not
+    all finite."""
+    if not isinstance(states, Tensor) or not states.is_floating_point():
+        kind = f"{states.dtype} tensor" if isinstance(states, Tensor) else type(states).__name__
+        return f"its states are a {kind}, not floating point"
+    if tuple(states.shape) != tuple(shape):
+        return f"its states have shape {list(states.shape)}, not {list(shape)}"
+    if not torch.isfinite(states).all():
+        return "its states are not all finite"
+    return None
 
 
 def fine_sigmas(grid: Sequence[float], substeps: int) -> list[float]:
