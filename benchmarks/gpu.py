@@ -462,9 +462,9 @@ def image_rows(
     """The full image: ours eager, ours compiled + graphs (its latents checked against eager's), and
     diffusers' pipeline eager and compiled (SD 1.5)."""
     import pipeline
-    from pipeline.generate import prepared_steps, step_noise
+    from pipeline.generate import step_loop, step_noise
     from pipeline.graphs import StaticLoop
-    from solvers.loop import draw_ahead, noise_draws
+    from solvers import prepare
 
     size = SIZES[family]
     what = f"image {size} px"
@@ -477,20 +477,14 @@ def image_rows(
     rows = [Row(what, "ours eager", cuda_ms(ours, **timed), flops)]
     cond, uncond = pipeline.conditioning(sd, [PROMPT], "")
     x = pipeline.initial_noise([0], (4, size // 8, size // 8), DEVICE) * plan.sigmas[0]
-    inputs = {
-        "x": x,
-        "noise": draw_ahead(step_noise([0]), x, noise_draws(plan)),
-        "cond": cond,
-        "uncond": uncond,
-    }
-    eager = prepared_steps(sd, plan, x, None)(inputs)[0]
-    fp32 = prepared_steps(dataclasses.replace(sd, unet=copy.deepcopy(sd.unet).float()), plan, x, None)(
-        inputs
-    )[0]
+    prepared = prepare(plan, x, step_noise([0]))
+    inputs = {"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond}
+    eager = step_loop(sd, prepared, x)(inputs)[0]
+    fp32 = step_loop(dataclasses.replace(sd, unet=copy.deepcopy(sd.unet).float()), prepared, x)(inputs)[0]
     eager_unet, eager_decoder = sd.unet, sd.vae.decoder
     sd.unet, sd.vae.decoder = compiled_unet, compiled_decoder
     try:
-        captured = StaticLoop(prepared_steps(sd, plan, x, None), inputs)(inputs)[0]
+        captured = StaticLoop(step_loop(sd, prepared, x), inputs)(inputs)[0]
         err, limit = rel_err(captured, eager), rel_err(eager, fp32)
         print(
             f"parity {what} latents, ours compiled + graphs vs eager in bf16: {err:.2e} "

@@ -15,19 +15,9 @@ import cli
 import pipeline
 from schedule import DISCRETIZATIONS
 from schedule.discretizations import knob_flags
-from solvers import SOLVERS, preset_names
+from solvers import OPTIONS, SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from weights.hub import SD15_FILE, SHORT_NAMES
-
-
-def freeu_values(text: str) -> tuple[float, ...]:
-    """--freeu B1,B2,S1,S2: four numbers >= 0."""
-    parts = text.split(",")
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(
-            f"give four numbers B1,B2,S1,S2 such as 1.1,1.2,0.9,0.2, got {text!r}"
-        )
-    return tuple(cli.nonnegative_float(part) for part in parts)
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -54,7 +44,8 @@ def multiple_of_8(text: str) -> int:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> argparse._ArgumentGroup:
-    """--steps, --preset, --plan, then the overrides; returns the group (a command may add to it)."""
+    """--steps, --preset, --plan, then the overrides (each per-step option's flags as it declares them,
+    solvers/options.py); returns the group (a command may add to it)."""
     how = parser.add_argument_group("how to sample: a plan, then overrides of its parts on every step")
     how.add_argument(
         "--steps",
@@ -84,33 +75,12 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, default_note: str) -> arg
             metavar="X",
             help=f"{text}; a knob of the plan's discretization",
         )
-    how.add_argument(
-        "--guidance",
-        type=cli.nonnegative_float,
-        metavar="W",
-        help="classifier-free guidance scale w on every step; the paper's tables use 5.5 and 7.5 "
-        "(default: the plan's, 7.5 for presets)",
-    )
-    how.add_argument(
-        "--freeu",
-        nargs="?",
-        const=True,
-        type=freeu_values,
-        metavar="B1,B2,S1,S2",
-        help="FreeU with these factors (alone: the paper's 1.1,1.1,0.9,0.2) on every step or on "
-        "--freeu-steps (default: the plan's)",
-    )
-    how.add_argument(
-        "--no-freeu", dest="freeu", action="store_const", const=False, help="FreeU off on every step"
-    )
-    how.add_argument(
-        "--freeu-version", type=int, choices=(1, 2), help="FreeU's backbone formula: 1 (the paper's) or 2"
-    )
-    how.add_argument(
-        "--freeu-steps",
-        metavar="WINDOW",
-        help="FreeU only on these steps, 1-based, e.g. 2-4,6 (default: every step, or the plan's window)",
-    )
+    for option in OPTIONS.values():
+        for flag in option.flags:
+            kwargs = dict(flag.kwargs)
+            if "type" in kwargs:
+                kwargs["type"] = _flag_type(kwargs["type"])
+            how.add_argument(flag.name, help=flag.help, **kwargs)
     how.add_argument(
         "--final",
         type=cli.one_of(FINAL_POLICIES, "final policy"),
@@ -141,12 +111,21 @@ def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "knobs": {
             name: getattr(args, name) for name in knob_flags() if getattr(args, name, None) is not None
         },
-        "guidance": args.guidance,
-        "freeu": args.freeu,
-        "freeu_version": args.freeu_version,
-        "freeu_steps": args.freeu_steps,
         "final": args.final,
+        **{dest: getattr(args, dest) for option in OPTIONS.values() for dest in option.dests},
     }
+
+
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An option's flag parser (ValueError says what is wrong) as an argparse type showing that line."""
+
+    def parsed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parsed
 
 
 def add_model_flags(

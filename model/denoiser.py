@@ -18,9 +18,9 @@ computed by the same float64 code as for a per-sample tensor sigma, so both path
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,11 +34,9 @@ if TYPE_CHECKING:
 class Denoiser:
     """Wraps `unet(x, t, context, freeu=..., **kwargs) -> eps` as `denoiser(x, sigma, cond) -> x0`.
 
-    `OPTIONS` names the per-step plan options it takes and how each is read (a ValueError says why
-    a value is wrong), so a caller can check a whole plan before the first step.
+    The per-step options of a plan reach it as the prepared loop reads them (solvers/options.py):
+    `freeu` as a FreeU with its factors on the device, or None.
     """
-
-    OPTIONS: ClassVar[dict[str, Callable[[Any], Any]]] = {"freeu": FreeU.option}
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, round_timesteps: bool = False):
         self.unet = unet
@@ -53,26 +51,25 @@ class Denoiser:
         for sigma in sigmas:
             self._prepared(float(sigma), batch, torch.device(device), dtype)
 
-    @staticmethod
-    def option_readers(device: torch.device) -> dict[str, Callable[[Any], Any]]:
-        """`OPTIONS`, each giving its value ready for calls on `device` (FreeU's factors moved there), for
-        `solvers.loop.prepare_options`."""
-        return {"freeu": lambda value: _on(FreeU.option(value), device)}
-
     def __call__(
         self,
         x: torch.Tensor,
         sigma: float | torch.Tensor,
         cond: torch.Tensor | Mapping[str, torch.Tensor],
-        freeu: FreeU | Mapping[str, Any] | None = None,
+        freeu: FreeU | None = None,
         **unet_kwargs: Any,
     ) -> torch.Tensor:
         """x0 estimate for x [B, C, H, W] at noise level sigma (a float, or a tensor [B] or 0-d).
 
-        cond: the U-Net's context [B, L, D], or a dict {"context": ..., "y": ...} (SDXL); freeu: FreeU,
-        a dict of its fields (from a Plan) or None; unet_kwargs: passed on to the U-Net too. The U-Net
+        cond: the U-Net's context [B, L, D], or a dict {"context": ..., "y": ...} (SDXL); freeu: FreeU
+        or None; unet_kwargs: passed on to the U-Net too. The U-Net
         runs in its own dtype; x0 comes back in x's dtype.
         """
+        if freeu is not None and not isinstance(freeu, FreeU):
+            raise TypeError(
+                f"freeu must be a FreeU or None, got {type(freeu).__name__}; a plan's setting is read "
+                "into one by solvers.prepare"
+            )
         if isinstance(cond, Mapping):
             if "context" not in cond:
                 raise ValueError(
@@ -92,7 +89,7 @@ class Denoiser:
             (x * c_in).to(dtype),
             t,
             cond.to(dtype),
-            freeu=_as_freeu(freeu),
+            freeu=freeu,
             **{k: _to_float_dtype(v, dtype) for k, v in unet_kwargs.items()},
         )
         return x - sigma * eps.to(x.dtype)
@@ -134,13 +131,3 @@ def _per_pixel(values: torch.Tensor, device: torch.device, dtype: torch.dtype) -
 def _to_float_dtype(value: Any, dtype: torch.dtype) -> Any:
     """Floating tensors (SDXL's y) in the U-Net's dtype; anything else as it is."""
     return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-
-
-def _on(freeu: FreeU | None, device: torch.device) -> FreeU | None:
-    return None if freeu is None else freeu.to(device)
-
-
-def _as_freeu(freeu: FreeU | Mapping[str, Any] | None) -> FreeU | None:
-    if freeu is not None and not isinstance(freeu, (FreeU, Mapping)):
-        raise TypeError(f"freeu must be a FreeU, a dict of its fields or None, got {type(freeu).__name__}")
-    return FreeU.option(freeu)

@@ -9,7 +9,8 @@ A stage is chosen either by h's channel count, as the official code does ("chann
 channels -> (b1, s1), 2 * model channels -> (b2, s2)), or by the decoder level, as diffusers'
 `enable_freeu` does ("blocks": level 0 -> (b1, s1), level 1 -> (b2, s2)).
 
-The settings are passed to every U-Net call, so a sampler can change them between steps. The four
+The settings are passed to every U-Net call, so a sampler can change them between steps; which
+output block is in which stage is fixed by the architecture, so the U-Net maps that once (`stages`). The four
 factors also live in one float32 tensor (`FreeU.factors`), which is all of them the U-Net reads: under
 torch.compile a tensor is a graph input, so new values reuse the compiled graph instead of being
 baked in as constants. Off (None) and on are two graphs; so is each version and placement.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -109,16 +110,6 @@ class FreeU:
             text += f" {self.placement}"
         return text
 
-    def stage(self, block_index: int, channels: int, model_channels: int, num_res_blocks: int) -> int | None:
-        """Which stage (0 -> b1/s1, 1 -> b2/s2, None -> untouched) output block `block_index` is in.
-
-        `channels` is the channel count of the backbone feature h entering that block.
-        """
-        if self.placement == "channels":
-            return {4 * model_channels: 0, 2 * model_channels: 1}.get(channels)
-        level = block_index // (num_res_blocks + 1)  # diffusers up_blocks.{level}
-        return level if level in (0, 1) else None
-
     def __call__(self, h: torch.Tensor, skip: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply stage `stage` to the backbone feature h [B, C, H, W] and the skip feature."""
         factors = self.factors.to(h.device)  # a no-op after `to(device)`
@@ -132,6 +123,19 @@ class FreeU:
             b = (b - 1) * ((m - m_min) / (m_max - m_min)) + 1
         h = torch.cat([h[:, :half] * b, h[:, half:]], dim=1)
         return h, fourier_filter(skip, threshold=1, scale=s)
+
+
+def stages(
+    backbone: Sequence[int], model_channels: int, num_res_blocks: int
+) -> dict[str, tuple[int | None, ...]]:
+    """For each placement, the stage (0 -> b1/s1, 1 -> b2/s2, None -> untouched) of every output block
+    of a U-Net, from `backbone`, the channel count of the feature h entering each: a static map."""
+    by_channels = {4 * model_channels: 0, 2 * model_channels: 1}
+    levels = [index // (num_res_blocks + 1) for index in range(len(backbone))]  # diffusers up_blocks.{level}
+    return {
+        "channels": tuple(by_channels.get(channels) for channels in backbone),
+        "blocks": tuple(level if level in (0, 1) else None for level in levels),
+    }
 
 
 def fourier_filter(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from model.freeu import FreeU
+from model.freeu import FreeU, stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,9 +356,11 @@ class UNet(nn.Module):
 
         # Decoder: num_res_blocks + 1 blocks per level, each eating one skip feature.
         self.output_blocks = nn.ModuleList()
+        backbone = []  # the channel count of h entering each output block
         for level in reversed(range(len(cfg.channel_mult))):
             mult, depth = cfg.channel_mult[level], cfg.transformer_depth[level]
             for i in range(cfg.num_res_blocks + 1):
+                backbone.append(ch)
                 layers = [res_block(ch + skip_channels.pop(), mult * cfg.model_channels)]
                 ch = mult * cfg.model_channels
                 if depth:
@@ -366,6 +368,8 @@ class UNet(nn.Module):
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.freeu_stages = stages(backbone, cfg.model_channels, cfg.num_res_blocks)  # placement -> per block
 
         self.out = nn.Sequential(
             nn.GroupNorm(groups, ch),
@@ -399,12 +403,11 @@ class UNet(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        freeu_stages = None if freeu is None else self.freeu_stages[freeu.placement]
         for index, block in enumerate(self.output_blocks):
             skip = skips.pop()
-            if freeu is not None:
-                stage = freeu.stage(index, h.shape[1], cfg.model_channels, cfg.num_res_blocks)
-                if stage is not None:
-                    h, skip = freeu(h, skip, stage)
+            if freeu_stages is not None and freeu_stages[index] is not None:
+                h, skip = freeu(h, skip, freeu_stages[index])
             size = tuple(skips[-1].shape[2:]) if skips else None  # where an Upsample must lead
             h = block(torch.cat([h, skip], dim=1), emb, context, size)
         return self.out(h).contiguous()  # [B, C_out, H, W]

@@ -54,7 +54,7 @@ from pipeline.models import (
     resolve_weights,
 )
 from pipeline.pixels import QUANTIZATIONS, read_image
-from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, freeu_option, read_plan_file
+from pipeline.plans import DEFAULT_STEPS, build_plan, check_plan, read_plan_file
 from pipeline.provenance import (
     PARAMETERS_KEY,
     PLAN_KEY,
@@ -108,7 +108,6 @@ __all__ = [
     "family",
     "family_of",
     "file_family",
-    "freeu_option",
     "generate",
     "generate_batch",
     "image_stem",

@@ -27,9 +27,8 @@ from pipeline.limits import LATENT_FACTOR, check_size
 from pipeline.models import family
 from pipeline.pixels import quantize
 from pipeline.provenance import Settings
-from solvers import NoiseSource, Plan, StepInfo, guided, sample
+from solvers import NoiseSource, NonFinite, Plan, Prepared, StepInfo, guided, prepare
 from solvers.guidance import Cond
-from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
 
 # The captured step loops of each U-Net, by plan and input shapes (dropped with the U-Net).
 _LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.WeakKeyDictionary()
@@ -120,8 +119,8 @@ def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str
 
 
 def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
-    """What to do about non-finite latents: a half-precision run may have overflowed; a float32 one
-    points at the plan (its guidance scale) or the weights."""
+    """What to do about non-finite latents (solvers.NonFinite): a half-precision run may have
+    overflowed; a float32 one points at the plan (its guidance scale) or the weights."""
     if next(sd.unet.parameters()).dtype != torch.float32:
         return "the model's dtype overflowed or the weights are broken: try --dtype float32"
     return (
@@ -171,63 +170,42 @@ def generate(
         cond, uncond = conditioning(sd, prompts, negative_prompt, size=size, empty_negative=empty_negative)
         noise = initial_noise(seeds, (channels, height // LATENT_FACTOR, width // LATENT_FACTOR), device)
         x = noise * run.sigmas[0] if init is None else img2img.start_latent(sd, init, run.sigmas[0], noise)
-        inputs = {"x": x, "noise": draw_ahead(step_noise(seeds), x, noise_draws(run)), "cond": cond,
-                  "uncond": uncond}  # fmt: skip
+        prepared = prepare(run, x, step_noise(seeds))
+        inputs = {"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond}
         if graphs and callback is None:
             key = (run.to_json(), *((k, tuple(v.shape)) for k, v in _tensors(inputs)))
             loops = _LOOPS.setdefault(sd.unet, {})
             if key not in loops:
-                loops[key] = StaticLoop(prepared_steps(sd, run, x, None), inputs)  # captured here on CUDA
+                loops[key] = StaticLoop(step_loop(sd, prepared, x), inputs)  # captured here on CUDA
             loop = loops[key]
         else:
-            loop = prepared_steps(sd, run, x, callback)
-        x, finite = loop(inputs)
-        _check_finite(finite, run, _blame(sd, run))
+            loop = step_loop(sd, prepared, x, callback)
+        try:
+            x, finite = loop(inputs)
+            prepared.check(finite)
+        except NonFinite as err:
+            raise SamplingError(f"{err}; {_blame(sd, run)}") from None
         return decode(sd, x, quantization)
 
 
-def prepared_steps(
-    sd: weights.StableDiffusion, run: Plan, like: torch.Tensor, callback: Callable[[StepInfo], None] | None
+def step_loop(
+    sd: weights.StableDiffusion,
+    prepared: Prepared,
+    like: torch.Tensor,
+    callback: Callable[[StepInfo], None] | None = None,
 ) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
-    """The step loop of a run, prepared: `loop(inputs) -> (x, finite)` over inputs x, noise (drawn
-    ahead), cond, uncond. finite[i] records on the device whether step i's x and D were finite
-    (finite[N]: the result), so the loop never waits for the device; only a callback, a host call
-    per step anyway, checks each step before it sees it."""
-    device, batch = like.device, like.shape[0]
+    """The prepared run as `loop(inputs) -> (x, finite)` over inputs x, noise (drawn ahead, as
+    `prepared.noise`), cond and uncond: the guided denoiser with its coefficients of the plan's
+    sigmas on the device, then `prepared.run` (finite: solvers/loop.py)."""
     denoiser = Denoiser(sd.unet, sd.schedule)
-    for rows in (batch, 2 * batch):  # guidance 1 runs the conditional half only
-        denoiser.prepare(run.sigmas, rows, device, like.dtype)
-    options = prepare_options(run, Denoiser.option_readers(device))
-    blame = _blame(sd, run)
+    for rows in (like.shape[0], 2 * like.shape[0]):  # guidance 1 runs the conditional half only
+        denoiser.prepare(prepared.plan.sigmas, rows, like.device, like.dtype)
 
     def loop(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        finite = torch.ones(run.steps + 1, dtype=torch.bool, device=device)
-
-        def record(info: StepInfo) -> None:
-            finite[info.index] = torch.isfinite(info.x).all() & torch.isfinite(info.denoised).all()
-            if callback is not None:
-                _check_finite(finite, run, blame)
-                callback(info)
-
         denoise = guided(denoiser, inputs["cond"], inputs["uncond"])
-        x = sample(denoise, inputs["x"], run, record, buffered(inputs["noise"]), options)
-        finite[run.steps] = torch.isfinite(x).all()
-        return x, finite
+        return prepared.run(denoise, inputs["x"], callback, inputs["noise"])
 
     return loop
-
-
-def _check_finite(finite: torch.Tensor, run: Plan, blame: str) -> None:
-    """Raise SamplingError naming the first step whose latents were not finite (one device sync);
-    `blame` says what to do (`_blame`)."""
-    if bool(finite.all()):
-        return
-    k = int((~finite).nonzero()[0])
-    if k == run.steps:
-        raise SamplingError(f"the latents became non-finite after step {run.steps} of {run.steps}; {blame}")
-    raise SamplingError(
-        f"the latents became non-finite at step {k + 1} of {run.steps} (sigma {run.sigmas[k]:.4g}); {blame}"
-    )
 
 
 def _tensors(tree: object, prefix: str = "") -> list[tuple[str, torch.Tensor]]:

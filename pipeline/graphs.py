@@ -4,9 +4,9 @@ A graph replays the kernels of one captured run on the same memory. So the run's
 latent, the step noise, the conditioning) live in static buffers that each new run copies into, and
 its outputs (the final latent, the per-step finite flags) are read from the memory the captured run
 wrote. Capture needs a run that copies nothing from the host and never waits for the device: the
-prepared plan gives that (`solvers.loop.prepare_options`, `model.Denoiser.prepare`, the step noise
-drawn ahead), and the eager warm-up runs before the capture compile the U-Net and fill the
-denoiser's coefficient table.
+prepared plan gives that (`solvers.prepare`: the options read on the device, the step noise drawn
+ahead; `model.Denoiser.prepare`: the coefficients), and the eager warm-up runs before the capture
+compile the U-Net and fill the denoiser's coefficient table.
 
 Off CUDA the same object runs the loop eagerly over the same buffers: what the CPU tests exercise.
 """

@@ -9,37 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from model import Denoiser, FreeU
 from pipeline.models import FAMILIES, Family, owner
 from schedule import DiscreteSchedule, NoiseSchedule
 from schedule.discretizations import knobs as knob_names
-from solvers import Plan, PlanError, preset
-from solvers.plan import OPTION_CHECKS
-from solvers.presets import PAPER_FREEU, PAPER_RECIPES, discretization_for, window
+from solvers import OPTIONS, Plan, PlanError, preset
+from solvers.presets import PAPER_RECIPES, discretization_for
 
 DEFAULT_STEPS = FAMILIES["sd1"].default_steps  # the README's command: the paper's 5-step preset
-# The per-step options the SD denoiser stack understands: guidance (solvers.guided), then the U-Net's.
-OPTIONS = {**OPTION_CHECKS, **Denoiser.OPTIONS}
 
 
 def check_plan(plan: Plan) -> Plan:
-    """Refuse a plan whose options the SD denoiser cannot run: unknown names, or values FreeU (the one
-    schema of its settings) refuses. Returns the plan."""
-    for name, column in plan.options.items():
+    """Refuse a plan with an option nobody declared (solvers/options.py: the Plan checked the values of
+    the declared ones), which no part of the model takes. Returns the plan."""
+    for name in plan.options:
         if name not in OPTIONS:
             known = ", ".join(OPTIONS)
             raise PlanError(
                 f"the plan has an option {name!r} that no part of the model takes; known: {known}"
             )
-        for i, value in enumerate(column):
-            try:
-                OPTIONS[name](value)
-            except (ValueError, TypeError) as err:
-                raise PlanError(f"{name} of step {i}: {err}") from None
     return plan
 
 
@@ -55,17 +46,6 @@ def read_plan_file(path: str | os.PathLike) -> Plan:
         raise PlanError(f"{path} is not a valid plan: {err}") from None
 
 
-def freeu_option(
-    values: Sequence[float] | None = None, version: int = 1, placement: str = "channels"
-) -> dict:
-    """A FreeU setting as a plan stores it, checked by FreeU; `values` (b1, b2, s1, s2) default to the
-    paper's."""
-    if values is None:
-        values = [PAPER_FREEU[k] for k in ("b1", "b2", "s1", "s2")]
-    b1, b2, s1, s2 = values
-    return FreeU(b1, b2, s1, s2, version=version, placement=placement).to_dict()
-
-
 def build_plan(
     steps: int | None = None,
     preset_name: str | None = None,
@@ -74,13 +54,10 @@ def build_plan(
     solver: str | None = None,
     discretization: str | None = None,
     knobs: Mapping[str, Any] | None = None,
-    guidance: float | None = None,
-    freeu: bool | Sequence[float] | None = None,
-    freeu_version: int | None = None,
-    freeu_steps: str | None = None,
     final: str | None = None,
     schedule: NoiseSchedule | None = None,
     family: Family | None = None,
+    **option_flags: Any,
 ) -> Plan:
     """The Plan of a run: `base` (a plan file's or a replayed image's), else the preset `preset_name`,
     else the paper's preset for `steps` (default: the family's, 5 for SD 1.x); then each override
@@ -94,12 +71,12 @@ def build_plan(
       the discretization's knobs (stop, p1, p2, rho); a new `stop` also returns the Karras grid and
       stop index of eq. (19) to the paper's rule. Sigmas are recomputed only when one of them is given,
       so a plan file or a replay keeps its exact sigmas.
-    - `freeu`: False is off on every step; True is the paper's values, a sequence (b1, b2, s1, s2)
-      those values; `freeu_version` and `freeu_steps` (a window such as "2-4,6") apply to those or,
-      without `freeu`, to the plan's own setting.
+    - `option_flags`: the values of the per-step options' flags by dest (solvers/options.py), e.g.
+      guidance=5.5; freeu=False (off), True (the paper's values) or (b1, b2, s1, s2), with
+      freeu_version and freeu_steps (a window such as "2-4,6"): see solvers/freeu.py.
     - `schedule` is the model's noise schedule sigma(t) the sigmas are placed on (default SD's).
 
-    The plan's name records the overrides except guidance.
+    The plan's name records the overrides (each option says how; guidance not).
     """
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if sum(x is not None for x in (base, preset_name)) + (steps is not None and preset_name != "paper") > 1:
@@ -136,12 +113,15 @@ def build_plan(
     if solver is not None:
         parts["solver"] = solver
         changes.append(f"solver={solver}")
-    if guidance is not None:
-        parts["guidance"] = guidance
-    setting, text = _freeu(base, freeu, freeu_version, freeu_steps)
-    if setting is not None:
-        parts["freeu"] = setting
-        changes.append(text)
+    for option in OPTIONS.values():
+        given = {dest: option_flags.pop(dest, None) for dest in option.dests}
+        if any(value is not None for value in given.values()):
+            column, text = option.overridden(base, given)
+            if column is not None:
+                parts[option.name] = column
+            changes += [text] if text else []
+    if option_flags:
+        raise TypeError(f"build_plan() got flags of no option: {', '.join(sorted(option_flags))}")
     if final is not None:
         parts["final"] = final
         changes.append(f"final={final}")
@@ -181,37 +161,6 @@ def _turn_knobs(recipe: Any, knobs: dict[str, Any]) -> Any:
         return dataclasses.replace(recipe, **knobs)
     except ValueError as err:
         raise ValueError(f"{flags}: {err}") from None
-
-
-def _freeu(
-    base: Plan, freeu: bool | Sequence[float] | None, version: int | None, steps: str | None
-) -> tuple[tuple | None, str]:
-    """The per-step FreeU settings the flags ask for (None: the plan's own) and how the name records them."""
-    n = base.steps
-    if freeu is False:
-        if version is not None or steps is not None:
-            raise ValueError("--no-freeu goes with neither --freeu-version nor --freeu-steps")
-        return (None,) * n, "no-freeu"
-    if freeu is None and version is None and steps is None:
-        return None, ""
-    if freeu is None:
-        own = [f for f in base.freeu if f is not None]
-        if not own:
-            raise ValueError(
-                "this plan has no FreeU setting to change; give its values with --freeu B1,B2,S1,S2"
-            )
-        if steps is not None and any(f != own[0] for f in own):
-            raise ValueError("this plan has several FreeU settings; give the one to window with --freeu")
-        changed = {} if version is None else {"version": version}
-        per_step = tuple(None if f is None else {**f, **changed} for f in base.freeu)
-        if steps is not None:
-            per_step = window(steps, {**own[0], **changed}, n)
-        label = "freeu" if version is None else f"freeu-v{version}"
-    else:
-        setting = freeu_option(None if freeu is True else freeu, 1 if version is None else version)
-        per_step = (setting,) * n if steps is None else window(steps, setting, n)
-        label = "freeu" if freeu is True and version is None else f"freeu={FreeU.from_dict(setting).text()}"
-    return per_step, label + ("" if steps is None else f"@{steps}")
 
 
 def _reason(err: BaseException) -> str:

@@ -28,13 +28,13 @@ import torch
 from PIL import Image
 
 import safeio
-from model import FreeU, SizeConditioning
+from model import SizeConditioning
 from pipeline.img2img import STRENGTH_CUTS, check_strength
 from pipeline.limits import size_problem
 from pipeline.models import DTYPES, EMPTY_NEGATIVE, model_name
 from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan
-from solvers import SOLVERS, Plan, PlanError
+from solvers import OPTIONS, SOLVERS, Plan, PlanError
 from weights.fingerprint import file_sha256, weights_sha256
 
 PLAN_KEY, SETTINGS_KEY, PARAMETERS_KEY = "fewstep-plan", "fewstep-settings", "parameters"
@@ -224,35 +224,43 @@ def sampler_label(plan: Plan) -> str:
     return " + ".join(f"{n} x {display}" for display, n in runs)
 
 
-def freeu_text(option: Any) -> str:
-    """A plan's per-step FreeU option as text: "off", or FreeU's own rendering."""
-    setting = FreeU.option(option)
-    return "off" if setting is None else setting.text()
-
-
-def _per_step_text(values: list[str]) -> str:
-    return values[0] if len(set(values)) == 1 else "; ".join(values)
+def option_labels(plan: Plan) -> list[tuple[str, str, str]]:
+    """The plan's declared options with a PNG label, as (label, the key it follows, text): one rendered
+    value for all steps, or one per step joined by "; "; left out when every step holds the option's
+    default, unless it is always shown."""
+    labels = []
+    for key, column in plan.options.items():
+        option = OPTIONS.get(key)
+        if option is None or option.label is None:
+            continue
+        if option.always or any(value != option.default for value in column):
+            shown = [option.render(value) for value in column]
+            labels.append(
+                (option.label, option.after, shown[0] if len(set(shown)) == 1 else "; ".join(shown))
+            )
+    return labels
 
 
 def png_metadata(plan: Plan, settings: Settings) -> dict[str, str]:
     """The PNG text chunks: A1111's `parameters` line, the Plan as JSON, the settings as JSON."""
-    guidance = _per_step_text([f"{g:g}" for g in plan.guidance])
-    freeu = _per_step_text([freeu_text(f) for f in plan.freeu])
-    line = {
+    fixed = {
         "Steps": plan.steps,
         "Sampler": sampler_label(plan),
         "Schedule type": "custom" if plan.discretization is None else plan.discretization.display,
-        "CFG scale": guidance,
         "Seed": settings.seed,
         "Size": f"{settings.width}x{settings.height}",
         "Model hash": settings.weights_sha256[:10],
         "Model": settings.model,
-        **({"FreeU": freeu} if freeu != "off" else {}),
         **({"Denoising strength": f"{settings.strength:g}"} if settings.strength is not None else {}),
         **({"VAE hash": settings.vae_sha256[:10]} if settings.vae_sha256 else {}),
         "Plan": plan.name,
         "Version": f"fewstep-sd {settings.version}",
     }
+    labels = option_labels(plan)
+    line = {}
+    for key, value in fixed.items():
+        line[key] = value
+        line.update({label: text for label, after, text in labels if after == key})
     parameters = f"{settings.prompt}\nNegative prompt: {settings.negative_prompt}\n" + ", ".join(
         f"{key}: {_quote(str(value))}" for key, value in line.items()
     )

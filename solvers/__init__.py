@@ -1,13 +1,25 @@
 """Step rules, the sampling loop, plans and presets, guidance. Solvers only see a callable
-`denoise(x, sigma, **options) -> x0`; they know nothing of networks."""
+`denoise(x, sigma, **options) -> x0`; they know nothing of networks (FreeU's settings, a per-step
+option the U-Net takes, they carry and read with model.FreeU's own schema)."""
 
 # Importing the rule modules declares the built-in rules in the solver table, in this order.
 from solvers import steps  # noqa: F401
 
 # isort: split
 from solvers import adams, stochastic, unipc  # noqa: F401
+
+# isort: split
+# Importing the option modules declares the built-in per-step options, in this order (a plan's JSON
+# holds their columns in it): guidance, then FreeU.
+from solvers import guidance  # noqa: F401
+
+# isort: split
+from solvers import freeu  # noqa: F401
+
+# isort: split
 from solvers.guidance import guided
-from solvers.loop import NoiseSource, StepInfo, generator_noise, sample
+from solvers.loop import NoiseSource, NonFinite, Prepared, StepInfo, generator_noise, prepare, sample
+from solvers.options import OPTIONS, Flag, Option, declare
 from solvers.plan import Plan, PlanError
 from solvers.presets import Recipe, preset, preset_names
 from solvers.table import SOLVERS, Past, Solver, Step, solver
@@ -17,18 +29,25 @@ from solvers.table import SOLVERS, Past, Solver, Step, solver
 from solvers.search.record import Searched
 
 __all__ = [
+    "OPTIONS",
     "SOLVERS",
+    "Flag",
     "NoiseSource",
+    "NonFinite",
+    "Option",
     "Past",
     "Plan",
     "PlanError",
+    "Prepared",
     "Recipe",
     "Searched",
     "Solver",
     "Step",
     "StepInfo",
+    "declare",
     "generator_noise",
     "guided",
+    "prepare",
     "preset",
     "preset_names",
     "sample",

@@ -77,7 +77,7 @@ def local_errors(model, x: Tensor, sigmas: Sequence[float], solver: str, substep
         fine_end = s_next if s_next > 0 else 1e-4 * s
         fine_sigmas = exponential(substeps if s_next > 0 else substeps - 1, fine_end, s)
         fine_sigmas = fine_sigmas if s_next > 0 else append_zero(fine_sigmas)
-        fine = sample(model, exact[i], Plan(fine_sigmas, solver, 1.0))
+        fine = sample(model, exact[i], Plan(fine_sigmas, solver, guidance=1.0))
         errors.append(rmse(one, fine))
     return errors
 
@@ -107,7 +107,7 @@ def plan_at_nfe(
         sigmas = _sigmas(kind, steps, schedule, model)
         if sigmas is None:
             continue
-        plan = Plan(sigmas, solver, 1.0, name=f"{kind}-{SOLVERS[solver].short}-{steps}")
+        plan = Plan(sigmas, solver, name=f"{kind}-{SOLVERS[solver].short}-{steps}", guidance=1.0)
         if plan.nfe == nfe:
             return plan
     return None

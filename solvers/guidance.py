@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around any batched denoiser."""
+"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around any batched denoiser, and its
+per-step option `guidance` (the scale w)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import safeio
+from solvers.options import Flag, Option, declare, number
+
 Cond = Tensor | Mapping[str, Tensor]
+DEFAULT_GUIDANCE = 7.5  # the paper's tables use 7.5 and 5.5
 
 
 def check_guidance(value: Any) -> float:
@@ -22,6 +27,29 @@ def check_guidance(value: Any) -> float:
     ):
         raise ValueError(f"must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+declare(
+    Option(
+        "guidance",
+        DEFAULT_GUIDANCE,
+        check_guidance,
+        label="CFG scale",
+        after="Schedule type",
+        always=True,
+        stored=True,
+        flags=(
+            Flag(
+                "--guidance",
+                "classifier-free guidance scale w on every step; the paper's tables use 5.5 and 7.5 "
+                "(default: the plan's, 7.5 for presets)",
+                {"type": lambda text: safeio.number(number(text), 0), "metavar": "W"},
+            ),
+        ),
+        # A plan's name records no guidance: the paper's tables compare scales of one plan.
+        override=lambda plan, given: (given["guidance"], ""),
+    )
+)
 
 
 def _expand(c: Cond, n: int) -> Cond:

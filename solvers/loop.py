@@ -1,15 +1,16 @@
 """The sampling loop: one denoiser call per step, the step rule, the final policy.
 
-What a run needs that does not depend on x is read before the first step: each step's options
-(`prepare_options`: e.g. FreeU settings with their factors on the device, read once per distinct
-value) and, for graph capture, the step noise (`draw_ahead`: every draw made up front into one device
-buffer, read back in order by `buffered`). The step rules are unchanged; they get the prepared values.
+A run is prepared, then run. `prepare` does what does not depend on x, once per batch: each step's
+options read into what the denoiser takes (solvers/options.py: e.g. FreeU's factors on the device,
+once per distinct value) and the step noise drawn ahead into one device buffer, read back in order by
+`buffered`. `Prepared.run` then makes no host work of its own at the steps, and records on the device
+whether each step stayed finite (no wait for the device either): what a CUDA graph capture needs
+(pipeline/graphs.py). `sample` is the two in one call; the step rules never see the difference.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from solvers.options import read_steps
 from solvers.plan import Plan
 from solvers.table import SOLVERS, Past, Step
 
@@ -33,6 +35,10 @@ class StepInfo:
     sigma_next: float
     x: Tensor
     denoised: Tensor
+
+
+class NonFinite(ArithmeticError):
+    """The latents stopped being finite; the message names the step (one line)."""
 
 
 def generator_noise(generator: torch.Generator) -> NoiseSource:
@@ -53,38 +59,82 @@ def buffered(drawn: Tensor) -> NoiseSource:
     def draw(like: Tensor) -> Tensor:
         k = next(order, None)
         if k is None:
-            raise ValueError(f"the step rules drew more than the {len(drawn)} noise tensors drawn ahead")
+            raise ValueError(
+                f"the step rules drew more than the {len(drawn)} noise tensors drawn ahead; a rule "
+                "that draws noise must be declared stochastic in the solver table"
+            )
         return drawn[k]
 
     return draw
 
 
-def noise_draws(plan: Plan) -> int:
-    """An upper bound on the noise draws of a run: one per step of a stochastic rule into sigma > 0."""
-    return sum(SOLVERS[s].stochastic and plan.sigmas[i + 1] > 0 for i, s in enumerate(plan.solver))
+@dataclass(frozen=True)
+class Prepared:
+    """A plan made ready for one batch: each step's options as the denoiser takes them, and the step
+    noise drawn ahead, [draws, *x.shape] (one per step of a stochastic rule into sigma > 0)."""
+
+    plan: Plan
+    options: tuple[dict[str, Any], ...]
+    noise: Tensor
+
+    def run(
+        self,
+        denoise: Callable[..., Tensor],
+        x: Tensor,
+        callback: Callable[[StepInfo], None] | None = None,
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Solve from x at plan.sigmas[0]: (x at the end, finite), finite[i] being whether step i's x
+        and D were finite (finite[N]: the result), recorded on the device. `denoise(x, sigma, **options)
+        -> D(x; sigma)` gets the step's prepared options; a step into sigma = 0 returns D. A callback
+        sees each step after the check that it is finite (raising NonFinite). `noise`: the draws to
+        read instead of `self.noise` (a captured graph's static buffer of the same shape)."""
+        plan, draw = self.plan, buffered(self.noise if noise is None else noise)
+        finite = torch.ones(plan.steps + 1, dtype=torch.bool, device=x.device)
+        history: list[Past] = []
+        for i in range(plan.steps):
+            sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
+            denoise_step = partial(denoise, **self.options[i])
+            denoised = denoise_step(x, sigma)
+            finite[i] = torch.isfinite(x).all() & torch.isfinite(denoised).all()
+            if callback is not None:
+                self.check(finite)
+                callback(StepInfo(i, sigma, sigma_next, x, denoised))
+            if sigma_next == 0:
+                x_next = denoised
+            else:
+                step = Step(i, plan.steps, sigma, sigma_next, tuple(history), denoise_step, partial(draw, x))
+                x_next = SOLVERS[plan.solver[i]].rule(x, denoised, step)
+            history.append(Past(sigma, x, denoised))
+            x = x_next
+        if plan.final == "denoise":
+            x = denoise(x, plan.sigmas[-1], **self.options[-1])
+        finite[plan.steps] = torch.isfinite(x).all()
+        return x, finite
+
+    def check(self, finite: Tensor) -> None:
+        """Raise NonFinite naming the first step whose latents were not finite (one device sync)."""
+        if bool(finite.all()):
+            return
+        k, n = int((~finite).nonzero()[0]), self.plan.steps
+        if k == n:
+            raise NonFinite(f"the latents became non-finite after step {n} of {n}")
+        raise NonFinite(
+            f"the latents became non-finite at step {k + 1} of {n} (sigma {self.plan.sigmas[k]:.4g})"
+        )
 
 
-def prepare_options(plan: Plan, read: Mapping[str, Callable[[Any], Any]]) -> tuple[dict[str, Any], ...]:
-    """Each step's options, those named in `read` turned into what the denoiser takes, read once per
-    distinct value (steps with equal settings share one object, and its tensors)."""
-    done: dict[tuple[str, str], Any] = {}
-
-    def value(key: str, entry: Any) -> Any:
-        if key not in read:
-            return entry
-        seen = (key, json.dumps(entry, sort_keys=True))
-        if seen not in done:
-            done[seen] = read[key](entry)
-        return done[seen]
-
-    return tuple({k: value(k, v) for k, v in plan.step_options(i).items()} for i in range(plan.steps))
-
-
-def _no_noise(like: Tensor) -> Tensor:
-    raise ValueError(
-        "a step rule drew noise but is not declared stochastic in the solver table, and sample() got "
-        "no noise source; register it with stochastic=True"
-    )
+def prepare(plan: Plan, like: Tensor, noise: NoiseSource | None = None) -> Prepared:
+    """`plan` made ready for x like `like`: options read for its device, the step noise drawn from
+    `noise` (required when the plan has a stochastic rule) in the order the steps would draw it."""
+    stochastic = [i for i, s in enumerate(plan.solver) if SOLVERS[s].stochastic and plan.sigmas[i + 1] > 0]
+    if stochastic and noise is None:
+        raise ValueError(
+            f"solver {plan.solver[stochastic[0]]} adds noise at every step; pass sample(..., noise=...) "
+            "(e.g. solvers.loop.generator_noise(torch.Generator().manual_seed(0)))"
+        )
+    drawn = draw_ahead(noise, like, len(stochastic)) if stochastic else like.new_empty((0, *like.shape))
+    return Prepared(plan, read_steps(plan, like.device), drawn)
 
 
 def sample(
@@ -93,37 +143,9 @@ def sample(
     plan: Plan,
     callback: Callable[[StepInfo], None] | None = None,
     noise: NoiseSource | None = None,
-    options: Sequence[Mapping[str, Any]] | None = None,
 ) -> Tensor:
-    """Solve the probability-flow ODE (or, with stochastic rules, its SDE) from x at plan.sigmas[0].
-
-    `denoise(x, sigma, **options) -> D(x; sigma)` gets the step's options (guidance, freeu, ...) as
-    the plan holds them; an analytic denoiser may ignore them. A step into sigma = 0 returns the
-    denoised estimate. Stochastic rules draw from `noise` (required when the plan has one).
-    `options` are the steps' options as `prepare_options` gives them (default: the plan's own).
-    """
-    stochastic = sorted({s for s in plan.solver if SOLVERS[s].stochastic})
-    if stochastic and noise is None:
-        raise ValueError(
-            f"solver {stochastic[0]} adds noise at every step; pass sample(..., noise=...) "
-            "(e.g. solvers.loop.generator_noise(torch.Generator().manual_seed(0)))"
-        )
-    options = options or prepare_options(plan, {})
-    history: list[Past] = []
-    for i in range(plan.steps):
-        sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
-        denoise_step = partial(denoise, **options[i])
-        denoised = denoise_step(x, sigma)
-        if callback is not None:
-            callback(StepInfo(i, sigma, sigma_next, x, denoised))
-        if sigma_next == 0:
-            x_next = denoised
-        else:
-            step = Step(i, plan.steps, sigma, sigma_next, tuple(history), denoise_step,
-                        partial(noise or _no_noise, x))  # fmt: skip
-            x_next = SOLVERS[plan.solver[i]].rule(x, denoised, step)
-        history.append(Past(sigma, x, denoised))
-        x = x_next
-    if plan.final == "denoise":
-        x = denoise(x, plan.sigmas[-1], **options[-1])
-    return x
+    """Solve the probability-flow ODE (or, with stochastic rules, its SDE) from x at plan.sigmas[0]:
+    `prepare(plan, x, noise).run(denoise, x, callback)`'s x. `denoise(x, sigma, **options) -> D(x;
+    sigma)` gets each step's options (guidance, freeu, ...) as their declarations read them; an
+    analytic denoiser may ignore them. Stochastic rules draw from `noise`."""
+    return prepare(plan, x, noise).run(denoise, x, callback)[0]

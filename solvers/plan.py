@@ -5,16 +5,17 @@ final policy, and the discretization that made the sigmas (None when they were g
 round-trips through JSON exactly (floats are written with repr), so the JSON stored in an image
 replays the run.
 
-Options are data: `sample` passes step i's options to `denoise(x, sigma, **options)` without naming
-them. Only "guidance" (consumed by `solvers.guidance.guided`) is checked here; the network side
-checks its own (`model.Denoiser` takes "freeu"), so solvers know nothing of FreeU's fields.
+Options are data: a Plan names none of them. The registry (solvers/options.py) gives each declared
+option its check and its default (guidance and freeu: a column of every plan); an option nobody
+declared is kept as given. `sample` passes step i's options to `denoise(x, sigma, **options)`
+without naming them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 import safeio
 from schedule import discretizations
 from schedule.discretizations import Discretization
-from solvers.guidance import check_guidance
+from solvers.options import OPTIONS, render
 from solvers.table import SOLVERS
 
 FINAL_POLICIES = ("keep", "denoise")
@@ -31,7 +32,6 @@ FINAL_POLICIES = ("keep", "denoise")
 # lists, no discretization) and 2 are still read; their "dpmpp_3m" was the exact-quadratic rule.
 PLAN_FORMAT = 3
 RENAMED_SOLVERS = {1: {"dpmpp_3m": "dpmpp_3m_exact"}, 2: {"dpmpp_3m": "dpmpp_3m_exact"}}
-OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {"guidance": check_guidance}
 
 
 class PlanError(ValueError):
@@ -66,12 +66,13 @@ def _json_value(value: Any, where: str) -> Any:
 
 @dataclass(frozen=True, eq=True, init=False)
 class Plan:
-    """Plan(sigmas, solver="dpmpp_2m", guidance=7.5, freeu=None, final="keep", name="custom",
-    *, discretization=None, **options).
+    """Plan(sigmas, solver="dpmpp_2m", final="keep", name="custom", discretization=None, **options).
 
-    `solver`, `guidance`, `freeu` and every other option take one value for every step or a list with
-    one per step (N = len(sigmas) - 1 steps). `final="keep"` returns x at the last sigma (the paper
-    decodes it directly); `final="denoise"` returns D(x_N; sigma_N) at the cost of one more call.
+    `solver` and every option (guidance=7.5, freeu=None, ... as declared in solvers/options.py) take
+    one value for every step or a list with one per step (N = len(sigmas) - 1 steps); a declared
+    option not given takes its default on every step. `final="keep"` returns x at the last sigma (the
+    paper decodes it directly); `final="denoise"` returns D(x_N; sigma_N) at the cost of one more call.
+    An option's column reads as an attribute: `plan.guidance` is (w_0, ..., w_{N-1}).
     """
 
     sigmas: tuple[float, ...]
@@ -85,11 +86,8 @@ class Plan:
         self,
         sigmas: Sequence[float] | torch.Tensor,
         solver: str | Sequence[str] = "dpmpp_2m",
-        guidance: float | Sequence[float] = 7.5,
-        freeu: Mapping | Sequence[Mapping | None] | None = None,
         final: str = "keep",
         name: str = "custom",
-        *,
         discretization: Discretization | None = None,
         **options: Any,
     ) -> None:
@@ -113,14 +111,15 @@ class Plan:
                     f"unknown solver {safeio.short(entry)} at step {i}; choose from {', '.join(SOLVERS)}"
                 )
         columns = {}
-        for key, value in {"guidance": guidance, "freeu": freeu, **options}.items():
-            check, column = OPTION_CHECKS.get(key), []
+        defaults = {key: option.default for key, option in OPTIONS.items() if option.stored}
+        for key, value in {**defaults, **options}.items():
+            column = []
             for i, entry in enumerate(_per_step(value, n, key)):
-                if check is not None:
+                if key in OPTIONS:
                     try:
-                        entry = check(entry)
-                    except ValueError as err:
-                        raise PlanError(f"{key} of step {i} {err}") from None
+                        entry = OPTIONS[key].check(entry)
+                    except (ValueError, TypeError) as err:
+                        raise PlanError(f"{key} of step {i}: {err}") from None
                 column.append(_json_value(entry, f"{key} of step {i}"))
             columns[key] = tuple(column)
         if final not in FINAL_POLICIES:
@@ -139,13 +138,12 @@ class Plan:
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    @property
-    def guidance(self) -> tuple[float, ...]:
-        return self.options["guidance"]
-
-    @property
-    def freeu(self) -> tuple[dict | None, ...]:
-        return self.options["freeu"]
+    def __getattr__(self, key: str) -> tuple:
+        """An option's per-step column: plan.guidance, plan.freeu, ..."""
+        options = self.__dict__.get("options", {})  # not yet set while unpickling
+        if key not in options:
+            raise AttributeError(f"a Plan has no attribute or option {key!r}")
+        return options[key]
 
     def step_options(self, i: int) -> dict[str, Any]:
         """The options of step i, as `denoise(x, sigma, **options)` gets them."""
@@ -204,8 +202,9 @@ class Plan:
             recipe = None
         else:
             options = data["options"]
-            if not isinstance(options, Mapping) or "guidance" not in options or "freeu" not in options:
-                raise PlanError("plan options must be an object with at least guidance and freeu")
+            stored = [key for key, option in OPTIONS.items() if option.stored]
+            if not isinstance(options, Mapping) or any(key not in options for key in stored):
+                raise PlanError(f"plan options must be an object with at least {' and '.join(stored)}")
             recipe = data["discretization"]
             try:
                 recipe = None if recipe is None else discretizations.from_dict(recipe)
@@ -226,16 +225,12 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(safeio.parse_json(text, "the plan", "write it with Plan.to_json()", PlanError))
 
-    def describe(self, render: Mapping[str, Callable[[Any], str]] | None = None) -> str:
-        """One line per step: sigma interval, solver, then each option; `render` maps an option's name
-        to how to show a value (the network side knows how FreeU reads; the default is generic)."""
-        render = render or {}
+    def describe(self) -> str:
+        """One line per step: sigma interval, solver, then each option as its declaration renders it."""
         recipe = "" if self.discretization is None else f", {self.discretization.describe()}"
         lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, final={self.final}{recipe}"]
         for i in range(self.steps):
-            shown = " ".join(
-                f"{key}={render.get(key, _text)(value)}" for key, value in self.step_options(i).items()
-            )
+            shown = " ".join(f"{key}={render(key, value)}" for key, value in self.step_options(i).items())
             interval = f"{self.sigmas[i]:9.4f} -> {self.sigmas[i + 1]:<9.4f}"
             lines.append(f"  {i + 1:>3}  {interval} {self.solver[i]:<9} {shown}")
         return "\n".join(lines)
@@ -263,14 +258,3 @@ def _is_number(value: Any) -> bool:
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _text(value: Any) -> str:
-    """An option value compactly: numbers with %g, None as off, objects as key=value lists."""
-    if value is None:
-        return "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, Mapping):
-        return ",".join(f"{k}={_text(v)}" for k, v in value.items())
-    return str(value)

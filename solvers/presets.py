@@ -20,6 +20,7 @@ from typing import Any
 
 from schedule import DISCRETIZATIONS, DiscreteSchedule, Discretization, NoiseSchedule, Paper, discretization
 from schedule.discretizations import knobs as knob_names
+from solvers.guidance import DEFAULT_GUIDANCE
 from solvers.plan import Plan
 from solvers.table import SOLVERS, by_short
 
@@ -31,7 +32,6 @@ PAPER_FREEU = {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2, "version": 1, "placem
 XL_FREEU_LAST = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2, "version": 1, "placement": "channels"}
 
 BASELINE_DISCRETIZATIONS = tuple(kind for kind in DISCRETIZATIONS if kind != "paper")
-DEFAULT_GUIDANCE = 7.5
 DEFAULT_MODEL = "sd1"
 
 
@@ -62,7 +62,7 @@ class Recipe:
 
     def plan(self, name: str, guidance: float, schedule: NoiseSchedule) -> Plan:
         d = self.discretization
-        return Plan(d.sigmas(schedule), self.solver, guidance, self.freeu, "keep", name, discretization=d)
+        return Plan(d.sigmas(schedule), self.solver, "keep", name, d, guidance=guidance, freeu=self.freeu)
 
 
 PAPER_RECIPES = {
@@ -142,9 +142,7 @@ def preset(
     m = re.fullmatch(rf"({'|'.join(BASELINE_DISCRETIZATIONS)})-(\w+)-(\d+)", name)
     if m and any(s.short == m.group(2) for s in SOLVERS.values()):
         d = discretization_for(m.group(1), _steps(m.group(3), name), model)
-        return Plan(
-            d.sigmas(schedule), by_short(m.group(2)).name, guidance, None, "keep", name, discretization=d
-        )
+        return Plan(d.sigmas(schedule), by_short(m.group(2)).name, "keep", name, d, guidance=guidance)
     raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
 
 

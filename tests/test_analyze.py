@@ -82,7 +82,7 @@ def test_the_exact_law_of_a_gaussian_run_matches_many_samples():
     # The affine-propagation law against 20000 sampled runs of Euler a: agreement within the
     # sampling error (4 standard errors of the mean and of the variance).
     gaussian = analyze.moment_matched(GaussianMixture.default(dim=3))
-    plan = Plan(karras(6, SD.sigma_min, SD.sigma_max), "euler_a", 1.0)
+    plan = Plan(karras(6, SD.sigma_min, SD.sigma_max), "euler_a", guidance=1.0)
     mean, var = analyze.exact_law(gaussian, plan)
     x = gaussian.sample(20000, SD.sigma_max, torch.Generator().manual_seed(0))
     out = sample(gaussian, x, plan, noise=generator_noise(torch.Generator().manual_seed(1)))

@@ -86,15 +86,17 @@ def test_a_dict_cond_gives_the_context_and_the_other_unet_inputs():
         Denoiser(unet, SCHEDULE)(torch.randn(2, 4, 8, 8), 1.0, {"y": y})
 
 
-def test_freeu_is_passed_on_as_given_or_rebuilt_from_a_plan_dict():
+def test_freeu_is_passed_on_as_given_and_a_plans_dict_is_left_to_the_prepared_loop():
+    """A plan's dict of FreeU's fields is read into a FreeU once per run by its option (solvers/freeu.py),
+    so the denoiser takes only that form."""
     unet = RecordingUNet()
     denoiser, x, cond = Denoiser(unet, SCHEDULE), torch.randn(1, 4, 8, 8), torch.randn(1, 2, 5)
     denoiser(x, 1.0, cond, freeu=FreeU.common())
-    denoiser(x, 1.0, cond, freeu=FreeU.common().to_dict())
     denoiser(x, 1.0, cond)
-    assert [c["freeu"] for c in unet.calls] == [FreeU.common(), FreeU.common(), None]
-    with pytest.raises(TypeError, match="freeu must be"):
-        denoiser(x, 1.0, cond, freeu=(1.1, 1.2, 0.9, 0.2))
+    assert [c["freeu"] for c in unet.calls] == [FreeU.common(), None]
+    for other in ((1.1, 1.2, 0.9, 0.2), FreeU.common().to_dict()):
+        with pytest.raises(TypeError, match="freeu must be a FreeU or None"):
+            denoiser(x, 1.0, cond, freeu=other)
 
 
 def test_sigma_zero_returns_x_without_calling_the_network():
@@ -129,8 +131,6 @@ def test_a_guidance_batch_of_2b_equals_its_halves_run_apart():
     denoiser = Denoiser(UNet(config).eval(), SCHEDULE)
     x, uncond, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     with torch.no_grad():
-        both = denoiser(
-            torch.cat([x, x]), 4.2, torch.cat([uncond, cond]), freeu=FreeU(1.1, 1.1, 0.9, 0.2).to_dict()
-        )
+        both = denoiser(torch.cat([x, x]), 4.2, torch.cat([uncond, cond]), freeu=FreeU(1.1, 1.1, 0.9, 0.2))
         apart = torch.cat([denoiser(x, 4.2, c, freeu=FreeU(1.1, 1.1, 0.9, 0.2)) for c in (uncond, cond)])
     assert ((both - apart).abs().max() / apart.abs().max()).item() <= 1e-5

@@ -37,12 +37,13 @@ def test_sigmas_accept_tensors_and_stay_float64_exact():
         ({"sigmas": [float("inf"), 0.5]}, "finite and >= 0"),
         ({"sigmas": [2.0, 1.0, 0.0], "solver": ["euler"]}, "solver has 1 entries for 2 steps"),
         ({"sigmas": [2.0, 1.0], "solver": "dpm_fast"}, "unknown solver 'dpm_fast' at step 0; choose from"),
-        ({"sigmas": [2.0, 1.0], "guidance": -1.0}, "guidance of step 0 must be a finite number >= 0"),
+        ({"sigmas": [2.0, 1.0], "guidance": -1.0}, "guidance of step 0: must be a finite number >= 0"),
         ({"sigmas": [2.0, 1.0, 0.5], "guidance": [1.0]}, "guidance has 1 entries for 2 steps"),
         ({"sigmas": [2.0, 1.0], "guidance": float("nan")}, "finite number"),
         ({"sigmas": [2.0, 1.0], "final": "zero"}, "final must be one of"),
         ({"sigmas": [2.0, 0.0], "final": "denoise"}, "already ends at sigma = 0"),
-        ({"sigmas": [2.0, 1.0], "freeu": float("inf")}, "freeu of step 0 is inf; options must be finite"),
+        ({"sigmas": [2.0, 1.0], "mask": float("inf")}, "mask of step 0 is inf; options must be finite"),
+        ({"sigmas": [2.0, 1.0], "freeu": float("inf")}, "freeu of step 0: FreeU must be null .off. or an"),
         ({"sigmas": [2.0, 1.0], "mask": object()}, "mask of step 0 is <object.*JSON cannot hold"),
         ({"sigmas": [2.0, 1.0], "cfg_rescale": [0.5, 0.7]}, "cfg_rescale has 2 entries for 1 steps"),
     ],
@@ -95,7 +96,7 @@ def test_format_1_json_reads_as_the_same_plan_without_a_discretization():
 @pytest.mark.parametrize("plan_format", [1, 2])
 def test_dpmpp_3m_of_a_format_1_or_2_plan_reads_as_the_exact_quadratic_rule_it_meant(plan_format):
     # Until format 3 "dpmpp_3m" named the exact-quadratic rule; a stored plan must keep its pixels.
-    plan = Plan([3.0, 2.0, 1.0, 0.5], ["dpmpp_2m", "dpmpp_3m_exact", "dpmpp_3m_exact"], 1.0)
+    plan = Plan([3.0, 2.0, 1.0, 0.5], ["dpmpp_2m", "dpmpp_3m_exact", "dpmpp_3m_exact"], guidance=1.0)
     stored = {**plan.to_dict(), "format": plan_format, "solver": ["dpmpp_2m", "dpmpp_3m", "dpmpp_3m"]}
     if plan_format == 1:
         options = stored.pop("options")
@@ -112,7 +113,9 @@ def test_dpmpp_3m_of_a_format_3_plan_is_the_published_rule():
 
 
 def test_any_option_is_stored_per_step_and_round_trips():
-    plan = Plan([3.0, 2.0, 1.0], "euler", 5.5, cfg_rescale=[0.0, 0.7], mask={"kind": "box", "size": [2, 3]})
+    plan = Plan(
+        [3.0, 2.0, 1.0], "euler", guidance=5.5, cfg_rescale=[0.0, 0.7], mask={"kind": "box", "size": [2, 3]}
+    )
     assert plan.step_options(1) == {"guidance": 5.5, "freeu": None, "cfg_rescale": 0.7,
                                     "mask": {"kind": "box", "size": [2, 3]}}  # fmt: skip
     assert Plan.from_json(plan.to_json()) == plan
@@ -121,8 +124,9 @@ def test_any_option_is_stored_per_step_and_round_trips():
 
 def test_replace_changes_only_what_it_names_and_new_sigmas_drop_the_discretization():
     plan = preset("paper-8")
-    assert plan.replace(name="mine") == Plan(plan.sigmas, plan.solver, plan.guidance, plan.freeu, plan.final,
-                                             "mine", discretization=plan.discretization)  # fmt: skip
+    assert plan.replace(name="mine") == Plan(plan.sigmas, plan.solver, plan.final, "mine",
+                                             plan.discretization, guidance=plan.guidance,
+                                             freeu=plan.freeu)  # fmt: skip
     moved = plan.replace(sigmas=[2 * s for s in plan.sigmas])
     assert moved.discretization is None and moved.options == plan.options
 

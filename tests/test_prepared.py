@@ -1,4 +1,5 @@
-"""The prepared run (pipeline.prepared_steps, pipeline/graphs.py) and torch.compile of its networks.
+"""The prepared run (solvers.prepare, pipeline.generate.step_loop, pipeline/graphs.py) and torch.compile
+of its networks.
 
 Everything a run needs that does not depend on x is computed before the first step (the denoiser's
 sigma / c_in / t on the device, FreeU's factors on the device, the step noise drawn ahead into one
@@ -20,11 +21,11 @@ from torch._dynamo.testing import CompileCounter
 import pipeline
 import weights
 from model import Denoiser, FreeU
-from pipeline.generate import _LOOPS, conditioning, prepared_steps, step_noise
+from pipeline.generate import _LOOPS, conditioning, step_loop, step_noise
 from pipeline.graphs import StaticLoop
 from schedule import DiscreteSchedule
-from solvers import SOLVERS, Plan, sample
-from solvers.loop import buffered, draw_ahead, noise_draws, prepare_options
+from solvers import SOLVERS, Plan, prepare, sample
+from solvers.loop import buffered, draw_ahead
 from tests.checkpoints import write_checkpoint
 from tests.helpers import one_thread, tiny_unet
 
@@ -50,22 +51,22 @@ def cond(sd):
 
 
 def plain_run(sd, plan: Plan, cond) -> torch.Tensor:
-    """The loop before preparation: the plan's own options read at every call, lazy step noise."""
+    """`sample` on the library's guided denoiser: its coefficients computed at each call."""
     x = pipeline.initial_noise(SEEDS, LATENT) * plan.sigmas[0]
     return sample(pipeline.denoiser(sd, *cond), x, plan, noise=step_noise(SEEDS))
 
 
 def prepared_run(sd, plan: Plan, cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline's loop: the denoiser's coefficients on the device, over a dict of input buffers."""
     x = pipeline.initial_noise(SEEDS, LATENT) * plan.sigmas[0]
-    inputs = {"x": x, "noise": draw_ahead(step_noise(SEEDS), x, noise_draws(plan)), "cond": cond[0],
-              "uncond": cond[1]}  # fmt: skip
-    return prepared_steps(sd, plan, x, None)(inputs)
+    prepared = prepare(plan, x, step_noise(SEEDS))
+    return step_loop(sd, prepared, x)({"x": x, "noise": prepared.noise, "cond": cond[0], "uncond": cond[1]})
 
 
 def plan_for(solver: str, guidance: float, freeu: bool) -> Plan:
     # 4 steps: every multistep rule reaches a step with two earlier estimates; the last into 0.
     sigmas = [14.6, 3.0, 0.9, 0.2, 0.0]
-    return Plan(sigmas, solver, guidance, FreeU.common().to_dict() if freeu else None)
+    return Plan(sigmas, solver, guidance=guidance, freeu=FreeU.common().to_dict() if freeu else None)
 
 
 @pytest.mark.parametrize("solver", list(SOLVERS))
@@ -81,10 +82,10 @@ def test_a_prepared_run_equals_the_plain_loop_bitwise_for_every_solver(sd, cond,
 
 def test_a_freeu_switch_between_steps_is_prepared_per_step(sd, cond):
     on = FreeU.common().to_dict()
-    plan = Plan([14.6, 3.0, 0.9, 0.2], "dpmpp_2m", 7.5, [on, on, None])
+    plan = Plan([14.6, 3.0, 0.9, 0.2], "dpmpp_2m", guidance=7.5, freeu=[on, on, None])
     with torch.inference_mode():
         assert torch.equal(prepared_run(sd, plan, cond)[0], plain_run(sd, plan, cond))
-    options = prepare_options(plan, Denoiser.option_readers(torch.device("cpu")))
+    options = prepare(plan, torch.zeros(1, *LATENT)).options
     assert options[0]["freeu"] is options[1]["freeu"] == FreeU.common()  # read once per distinct value
     assert options[2]["freeu"] is None
 
@@ -132,7 +133,7 @@ def test_a_static_loop_refuses_inputs_of_another_shape():
 def test_non_finite_latents_name_their_step_without_a_per_step_check(sd):
     """w = 1e300 is inf in float32: the first guided estimate is non-finite; the flags recorded on the
     device name step 1 after the run, as the per-step check did."""
-    plan = Plan([14.6, 3.0, 0.0], "euler", 1e300)
+    plan = Plan([14.6, 3.0, 0.0], "euler", guidance=1e300)
     with pytest.raises(pipeline.SamplingError, match=r"non-finite at step 1 of 2 \(sigma 14\.6\)"):
         pipeline.generate(sd, plan, ["a"], [0], height=64, width=64)
 
@@ -168,10 +169,13 @@ def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd)
     counter = CompileCounter()
     compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     on, other = FreeU.common().to_dict(), FreeU(1.3, 1.4, 0.9, 0.2).to_dict()
-    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", [7.5, 7.5, 5.0, 3.0], [on, other, None, None])
+    plan = Plan(
+        [14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=[7.5, 7.5, 5.0, 3.0], freeu=[on, other, None, None]
+    )
     with torch.inference_mode():
         cond, uncond = conditioning(sd, ["a cube"], "")
         x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
-        loop = prepared_steps(dataclasses.replace(sd, unet=compiled), plan, x, None)
-        loop({"x": x, "noise": x.new_empty(0, *x.shape), "cond": cond, "uncond": uncond})
+        prepared = prepare(plan, x)
+        loop = step_loop(dataclasses.replace(sd, unet=compiled), prepared, x)
+        loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
     assert counter.frame_count == 2  # FreeU on, then off

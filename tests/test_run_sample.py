@@ -295,7 +295,14 @@ def test_trajectory_grid_shows_decoded_x_and_denoised_at_every_step(checkpoints,
 
 
 def test_plan_file_is_run_as_saved(checkpoints, tmp_path, capsys):
-    plan = Plan([14.6, 3.0, 0.5], ["dpmpp_1s", "euler"], [7.5, 1.0], [None, PAPER_FREEU], "denoise", "mine")
+    plan = Plan(
+        [14.6, 3.0, 0.5],
+        ["dpmpp_1s", "euler"],
+        guidance=[7.5, 1.0],
+        freeu=[None, PAPER_FREEU],
+        final="denoise",
+        name="mine",
+    )
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())
     out = tmp_path / "out"

@@ -89,7 +89,7 @@ def euler_scheduler() -> EulerDiscreteScheduler:
 
 
 def plan_of(sigmas, guidance: float = 5.5) -> Plan:
-    return Plan(sigmas, "euler", guidance, None, "keep", "euler-test")
+    return Plan(sigmas, "euler", guidance=guidance, freeu=None, final="keep", name="euler-test")
 
 
 # --- parity with diffusers ------------------------------------------------------------------------------

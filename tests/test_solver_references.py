@@ -57,7 +57,7 @@ def variant():
 
 def _ours(solver: str, sigmas, noises=None) -> torch.Tensor:
     draws = iter(noises or [])
-    return sample(MIXTURE, X.clone(), Plan(sigmas, solver, 1.0), noise=lambda like: next(draws))
+    return sample(MIXTURE, X.clone(), Plan(sigmas, solver, guidance=1.0), noise=lambda like: next(draws))
 
 
 def _noises(count: int = 20) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ from functools import partial
 import pytest
 import torch
 
+from model import FreeU
 from schedule import DiscreteSchedule, exponential, karras
 from solvers import Past, Plan, Step, generator_noise, guided, sample, solver
 from solvers.analytic import Gaussian, GaussianMixture
@@ -66,7 +67,7 @@ def test_every_rule_is_exact_when_the_data_is_a_single_point(solver):
     c = torch.tensor([0.3, -0.7])
     x = torch.randn(5, 2, dtype=torch.float64) * 14.6 + c
     sigmas = karras(6, 0.1, 14.6)
-    out = sample(lambda x_, s_, **_: c.expand_as(x_).double(), x, Plan(sigmas, solver, 1.0))
+    out = sample(lambda x_, s_, **_: c.expand_as(x_).double(), x, Plan(sigmas, solver, guidance=1.0))
     assert torch.allclose(out, c + (x - c) * 0.1 / 14.6, atol=1e-12, rtol=0)
 
 
@@ -90,7 +91,7 @@ def test_global_error_converges_at_the_solvers_order(solver, order, tolerance):
     exact = GAUSSIAN.solve(x, SD.sigma_max, SD.sigma_min)
     steps = [8, 16, 32, 64, 128]
     errors = [
-        rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, 1.0)), exact)
+        rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, guidance=1.0)), exact)
         for n in steps
     ]
     assert convergence_order(steps, errors) == pytest.approx(order, abs=tolerance)
@@ -102,8 +103,8 @@ def test_dpmpp_3m_exact_global_error_is_at_least_second_order():
     x = _start()
     exact = GAUSSIAN.solve(x, SD.sigma_max, SD.sigma_min)
     steps = [8, 16, 32, 64, 128]
-    errors = [rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), "dpmpp_3m_exact", 1.0)),
-                   exact) for n in steps]  # fmt: skip
+    errors = [rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), "dpmpp_3m_exact",
+                                            guidance=1.0)), exact) for n in steps]  # fmt: skip
     assert convergence_order(steps, errors) >= 2.0
 
 
@@ -126,7 +127,7 @@ def test_global_error_of_the_multistep_menu_converges_at_its_order(solver, order
     exact = GAUSSIAN.solve(x, SD.sigma_max, SD.sigma_min)
     steps = [n for n in (8, 16, 32, 64, 128, 256, 512, 1024) if window[0] <= n <= window[1]]
     errors = [
-        rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, 1.0)), exact)
+        rmse(sample(GAUSSIAN, x, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, guidance=1.0)), exact)
         for n in steps
     ]
     assert convergence_order(steps, errors) == pytest.approx(order, abs=0.2)
@@ -172,7 +173,7 @@ def test_published_ipndm_v_integrates_a_constant_eps_exactly_only_on_geometric_s
         return c.expand_as(x_)
 
     for sigmas, exact in ((exponential(6, 0.1, 14.6), True), (karras(6, 0.1, 14.6), False)):
-        out = sample(point, x, Plan(sigmas, "ipndm_v", 1.0))
+        out = sample(point, x, Plan(sigmas, "ipndm_v", guidance=1.0))
         assert torch.allclose(out, c + (x - c) * 0.1 / 14.6, atol=1e-12, rtol=0) is exact
 
 
@@ -191,7 +192,7 @@ def test_exact_quadratic_3m_has_local_order_4_and_the_published_3m_only_about_3(
 def test_step_into_zero_returns_the_denoised_estimate():
     model = CountingDenoiser(GAUSSIAN)
     x = _start(4, sigma=0.5)
-    out = sample(model, x, Plan([0.5, 0.0], "heun", 1.0))
+    out = sample(model, x, Plan([0.5, 0.0], "heun", guidance=1.0))
     assert torch.equal(out, GAUSSIAN(x, 0.5))
     assert len(model.calls) == 1  # Heun's correction is skipped when there is no next sigma
 
@@ -203,7 +204,7 @@ def test_plan_nfe_counts_the_denoiser_calls_honestly(solver, final):
     sigmas = (
         karras(5, 0.05, 14.6) if final == "denoise" else torch.cat([karras(4, 0.05, 14.6), torch.zeros(1)])
     )
-    plan = Plan(sigmas, solver, 1.0, final=final)
+    plan = Plan(sigmas, solver, guidance=1.0, final=final)
     model = CountingDenoiser(GAUSSIAN)
     sample(model, _start(2), plan, noise=_noise())
     assert len(model.calls) == plan.nfe
@@ -211,25 +212,31 @@ def test_plan_nfe_counts_the_denoiser_calls_honestly(solver, final):
 
 def test_each_call_gets_its_own_steps_guidance_and_freeu():
     freeu = {"b1": 1.1, "b2": 1.1, "s1": 0.9, "s2": 0.2}
-    plan = Plan(karras(3, 0.1, 14.6), ["dpmpp_1s", "heun", "euler"], [7.5, 5.0, 1.0], [None, freeu, None])
+    plan = Plan(
+        karras(3, 0.1, 14.6),
+        ["dpmpp_1s", "heun", "euler"],
+        guidance=[7.5, 5.0, 1.0],
+        freeu=[None, freeu, None],
+    )
     model = CountingDenoiser(GAUSSIAN)
     sample(model, _start(2), plan)
     seen = [(round(s, 6), o["guidance"], o["freeu"]) for s, o in model.calls]
     s = [round(v, 6) for v in plan.sigmas]
-    assert seen == [(s[0], 7.5, None), (s[1], 5.0, freeu), (s[2], 5.0, freeu), (s[2], 1.0, None)]
+    read = FreeU.from_dict(freeu)  # the plan's dict as its option reads it, once
+    assert seen == [(s[0], 7.5, None), (s[1], 5.0, read), (s[2], 5.0, read), (s[2], 1.0, None)]
 
 
 def test_final_denoise_returns_d_at_the_last_sigma():
     x = _start(4)
-    plan_keep = Plan(karras(4, 0.2, 14.6), "dpmpp_2m", 1.0, final="keep")
-    plan_denoise = Plan(karras(4, 0.2, 14.6), "dpmpp_2m", 1.0, final="denoise")
+    plan_keep = Plan(karras(4, 0.2, 14.6), "dpmpp_2m", guidance=1.0, final="keep")
+    plan_denoise = Plan(karras(4, 0.2, 14.6), "dpmpp_2m", guidance=1.0, final="denoise")
     last = plan_keep.sigmas[-1]
     assert torch.equal(sample(GAUSSIAN, x, plan_denoise), GAUSSIAN(sample(GAUSSIAN, x, plan_keep), last))
 
 
 def test_callback_sees_index_sigmas_x_and_denoised_before_each_step():
     seen = []
-    plan = Plan(karras(3, 0.1, 14.6), "dpmpp_2m", 1.0)
+    plan = Plan(karras(3, 0.1, 14.6), "dpmpp_2m", guidance=1.0)
     x = _start(2)
     sample(GAUSSIAN, x, plan, callback=seen.append)
     assert [i.index for i in seen] == [0, 1, 2]
@@ -246,8 +253,8 @@ def test_2m_reuses_the_previous_estimate_and_starts_first_order():
     d0 = GAUSSIAN(x, sigmas[0].item())
     first = SOLVERS["dpmpp_2m"].rule(x, d0, _step(sigmas[0].item(), sigmas[1].item()))
     assert torch.equal(first, SOLVERS["dpmpp_1s"].rule(x, d0, _step(sigmas[0].item(), sigmas[1].item())))
-    out_2m = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_2m", 1.0))
-    out_1s = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_1s", 1.0))
+    out_2m = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_2m", guidance=1.0))
+    out_1s = sample(GAUSSIAN, x, Plan(sigmas, "dpmpp_1s", guidance=1.0))
     assert not torch.allclose(out_2m, out_1s)
 
 
@@ -255,7 +262,7 @@ def test_sampling_mixture_with_many_steps_reaches_the_reference_solution():
     # 200 DPM++2M steps on the Gaussian mixture: second order, error ~1e-4 against RK4.
     model = GaussianMixture.default(dim=8)
     x = model.sample(16, SD.sigma_max, torch.Generator().manual_seed(3))
-    out = sample(model, x, Plan(karras(200, SD.sigma_min, SD.sigma_max), "dpmpp_2m", 1.0))
+    out = sample(model, x, Plan(karras(200, SD.sigma_min, SD.sigma_max), "dpmpp_2m", guidance=1.0))
     assert rmse(out, model.solve(x, SD.sigma_max, SD.sigma_min)) < 1e-3
 
 
@@ -309,13 +316,13 @@ def test_guidance_batches_dict_conditioning_and_per_sample_sigmas():
 
 def test_sample_with_guidance_wrapper_passes_each_steps_scale():
     model = RecordingModel()
-    plan = Plan(karras(2, 0.5, 14.6), "euler", [3.0, 1.0])
+    plan = Plan(karras(2, 0.5, 14.6), "euler", guidance=[3.0, 1.0])
     sample(guided(model, torch.ones(1, 2), torch.zeros(1, 2)), torch.randn(1, 4), plan)
     assert [b[0] for b in model.batches] == [2, 1]  # step 0 guided (2B), step 1 at w = 1 (B)
 
 
 def test_any_option_of_a_plan_reaches_the_denoiser_unnamed_by_the_loop():
-    plan = Plan(karras(2, 0.1, 14.6), "euler", 1.0, cfg_rescale=[0.0, 0.7], mask={"box": [1, 2]})
+    plan = Plan(karras(2, 0.1, 14.6), "euler", guidance=1.0, cfg_rescale=[0.0, 0.7], mask={"box": [1, 2]})
     model = CountingDenoiser(GAUSSIAN)
     sample(model, _start(2), plan)
     assert [o["cfg_rescale"] for _, o in model.calls] == [0.0, 0.7]
@@ -329,15 +336,15 @@ def test_the_law_of_a_stochastic_rule_converges_to_the_data_law_at_its_weak_orde
     (solvers.analyze.exact_law); W2 to the exact law at sigma_min, Karras rho = 7, 16 -> 256 steps.
     Measured slopes: Euler a 0.94, 2M SDE 2.03, 2M SDE Heun 2.09, 3M SDE 1.98."""
     steps = [16, 32, 64, 128, 256]
-    errors = [w2_to_data(GAUSSIAN, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, 1.0), SD.sigma_min)
-              for n in steps]  # fmt: skip
+    errors = [w2_to_data(GAUSSIAN, Plan(karras(n, SD.sigma_min, SD.sigma_max), solver, guidance=1.0),
+                         SD.sigma_min) for n in steps]  # fmt: skip
     assert convergence_order(steps, errors) == pytest.approx(weak_order, abs=0.2)
 
 
 def test_a_stochastic_plan_without_a_noise_source_is_refused_before_any_call():
     model = CountingDenoiser(GAUSSIAN)
     with pytest.raises(ValueError, match="solver euler_a adds noise at every step; pass sample"):
-        sample(model, _start(2), Plan(karras(3, 0.1, 14.6), ["euler", "euler_a", "euler"], 1.0))
+        sample(model, _start(2), Plan(karras(3, 0.1, 14.6), ["euler", "euler_a", "euler"], guidance=1.0))
     assert model.calls == []
 
 
@@ -352,14 +359,14 @@ def test_a_stochastic_rule_draws_one_noise_like_x_per_step_into_a_positive_sigma
     sample(
         GAUSSIAN,
         x,
-        Plan(torch.cat([karras(3, 0.1, 14.6), torch.zeros(1)]), "dpmpp_2m_sde", 1.0),
+        Plan(torch.cat([karras(3, 0.1, 14.6), torch.zeros(1)]), "dpmpp_2m_sde", guidance=1.0),
         noise=source,
     )
     assert draws == [x.shape] * 3  # 4 steps, the last one into 0 draws nothing
 
 
 def test_the_same_noise_source_seed_gives_the_same_sample_and_another_seed_another():
-    plan = Plan(karras(6, 0.1, 14.6), "euler_a", 1.0)
+    plan = Plan(karras(6, 0.1, 14.6), "euler_a", guidance=1.0)
     x = _start(4)
     a, b = sample(GAUSSIAN, x, plan, noise=_noise(1)), sample(GAUSSIAN, x, plan, noise=_noise(1))
     assert torch.equal(a, b) and not torch.allclose(a, sample(GAUSSIAN, x, plan, noise=_noise(2)))
@@ -374,7 +381,7 @@ def test_a_rule_sees_its_index_the_plans_length_and_every_earlier_x_and_d():
         return SOLVERS["euler"].rule(x, denoised, step)
 
     try:
-        plan = Plan(torch.cat([karras(3, 0.1, 14.6), torch.zeros(1)]), "probe", 1.0)
+        plan = Plan(torch.cat([karras(3, 0.1, 14.6), torch.zeros(1)]), "probe", guidance=1.0)
         x = _start(2)
         infos = []
         sample(GAUSSIAN, x, plan, callback=infos.append)
