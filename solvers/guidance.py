@@ -174,7 +174,7 @@ declare(
         check_interval,
         render=_interval_text,
         label="Guidance interval",
-        after="CFG scale",
+        after="Schedule type",  # after CFG scale: declared after it
         flags=(
             Flag(
                 "--guidance-interval",
@@ -206,7 +206,7 @@ declare(
         0.0,
         check_rescale,
         label="CFG rescale",
-        after="CFG scale",
+        after="Schedule type",  # after CFG scale: declared after it
         flags=(
             Flag(
                 "--cfg-rescale",
@@ -277,7 +277,7 @@ declare(
         read=lambda value, device: APG.option(value),
         render=_apg_text,
         label="APG",
-        after="CFG scale",
+        after="Schedule type",  # after CFG scale: declared after it
         flags=(
             Flag(
                 "--apg",
@@ -305,7 +305,7 @@ declare(
         check_zero_star,
         render=lambda value: "on" if value else "off",
         label="CFG-Zero*",
-        after="CFG scale",
+        after="Schedule type",  # after CFG scale: declared after it
         flags=(
             Flag(
                 "--cfg-zero-star",

@@ -58,9 +58,9 @@ def guided_error(model: ConditionalMixture, x: Tensor, plan: Plan, options: Mapp
     return float(((few - exact) ** 2).mean().sqrt())
 
 
-def plans(guidance: float = DEFAULT_GUIDANCE, nfe_counts: Sequence[int] = NFE_COUNTS) -> list[Plan]:
+def plans(guidance: float = DEFAULT_GUIDANCE) -> list[Plan]:
     """The paper's SD 1.5 presets, then each baseline at every NFE count, at scale `guidance`."""
-    names = [*PRESETS, *(f"{base}-{n}" for base in BASELINES for n in nfe_counts)]
+    names = [*PRESETS, *(f"{base}-{n}" for base in BASELINES for n in NFE_COUNTS)]
     return [preset(name).replace(guidance=guidance) for name in names]
 
 
