@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from schedule import DISCRETIZATIONS, DiscreteSchedule, karras
-from solvers import SOLVERS, Plan, analyze, generator_noise, sample
+from solvers import SOLVERS, Plan, analyze, generator_noise, guidance_analysis, sample
 from solvers.analytic import GaussianMixture
 
 SD = DiscreteSchedule.sd()
@@ -93,3 +93,21 @@ def test_the_exact_law_of_a_gaussian_run_matches_many_samples():
 def test_convergence_order_fits_the_slope():
     errors = [3.0 / n**2 for n in (4, 8, 16)]
     assert analyze.convergence_order([4, 8, 16], errors) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_analyze_guidance_prints_each_variants_error_for_presets_and_baselines_and_draws_it(
+    tmp_path, capsys, monkeypatch
+):
+    # One preset and one baseline NFE keep it fast; the command's rows and columns are the same code.
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(guidance_analysis, "PRESETS", ("paper-5",))
+    monkeypatch.setattr(guidance_analysis, "NFE_COUNTS", (5,))
+    png = tmp_path / "guidance.png"
+    assert analyze.main(["--guidance", "--samples", "4", "--dim", "4", "--plot", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("plan"))
+    assert all(variant in header for variant in guidance_analysis.VARIANTS)
+    for name in ("paper-5", "karras-2m-5", "karras-euler-5"):
+        [row] = [line for line in lines if line.split()[:1] == [name]]
+        assert len(row.split()) == 1 + len(guidance_analysis.VARIANTS)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
