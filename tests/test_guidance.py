@@ -8,6 +8,7 @@ in float64: the conversions x0 <-> eps round at ~1e-16 relative, so 1e-12 leaves
 s* is computed by diffusers in float32, so there 1e-6 (float32's 6e-8 times the sums' conditioning).
 """
 
+import json
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from diffusers.guiders import ClassifierFreeGuidance, ClassifierFreeZeroStarGuidance
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer, normalized_guidance
 
-from pipeline import PARAMETERS_KEY, PLAN_KEY
+from pipeline import PARAMETERS_KEY, PLAN_KEY, build_plan
 from run_sample import main
 from solvers import OPTIONS, Plan, PlanError, guided, preset, sample
 from solvers.analytic import ConditionalMixture
@@ -233,8 +234,6 @@ def test_a_run_with_every_variant_records_them_in_the_png_and_replays_bitwise(tm
         for label in ("CFG scale: 1; 3.16667; 5.33333; 7.5", "Guidance interval: ", "CFG rescale: 0.7",
                       "APG: eta 0.5 norm 10 momentum -0.5", "CFG-Zero*: on"):  # fmt: skip
             assert label in line, line
-        import json
-
         stored = json.loads(chunks[PLAN_KEY])["options"]
         assert stored["cfg_rescale"] == [0.7] * 4 and stored["cfg_zero_star"] == [True] * 4
         assert main([*common, "--replay", str(png), "--out", str(tmp_path / "b")]) == 0
@@ -252,3 +251,9 @@ def test_a_sample_of_the_exact_model_without_variants_is_plain_cfg():
         return d_u + guidance * (d_c - d_u)
 
     torch.testing.assert_close(sample(model.guided(), x.clone(), plan), sample(cfg, x.clone(), plan))
+
+
+def test_guidance_steps_read_the_sigmas_the_plans_knobs_place():
+    plan = build_plan(preset_name="karras-2m-8", knobs={"rho": 9.0}, guidance_steps=(0.0, 0.5))
+    assert plan.guidance_interval[0] == [plan.sigmas[4], plan.sigmas[0]]
+    assert plan.sigmas != preset("karras-2m-8").sigmas
