@@ -206,16 +206,16 @@ def test_two_flags_for_one_option_are_refused():
 
 def test_guiding_only_below_a_sigma_threshold_lowers_the_few_step_error_at_5_nfe():
     """Kynkaanniemi et al. 2024's claim on the exact guided model: at w = 7.5, guidance at the highest
-    noise makes the guided ODE hard for few steps; dropping it above sigma 5 (the first step of both
-    plans) lowers the error against each ODE's own 200-step solution."""
+    noise makes the guided ODE hard for few steps; dropping it above sigma 5 (karras-2m-5's first step)
+    lowers the error against the ODE's own 200-step solution, by 11-17% over the seeds 1-3 of 64 starts
+    and 11% at 256 (`python -m solvers.analyze --guidance`). paper-5 shows no consistent gain."""
     model = ConditionalMixture.default()
     x = model.unconditional.sample(64, 14.6, torch.Generator().manual_seed(1))
+    plan = preset("karras-2m-5")
     with one_thread():
-        for name in ("paper-5", "karras-2m-5"):
-            plan = preset(name)
-            full = guided_error(model, x, plan, {})
-            below = guided_error(model, x, plan, {"guidance_interval": [0.0, 5.0]})
-            assert below < 0.9 * full, (name, below, full)
+        full = guided_error(model, x, plan, {})
+        below = guided_error(model, x, plan, {"guidance_interval": [0.0, 5.0]})
+    assert below < 0.9 * full, (below, full)
 
 
 def test_a_run_with_every_variant_records_them_in_the_png_and_replays_bitwise(tmp_path, monkeypatch, capsys):
