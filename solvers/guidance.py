@@ -133,11 +133,9 @@ def _interval_text(value: Any) -> str:
     return "off" if value is None else f"{value[0]:g}..{value[1]:g}"
 
 
-def _interval_flag(flag_text: str) -> list[float]:
+def _interval_flag(flag_text: str) -> list[float] | None:
     """--guidance-interval LO,HI (sigmas)."""
-    interval = check_interval(_numbers(flag_text, range(2, 3), "LO,HI (sigmas) such as 0.28,5.42"))
-    assert interval is not None
-    return interval
+    return check_interval(_numbers(flag_text, range(2, 3), "LO,HI (sigmas) such as 0.28,5.42"))
 
 
 def _steps_flag(flag_text: str) -> tuple[float, float]:
