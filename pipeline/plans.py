@@ -166,10 +166,11 @@ def build_plan(
     if solver is not None:
         parts["solver"] = solver
         changes.append(f"solver={solver}")
+    placed = base.replace(sigmas=sigmas, discretization=recipe)  # what sigma-based options read
     for option in OPTIONS.values():
         given = {dest: option_flags.pop(dest, None) for dest in option.dests}
         if any(value is not None for value in given.values()):
-            column, text = option.overridden(base, given)
+            column, text = option.overridden(placed, given)
             if column is not None:
                 parts[option.name] = column
             changes += [text] if text else []

@@ -10,7 +10,7 @@ from solvers import adams, stochastic, unipc  # noqa: F401
 
 # isort: split
 # Importing the option modules declares the built-in per-step options, in this order (a plan's JSON
-# holds their columns in it): guidance, then FreeU.
+# holds their columns in it): guidance and its variants, then FreeU.
 from solvers import guidance  # noqa: F401
 
 # isort: split

@@ -4,14 +4,18 @@ Data x0 from a known distribution, noised as x = x0 + sigma * eps. The ideal den
 D(x; sigma) = E[x0 | x] is then known in closed form, and so is (for the Gaussian) the
 probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma it defines. Both classes can be passed
 to `solvers.sample` directly: they ignore the guidance and FreeU options a network would use.
+ConditionalMixture has a condition, for exact guided denoisers (`solvers.guided`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from solvers.guidance import guided
 
 
 def _sigma_column(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -113,3 +117,35 @@ class GaussianMixture:
         std = (self.var[k] + sigma**2).sqrt()[:, None]
         noise = torch.randn(n, self.means.shape[1], dtype=torch.float64, generator=generator)
         return self.means[k] + std * noise
+
+
+class ConditionalMixture:
+    """A Gaussian mixture whose condition reweights its components, for exact guided denoisers.
+
+    p(x0 | c) = sum_k w_k a_k N(mean_k, var_k I) / sum_k w_k a_k and p(x0) the full mixture, both
+    exact GaussianMixture denoisers. As the `model(x, sigma, c, **options)` of `solvers.guided`, c is
+    one number per row, 1 for the condition and 0 for none (`guided()` builds that), so that every
+    guidance variant's D is exact.
+    """
+
+    def __init__(self, mixture: GaussianMixture, reweight: Tensor):
+        reweight = torch.as_tensor(reweight, dtype=torch.float64)
+        if reweight.shape != mixture.weights.shape or not (reweight > 0).all():
+            raise ValueError("reweight must be positive, one per component")
+        self.unconditional = mixture
+        self.conditional = GaussianMixture(mixture.weights * reweight, mixture.means, mixture.var)
+
+    @classmethod
+    def default(cls, dim: int = 16, components: int = 8, seed: int = 0) -> ConditionalMixture:
+        """GaussianMixture.default with the condition favouring its first two components 16:1."""
+        reweight = torch.full((components,), 0.25, dtype=torch.float64)
+        reweight[:2] = 4.0
+        return cls(GaussianMixture.default(dim, components, seed), reweight)
+
+    def __call__(self, x: Tensor, sigma: float | Tensor, c: Tensor, **options) -> Tensor:
+        return torch.where(c[:, None] > 0, self.conditional(x, sigma), self.unconditional(x, sigma))
+
+    def guided(self) -> Callable[..., Tensor]:
+        """A fresh guided denoiser (solvers.guided) of this model: one per run (APG's buffer)."""
+        one = torch.ones(1, dtype=torch.float64)
+        return guided(self, one, torch.zeros_like(one))

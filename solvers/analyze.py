@@ -1,13 +1,15 @@
 """Truncation-error analysis of every solver x discretization on exact models, no network needed.
 
     python -m solvers.analyze [--samples 256] [--plot curves.png]
+    python -m solvers.analyze --guidance [--plot curves.png]
 
 (1) Every ODE solver x every discretization at 4, 5, 6, 8, 10 and 20 NFE on a Gaussian mixture under
 SD's noise table: RMSE against the exact ODE solution from the same x_T, at sigma = 0 and at the
 plan's own last sigma. (2) Every stochastic solver x discretization on a Gaussian: the distance of the
 exact law of its output from the exact law, likewise. (3) The per-interval local truncation error of
 the paper's 8-step schedule and of Karras rho = 7 at 8 steps, measured as in the paper's section 3.1:
-one step against 200 sub-steps of the same solver on the same interval.
+one step against 200 sub-steps of the same solver on the same interval. With --guidance instead:
+each guidance variant's few-step error on an exact guided model (solvers/guidance_analysis.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from torch import Tensor
 import cli
 import safeio
 from schedule import DISCRETIZATIONS, DiscreteSchedule, append_zero, exponential, karras
-from solvers.analytic import Gaussian, GaussianMixture
+from solvers import guidance_analysis
+from solvers.analytic import ConditionalMixture, Gaussian, GaussianMixture
 from solvers.loop import sample
 from solvers.plan import Plan
 from solvers.presets import discretization_for, preset
@@ -341,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help="solver for the local-error curves (default: dpmpp_1s)",
     )
+    parser.add_argument(
+        "--guidance",
+        action="store_true",
+        help="instead: each guidance variant's error at 4-10 NFE on an exact guided mixture",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
     parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     cli.add_debug_flag(parser)
@@ -355,7 +363,7 @@ def analyze(args: argparse.Namespace) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tens of thousands of tiny calls: a thread pool only adds overhead
     try:
-        _report(args)
+        (_guidance_report if args.guidance else _report)(args)
     finally:
         torch.set_num_threads(threads)
 
@@ -387,6 +395,44 @@ def _report(args: argparse.Namespace) -> None:
     if args.plot:
         _plot(args.plot, ode, sde, curves, args.lte_solver, args.force)
         print(f"\nwrote {args.plot}")
+
+
+def _guidance_report(args: argparse.Namespace) -> None:
+    schedule = DiscreteSchedule.sd()
+    model = ConditionalMixture.default(dim=args.dim, seed=args.seed)
+    x = model.unconditional.sample(
+        args.samples, schedule.sigma_max, torch.Generator().manual_seed(args.seed + 1)
+    )
+    rows = guidance_analysis.plans()
+    scale = rows[0].guidance[0]
+    print(f"Conditional Gaussian mixture (dim {args.dim}), {args.samples} samples, CFG scale {scale:g}")
+    print(guidance_analysis.__doc__.split("\n\n")[1].replace("\n", " "))
+    table = guidance_analysis.guidance_table(model, x, rows)
+    print("\nRMSE to the 200-step solution of the same guided ODE:")
+    print(*guidance_analysis.format_guidance_table(table), sep="\n")
+    if args.plot:
+        _plot_guidance(args.plot, table)
+        print(f"\nwrote {args.plot}")
+
+
+def _plot_guidance(path: str, table: dict[str, dict[str, float]]) -> None:
+    plt = _pyplot()
+    variants = list(next(iter(table.values())))
+    bases = guidance_analysis.BASELINES
+    fig, axes = plt.subplots(1, len(bases), figsize=(7 * len(bases), 5), squeeze=False)
+    for panel, base in zip(axes[0], bases, strict=True):
+        for k, variant in enumerate(variants):
+            color = f"C{k}"
+            points = [(n, table[f"{base}-{n}"][variant]) for n in guidance_analysis.NFE_COUNTS]
+            panel.semilogy(*zip(*points, strict=True), "-", marker=".", color=color, label=variant)
+            presets = [(int(p.rsplit("-", 1)[1]), table[p][variant]) for p in guidance_analysis.PRESETS]
+            panel.semilogy(*zip(*presets, strict=True), "*", markersize=10, color=color)
+        panel.set(
+            title=f"{base} (lines), paper presets (stars)", xlabel="NFE", ylabel="RMSE to the guided ODE"
+        )
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

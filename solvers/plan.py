@@ -224,7 +224,11 @@ class Plan:
     def describe(self) -> str:
         """One line per step: sigma interval, solver, then each option as its declaration renders it."""
         recipe = "" if self.discretization is None else f", {self.discretization.describe()}"
-        lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, final={self.final}{recipe}"]
+        from solvers.guidance import passes  # the guidance module runs plans, which import this one
+
+        both, alone = passes(self)
+        unet = f"U-Net passes per image {2 * both + alone} ({both} guided x 2 + {alone} conditional)"
+        lines = [f"{self.name}: {self.steps} steps, NFE {self.nfe}, {unet}, final={self.final}{recipe}"]
         for i in range(self.steps):
             shown = " ".join(f"{key}={render(key, value)}" for key, value in self.step_options(i).items())
             interval = f"{self.sigmas[i]:9.4f} -> {self.sigmas[i + 1]:<9.4f}"

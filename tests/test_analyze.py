@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from schedule import DISCRETIZATIONS, DiscreteSchedule, karras
-from solvers import SOLVERS, Plan, analyze, generator_noise, sample
+from solvers import SOLVERS, Plan, analyze, generator_noise, guidance_analysis, sample
 from solvers.analytic import GaussianMixture
 from tests.reference.samplers import gits_ipndm
 
@@ -106,12 +106,12 @@ def test_ipndm_v_diverges_on_linear_quadratic_exactly_as_the_published_formulas_
     another order: equal to 1e-12."""
     model, x = mixture_and_start
     sigmas = DISCRETIZATIONS["linear_quadratic"](N=6).sigmas(SD).tolist()
-    ours = sample(model, x, Plan(sigmas, "ipndm_v", 1.0, None, "keep"))
+    ours = sample(model, x, Plan(sigmas, "ipndm_v", guidance=1.0))
     published = gits_ipndm(model, x, sigmas, variable=True)
     assert torch.allclose(ours, published, rtol=1e-12, atol=1e-12)
     exact = analyze.trajectory(model, x, sigmas)[-1]
     assert analyze.rmse(ours, exact) > analyze.DIVERGED
-    assert analyze.rmse(sample(model, x, Plan(sigmas, "ipndm", 1.0, None, "keep")), exact) < 1
+    assert analyze.rmse(sample(model, x, Plan(sigmas, "ipndm", guidance=1.0)), exact) < 1
     steps = [a - b for a, b in pairwise(sigmas)]
     assert steps[3] / steps[2] > 10
 
@@ -131,3 +131,21 @@ def test_every_solver_of_the_table_has_a_family_colour_and_its_own_line():
     styles = analyze._styles(list(SOLVERS))
     assert len(set(styles.values())) == len(SOLVERS)
     assert {colour for colour, _ in styles.values()} == {f"C{k}" for k in range(len(analyze.FAMILIES))}
+
+
+def test_analyze_guidance_prints_each_variants_error_for_presets_and_baselines_and_draws_it(
+    tmp_path, capsys, monkeypatch
+):
+    # One preset and one baseline NFE keep it fast; the command's rows and columns are the same code.
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(guidance_analysis, "PRESETS", ("paper-5",))
+    monkeypatch.setattr(guidance_analysis, "NFE_COUNTS", (5,))
+    png = tmp_path / "guidance.png"
+    assert analyze.main(["--guidance", "--samples", "4", "--dim", "4", "--plot", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("plan"))
+    assert all(variant in header for variant in guidance_analysis.VARIANTS)
+    for name in ("paper-5", "karras-2m-5", "karras-euler-5"):
+        [row] = [line for line in lines if line.split()[:1] == [name]]
+        assert len(row.split()) == 1 + len(guidance_analysis.VARIANTS)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

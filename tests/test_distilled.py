@@ -246,8 +246,9 @@ def test_a_gamma_outside_0_to_1_is_refused_naming_the_step(bad, why):
 def test_gamma_reaches_the_rule_and_never_the_denoiser():
     seen = []
 
-    def strict(x, sigma, guidance, freeu):  # takes the options a U-Net takes, and no others
-        seen.append(guidance)
+    def strict(x, sigma, **options):  # the guided U-Net's options (guidance, freeu, ...), never gamma
+        assert "gamma" not in options and {"guidance", "freeu"} <= set(options)
+        seen.append(options["guidance"])
         return MIXTURE(x, sigma)
 
     plan = preset("tcd-4")

@@ -180,3 +180,49 @@ def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd)
         loop = step_loop(dataclasses.replace(sd, unet=compiled), prepared, x)
         loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
     assert counter.frame_count == 2  # FreeU on, then off
+
+
+GUIDANCE_VARIANTS = {
+    "interval": {"guidance_interval": [[0.5, 5.0]] * 4},
+    "rescale": {"cfg_rescale": 0.7},
+    "apg": {"apg": {"eta": 0.5, "norm_threshold": 10.0, "momentum": -0.5}},
+    "zero-star": {"cfg_zero_star": True},
+    "all": {
+        "guidance_interval": [[0.5, 5.0]] * 4,
+        "cfg_rescale": 0.7,
+        "apg": {"eta": 0.0, "norm_threshold": 0.0, "momentum": 0.3},
+        "cfg_zero_star": True,
+    },
+}
+
+
+@pytest.mark.parametrize("variant", list(GUIDANCE_VARIANTS))
+def test_a_prepared_run_with_a_guidance_variant_equals_the_plain_loop_bitwise(sd, cond, variant):
+    """Also twice from one Prepared: APG's momentum buffer starts afresh with each run."""
+    plan = plan_for("heun", 7.5, False).replace(**GUIDANCE_VARIANTS[variant])
+    with torch.inference_mode():
+        x = pipeline.initial_noise(SEEDS, LATENT) * plan.sigmas[0]
+        prepared = prepare(plan, x, step_noise(SEEDS))
+        loop = step_loop(sd, prepared, x)
+        inputs = {"x": x, "noise": prepared.noise, "cond": cond[0], "uncond": cond[1]}
+        first, second = loop(inputs)[0], loop(inputs)[0]
+        assert torch.equal(first, plain_run(sd, plan, cond)) and torch.equal(second, first)
+
+
+@pytest.mark.parametrize("variant", ["rescale", "all"])  # the U-Net sees only the batch of each call
+def test_a_compiled_unet_neither_breaks_nor_recompiles_under_a_guidance_variant(sd, variant):
+    """Batch B outside the interval and 2B inside are two input shapes: one recompilation, no more."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
+    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=[7.5, 7.5, 5.0, 3.0]).replace(
+        **GUIDANCE_VARIANTS[variant]
+    )
+    with torch.inference_mode():
+        cond, uncond = conditioning(sd, ["a cube"], "")
+        x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
+        prepared = prepare(plan, x)
+        loop = step_loop(dataclasses.replace(sd, unet=compiled), prepared, x)
+        loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
+    shapes = 2 if "guidance_interval" in GUIDANCE_VARIANTS[variant] else 1
+    assert counter.frame_count == shapes
