@@ -66,7 +66,9 @@ ROLES = {
     "lora_linear_layer.up.weight": "up",
     "alpha": "alpha",
 }
-FORMATS = {"lora_A.weight": "peft", "lora_B.weight": "peft", "lora_down.weight": "kohya"}  # else "diffusers"
+FORMATS = {"lora_A.weight": "peft", "lora_B.weight": "peft"} | dict.fromkeys(
+    ("lora_down.weight", "lora_up.weight", "lora_mid.weight"), "kohya"
+)  # else "diffusers"
 METADATA_KEY = "lora_adapter_metadata"  # PEFT's LoraConfig, keys prefixed by the component
 EXPECTED = (
     "expected kohya (lora_unet_*.lora_down.weight), PEFT (*.lora_A.weight) or diffusers "
