@@ -162,7 +162,7 @@ def test_dmd2_hybrid_kohya_prefix_with_diffusers_names_on_sdxl_equals_diffusers_
     assert_fused_equal(ours, reference_fused("sdxl", path, 1.0, tmp_path))
 
 
-def peft_file(kind: str, path, alpha: int | None, old: bool = False):
+def peft_file(kind: str, path, alpha: int | None, old: bool = False, **options):
     """A LoRA written by peft (random A and B) and diffusers' save_lora_weights; `alpha` goes into the
     header's lora_adapter_metadata. `old`: the keys renamed to the older lora.down / lora.up format."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -183,6 +183,7 @@ def peft_file(kind: str, path, alpha: int | None, old: bool = False):
             lora_alpha=alpha or RANK,
             init_lora_weights=False,
             target_modules=list(modules(module, pattern)),
+            **options,
         )
         torch.manual_seed(len(layers))
         module.add_adapter(config) if component == "unet" else _peft_text(module, config)
@@ -224,6 +225,14 @@ def test_peft_lora_written_by_diffusers_equals_diffusers_fuse(checkpoints, tmp_p
     assert {layer.scale for layer in read.layers} == {(alpha or RANK) / RANK}
     ours = merged(checkpoints[kind], path, 0.5)
     assert_fused_equal(ours, reference_fused(kind, path, 0.5, tmp_path))
+
+
+def test_peft_alpha_pattern_and_rank_stabilised_scale_equal_diffusers_fuse(checkpoints, tmp_path):
+    path = peft_file("sd1", tmp_path / "rs.safetensors", 16, alpha_pattern={"to_k": 2}, use_rslora=True)
+    scales = {layer.name.rpartition(".")[2]: layer.scale for layer in lora.read(path).layers}
+    assert scales["to_k"] == 2 / RANK**0.5 and scales["to_q"] == 16 / RANK**0.5
+    ours = merged(checkpoints["sd1"], path, 1.0)
+    assert_fused_equal(ours, reference_fused("sd1", path, 1.0, tmp_path))
 
 
 def test_older_diffusers_lora_down_up_format_equals_diffusers_fuse(checkpoints, tmp_path):

@@ -104,10 +104,6 @@ class LoRA:
     layers: tuple[Layer, ...]
     formats: tuple[str, ...]  # "kohya", "peft", "diffusers" (the older lora.down / lora.up)
 
-    @property
-    def components(self) -> set[str]:
-        return {layer.component for layer in self.layers}
-
 
 def read(path: str | Path) -> LoRA:
     """Parse a LoRA `.safetensors` file and check it whole, values included (WeightsError otherwise)."""
@@ -131,7 +127,7 @@ def read(path: str | Path) -> LoRA:
         if role != "alpha":
             formats.add(FORMATS.get(suffix, "diffusers"))
     metadata = _peft_metadata(header)
-    alphas = _values(header, groups)
+    alphas = _values(header)
     layers = tuple(
         _layer(header, component, name, roles, alphas, metadata)
         for (component, name), roles in groups.items()
@@ -168,7 +164,7 @@ def _peft_metadata(header: Header) -> dict:
     return metadata
 
 
-def _values(header: Header, groups: dict[tuple[str, str], dict[str, str]]) -> dict[str, float]:
+def _values(header: Header) -> dict[str, float]:
     """Read every tensor once: refuse non-finite values; return the alphas by key."""
     alphas = {}
     for key, tensor in read_tensors(header.path, header.tensors.items(), torch.float32, stamp=header.stamp):
