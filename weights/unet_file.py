@@ -33,20 +33,23 @@ def load(
 ) -> UNet:
     """The U-Net of a U-Net file, for a model of family `kind` ("sd1" or "sdxl"), in `dtype` on `device`,
     frozen and in eval mode. WeightsError (one line, naming the file) for anything else."""
-    config, state = read(path, kind)
+    config, state = read(path, kind, dtype, device)
     with empty_modules():
         unet = UNet(config)
     for name, tensor in state.items():
-        assign(unet, name, tensor.to(device=device, dtype=dtype))
+        assign(unet, name, tensor)
     left = unloaded(unet)
     if left:
         raise RuntimeError(f"the U-Net has tensors outside its state dict, never loaded: {left[:SHOWN]}")
     return unet.eval()
 
 
-def read(path: str | Path, kind: str) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+def read(
+    path: str | Path, kind: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
     """The configuration and the state dict, in the project's (LDM) names, of a U-Net file, checked
-    for the family `kind`; tensors keep the file's dtype (a safetensors file's are mapped, not read)."""
+    for the family `kind`, in `dtype` (None: the file's) on `device`. As weights.load does, tensors
+    already in their dtype on the CPU are mapped from the file, the others converted one at a time."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{path} does not exist: pass a U-Net .safetensors (or weights-only .bin) file")
@@ -89,9 +92,9 @@ def read(path: str | Path, kind: str) -> tuple[UNetConfig, dict[str, torch.Tenso
     _check(path, config, parameters)
     if tensors is None:
         infos = [(key, header.tensors[key]) for key in keys]
-        read_back = read_tensors(path, infos, stamp=header.stamp)
+        read_back = read_tensors(path, infos, dtype, device, header.stamp)
         return config, {targets[key]: tensor for key, tensor in read_back}
-    return config, {targets[key]: tensors[key] for key in keys}
+    return config, {targets[key]: tensors[key].to(device=device, dtype=dtype) for key in keys}
 
 
 def _unpickled(path: Path) -> dict[str, torch.Tensor]:
