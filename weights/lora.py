@@ -167,7 +167,7 @@ def _peft_metadata(header: Header) -> dict:
 def _values(header: Header) -> dict[str, float]:
     """Read every tensor once: refuse non-finite values; return the alphas by key."""
     alphas = {}
-    for key, tensor in read_tensors(header.path, header.tensors.items(), torch.float32, stamp=header.stamp):
+    for key, tensor in read_tensors(header.path, header.tensors.items(), stamp=header.stamp):
         if not torch.isfinite(tensor).all():
             raise WeightsError(f"{header.path}: {key} holds NaN or infinite values; the file is corrupt")
         if key.endswith(".alpha"):
@@ -175,7 +175,7 @@ def _values(header: Header) -> dict[str, float]:
                 raise WeightsError(
                     f"{header.path}: {key} has shape {list(tensor.shape)}, not one number (alpha)"
                 )
-            alphas[key] = tensor.item()
+            alphas[key] = float(tensor.item())
     return alphas
 
 
@@ -346,13 +346,24 @@ def _misfit(header: Header, layer: Layer, weight: tuple[int, ...]) -> str | None
     return None if fits else f"makes a {list(product)} update, which does not fit the {list(weight)} weight"
 
 
-def delta(down: torch.Tensor, up: torch.Tensor, mid: torch.Tensor | None = None) -> torch.Tensor:
-    """up @ down as [out, in * kh * kw] (float32), after contracting a Tucker mid [r, r', kh, kw] with
-    down [r', in, 1, 1] into [r, in, kh, kw]."""
-    down, up = down.float(), up.float()
+def factors(
+    down: torch.Tensor, up: torch.Tensor, mid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's update as a product of two float32 matrices, up [out, r] @ down [r, in * kh * kw],
+    after contracting a Tucker mid [r, r', kh, kw] with down [r', in, 1, 1] into [r, in, kh, kw]."""
+    down = down.float()
     if mid is not None:
         down = torch.einsum("ijkl,jc->ickl", mid.float(), down.flatten(1))
-    return up.flatten(1) @ down.flatten(1)
+    return up.float().flatten(1), down.flatten(1)
+
+
+def _add(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, factor: float) -> None:
+    """weight += factor * up @ down, in float32: one GEMM accumulating into a float32 copy of the weight
+    (the weight itself when it is float32), cast back once."""
+    work = weight if weight.dtype == torch.float32 and weight.is_contiguous() else weight.float().contiguous()
+    work.view(work.shape[0], -1).addmm_(up.to(work.device), down.to(work.device), alpha=factor)
+    if work is not weight:
+        weight.copy_(work)
 
 
 def _merge(lora: LoRA, plan: list[_Merge]) -> None:
@@ -364,19 +375,15 @@ def _merge(lora: LoRA, plan: list[_Merge]) -> None:
                 by_key[key] = merge
     pending: dict[int, dict[str, torch.Tensor]] = {}
     infos = [(key, lora.header.tensors[key]) for key in by_key]
-    for key, tensor in read_tensors(lora.path, infos, torch.float32, stamp=lora.header.stamp):
+    for key, tensor in read_tensors(lora.path, infos, stamp=lora.header.stamp):
         merge = by_key[key]
         got = pending.setdefault(id(merge), {})
         got[key] = tensor
         layer = merge.layer
         if len(got) == 2 + (layer.mid is not None):
             del pending[id(merge)]
-            weight = merge.parameter
-            update = delta(got[layer.down], got[layer.up], got.get(layer.mid)).to(weight.device)
-            merged = weight.float()  # weight itself when float32
-            merged.add_(update.reshape(weight.shape), alpha=merge.factor)
-            if merged is not weight:
-                weight.copy_(merged)
+            up, down = factors(got[layer.down], got[layer.up], got.get(layer.mid))
+            _add(merge.parameter, up, down, merge.factor)
 
 
 def record(lora: LoRA, strength: float) -> dict:
