@@ -14,8 +14,9 @@ conv layers alike (LoCon: down [r, in, kh, kw], up [out, r, 1, 1]).
 
 The merge: W <- W + strength * scale * (up.flatten(1) @ down.flatten(1)).reshape(W.shape), with
 scale = alpha / r (r the rows of down; 1 without alpha; alpha / sqrt(r) for rsLoRA), computed in
-float32 and cast back to W's dtype, one layer at a time, as the LoRA's tensors stream from the file:
-no cost per step, and the extra memory is one layer's tensors. With a `lora_mid` [r, r, kh, kw]
+float32 (one GEMM accumulating into W, or into a float32 copy of it that is cast back) one layer at a
+time, as the LoRA's tensors stream from the file: no cost per step, and the extra memory is the
+largest weight in float32 and one layer's LoRA tensors. With a `lora_mid` [r, r, kh, kw]
 (Tucker), down [r, in, 1, 1] is contracted with it first. Several LoRAs add up, each in turn.
 
 Everything that can be wrong is refused (WeightsError, one line naming the file and the key) before
@@ -357,22 +358,36 @@ def factors(
     return up.float().flatten(1), down.flatten(1)
 
 
-def _add(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, factor: float) -> None:
-    """weight += factor * up @ down, in float32: one GEMM accumulating into a float32 copy of the weight
-    (the weight itself when it is float32), cast back once."""
-    work = weight if weight.dtype == torch.float32 and weight.is_contiguous() else weight.float().contiguous()
-    work.view(work.shape[0], -1).addmm_(up.to(work.device), down.to(work.device), alpha=factor)
-    if work is not weight:
-        weight.copy_(work)
+def _add(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, factor: float, workspace) -> None:
+    """weight += factor * up @ down in float32: one GEMM accumulating into the weight when it is float32,
+    else into its float32 copy in `workspace(numel, device)`, cast back once."""
+    up, down = up.to(weight.device), down.to(weight.device)
+    if weight.dtype == torch.float32 and weight.is_contiguous():
+        weight.view(weight.shape[0], -1).addmm_(up, down, alpha=factor)
+        return
+    work = workspace(weight.numel(), weight.device).view(weight.shape[0], -1)
+    work.copy_(weight.reshape(weight.shape[0], -1))
+    work.addmm_(up, down, alpha=factor)
+    weight.copy_(work.view(weight.shape))
 
 
 def _merge(lora: LoRA, plan: list[_Merge]) -> None:
-    """Stream the LoRA's tensors in file order and merge each layer once it is complete."""
+    """Stream the LoRA's tensors in file order and merge each layer once it is complete. Weights that
+    are not float32 share one float32 workspace, the size of the largest: a fresh buffer per layer
+    would cost the OS's page faults on every one of them (as much time as the GEMMs on a CPU)."""
     by_key = {}
     for merge in plan:
         for key in (merge.layer.down, merge.layer.up, merge.layer.mid):
             if key is not None:
                 by_key[key] = merge
+    largest = max((merge.parameter.numel() for merge in plan), default=0)
+    buffers: dict[torch.device, torch.Tensor] = {}
+
+    def workspace(numel: int, device: torch.device) -> torch.Tensor:
+        if device not in buffers:
+            buffers[device] = torch.empty(largest, dtype=torch.float32, device=device)
+        return buffers[device][:numel]
+
     pending: dict[int, dict[str, torch.Tensor]] = {}
     infos = [(key, lora.header.tensors[key]) for key in by_key]
     for key, tensor in read_tensors(lora.path, infos, stamp=lora.header.stamp):
@@ -383,7 +398,7 @@ def _merge(lora: LoRA, plan: list[_Merge]) -> None:
         if len(got) == 2 + (layer.mid is not None):
             del pending[id(merge)]
             up, down = factors(got[layer.down], got[layer.up], got.get(layer.mid))
-            _add(merge.parameter, up, down, merge.factor)
+            _add(merge.parameter, up, down, merge.factor, workspace)
 
 
 def record(lora: LoRA, strength: float) -> dict:
