@@ -371,6 +371,16 @@ def test_a_malformed_lora_file_is_refused_when_read(tmp_path, tensors, match):
     assert str(path) in message
 
 
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [('{"unet.use_dora": true}', "a DoRA, which is not supported"), ("[1", "not a JSON object")],
+)
+def test_peft_metadata_that_cannot_be_followed_is_refused(tmp_path, metadata, match):
+    path = tmp_path / "meta.safetensors"
+    save_file(layer(), path, metadata={"lora_adapter_metadata": metadata})
+    one_line_refusal(lambda: lora.read(path), match)
+
+
 def test_a_truncated_lora_is_refused(tmp_path):
     path = tmp_path / "cut.safetensors"
     save_file(layer(), path)
@@ -395,6 +405,12 @@ def test_a_key_that_matches_no_layer_is_refused_naming_it(checkpoints, tmp_path)
         checkpoints["sd1"], [(lora.read(tmp_path / "x.safetensors"), 1.0)], "does not have"
     )
     assert "lora_unet_down_blocks_0_attentions_0_nowhere.lora_down.weight" in message
+
+
+def test_one_layer_named_in_both_unet_trees_is_refused(checkpoints, tmp_path):
+    both = layer() | layer("lora_unet_input_blocks_1_1_proj_in")
+    save_file(both, tmp_path / "both.safetensors")
+    refused_merge(checkpoints["sd1"], [(lora.read(tmp_path / "both.safetensors"), 1.0)], "both adapt")
 
 
 def test_a_shape_that_does_not_fit_is_refused_and_an_earlier_good_lora_is_not_merged(checkpoints, tmp_path):
