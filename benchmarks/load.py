@@ -17,6 +17,12 @@ accelerate psutil pyyaml --no-deps` and run this script with PYTHONPATH=DIR.
     python -m benchmarks.load                    # SD 1.5: float16 file -> float16 and float32 models
     python -m benchmarks.load --model sdxl       # SDXL: 6.9 GB of disk, up to ~24 GB of memory
     python -m benchmarks.load --keep /tmp/sd15   # keep the written files there
+    python -m benchmarks.load --lora             # SDXL float16 + a rank-64 LoRA, merged: ours vs fuse_lora
+
+`--lora` also writes a rank-64 LoRA (float16, PEFT / diffusers keys, `unet.*.lora_A.weight`) on every
+attention projection, feed-forward and conv layer of the SDXL U-Net, and times merging it into the
+loaded float16 model: `weights.lora.read` + `merge` against diffusers' `load_lora_weights` +
+`fuse_lora`. Targets: at most 0.5x diffusers' time; peak RSS at most 1.1x the model's tensor bytes.
 
 A measurement whose peak may exceed the memory available (PEAK_BOUND x the loaded tensors) is
 skipped with a note. Targets: our peak <= 1.3 x the loaded tensors' bytes, and
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -168,6 +175,37 @@ def write_diffusers_configs(folder: Path, model: str) -> None:
     (folder / "model_index.json").write_text(json.dumps(SDXL_MODEL_INDEX if xl else MODEL_INDEX))
 
 
+LORA_RANK = 64
+LORA_LAYERS = re.compile(
+    r".*\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2|conv1|conv2|conv_shortcut"
+    r"|downsamplers\.0\.conv|upsamplers\.0\.conv)"
+)
+
+
+def write_lora(path: Path) -> None:
+    """A rank-64 LoRA with random float16 weights on every attention, feed-forward and conv layer of the
+    SDXL U-Net, in the PEFT / diffusers layout (conv layers: a conv-kernel down, a 1 x 1 up): 749 layers."""
+    from safetensors.torch import save_file
+
+    from model.unet import UNet, UNetConfig
+    from weights import lora_keys
+
+    with torch.device("meta"):
+        unet = UNet(UNetConfig.sdxl())
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for module in lora_keys.adaptable((n, tuple(p.shape)) for n, p in unet.named_parameters()):
+        name = lora_keys.diffusers_unet_module(module, unet.config.num_res_blocks)
+        if name is None or not LORA_LAYERS.fullmatch("." + name):
+            continue
+        shape = unet.get_parameter(module + ".weight").shape
+        kernel = [1, 1] if len(shape) == 4 else []
+        down = torch.randn(LORA_RANK, *shape[1:], generator=generator) / math.prod(shape[1:]) ** 0.5
+        up = 0.01 * torch.randn(shape[0], LORA_RANK, *kernel, generator=generator)
+        tensors[f"unet.{name}.lora_A.weight"], tensors[f"unet.{name}.lora_B.weight"] = down.half(), up.half()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 # --- the measured loaders (each in a fresh process) -------------------------------------------------
 
 
@@ -179,46 +217,63 @@ def touch(models: tuple[torch.nn.Module, ...]) -> None:
             tensor.detach().reshape(-1).view(torch.uint8)[::4096].sum()
 
 
-def load(loader: str, path: Path, dtype: torch.dtype, config: Path) -> tuple[torch.nn.Module, ...]:
+def load(loader: str, path: Path, dtype: torch.dtype, config: Path):
+    """Our StableDiffusion or diffusers' pipeline."""
     if loader == "ours":
         import weights
 
-        sd = weights.load(path, dtype=dtype)
-        return tuple(m for m in (sd.unet, sd.vae, sd.text_encoder, sd.text_encoder_2) if m is not None)
+        return weights.load(path, dtype=dtype)
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     xl = json.loads((config / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
     options = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
-    pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_single_file(
+    return (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_single_file(
         str(path), config=str(config), local_files_only=True, torch_dtype=dtype, **options
     )
-    return tuple(
-        m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m
-    )
 
 
-def child(loader: str, path: Path, dtype: torch.dtype, config: Path) -> dict:
+def merge_lora(loader: str, model, lora_path: Path) -> None:
+    """Merge the LoRA into the loaded model: ours, or diffusers' load_lora_weights + fuse_lora."""
+    if loader == "ours":
+        from weights import lora
+
+        lora.merge(model, [(lora.read(lora_path), 1.0)])
+    else:
+        model.load_lora_weights(str(lora_path))
+        model.fuse_lora()
+
+
+def child(loader: str, path: Path, dtype: torch.dtype, config: Path, lora_path: Path | None = None) -> dict:
     # Imports happen before the baseline and the clock: only loading is measured.
     if loader == "ours":
-        import weights  # noqa: F401
+        import weights.lora  # noqa: F401
     else:
+        import peft  # noqa: F401  (load_lora_weights needs it)
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: F401
         from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
     baseline = status_bytes("VmRSS")
     start = time.perf_counter()
-    models = load(loader, path, dtype, config)
+    model = load(loader, path, dtype, config)
     loaded = time.perf_counter()
+    models = tuple(
+        m for m in (model.unet, model.vae, model.text_encoder, getattr(model, "text_encoder_2", None)) if m
+    )
+    model_bytes = module_bytes(*models)  # before diffusers adds its LoRA layers
+    if lora_path is not None:
+        merge_lora(loader, model, lora_path)
+    merged = time.perf_counter()
     touch(models)
     return {
         "load": loaded - start,
+        "lora": merged - loaded,
         "resident": time.perf_counter() - start,
         "baseline": baseline,
         "peak": status_bytes("VmHWM"),
-        "model": module_bytes(*models),
+        "model": model_bytes,
     }
 
 
-def measure(loader: str, path: Path, dtype_name: str, config: Path) -> dict:
+def measure(loader: str, path: Path, dtype_name: str, config: Path, lora_path: Path | None) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -231,6 +286,7 @@ def measure(loader: str, path: Path, dtype_name: str, config: Path) -> dict:
         dtype_name,
         "--config",
         str(config),
+        *(["--lora-path", str(lora_path)] if lora_path else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -251,15 +307,21 @@ def main() -> None:
     )
     parser.add_argument("--model", choices=["sd15", "sdxl"], default="sd15", help="which single file")
     parser.add_argument("--keep", type=Path, help="write the files into this folder and keep them")
+    parser.add_argument(
+        "--lora", action="store_true", help="SDXL, float16, plus a rank-64 LoRA merged into it"
+    )
     parser.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help=argparse.SUPPRESS)
+    parser.add_argument("--lora-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.path, DTYPES[args.dtype], args.config)))
+        print(json.dumps(child(args.child, args.path, DTYPES[args.dtype], args.config, args.lora_path)))
         return
 
+    if args.lora:
+        args.model = "sdxl"
     model = {"sd15": "sd1", "sdxl": "sdxl"}[args.model]
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
@@ -274,25 +336,29 @@ def main() -> None:
         if not config.exists():
             write_diffusers_configs(config, model)
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s")
+        lora_path, lora_bytes = None, 0
+        if args.lora:
+            lora_path = folder / f"sdxl-random-lora-rank{LORA_RANK}-fp16.safetensors"
+            if not lora_path.exists():
+                write_lora(lora_path)
+            lora_bytes = lora_path.stat().st_size
+            print(f"LoRA {lora_path} ({lora_bytes / 1e9:.2f} GB, rank {LORA_RANK})")
 
         results = {}
-        for loader, dtype_name in (
-            ("ours", "fp16"),
-            ("diffusers", "fp16"),
-            ("ours", "fp32"),
-            ("diffusers", "fp32"),
-        ):
-            needs = PEAK_BOUND[loader] * path.stat().st_size * (2 if dtype_name == "fp32" else 1)
+        runs = [("ours", "fp16"), ("diffusers", "fp16")]
+        for loader, dtype_name in runs if args.lora else [*runs, ("ours", "fp32"), ("diffusers", "fp32")]:
+            needs = PEAK_BOUND[loader] * path.stat().st_size * (2 if dtype_name == "fp32" else 1) + lora_bytes
             if needs > available_bytes():
                 print(
                     f"{loader:9s} fp16 file -> {dtype_name}: skipped, it may need {needs / 1e9:.1f} GB and "
                     f"{available_bytes() / 1e9:.1f} GB are available"
                 )
                 continue
-            result = results[loader, dtype_name] = measure(loader, path, dtype_name, config)
+            result = results[loader, dtype_name] = measure(loader, path, dtype_name, config, lora_path)
             peak, baseline, size = result["peak"], result["baseline"], result["model"]
+            merged = f"LoRA merged in {result['lora']:5.1f} s, " if args.lora else ""
             print(
-                f"{loader:9s} fp16 file -> {dtype_name}: load {result['load']:5.1f} s, every weight "
+                f"{loader:9s} fp16 file -> {dtype_name}: load {result['load']:5.1f} s, {merged}every weight "
                 f"resident after {result['resident']:5.1f} s; peak RSS {peak / 1e9:5.2f} GB = "
                 f"{peak / size:.2f} x the loaded tensors ({size / 1e9:.2f} GB), "
                 f"{(peak - baseline) / size:.2f} x counting from the {baseline / 1e9:.2f} GB before loading"
@@ -301,6 +367,14 @@ def main() -> None:
             if ("ours", dtype_name) not in results or ("diffusers", dtype_name) not in results:
                 continue
             ours, theirs = results["ours", dtype_name], results["diffusers", dtype_name]
+            if args.lora:
+                print(
+                    f"ours / diffusers (LoRA read + merge vs load_lora_weights + fuse_lora): time "
+                    f"{ours['lora'] / theirs['lora']:.3f} (target <= 0.5); our peak RSS "
+                    f"{ours['peak'] / ours['model']:.3f} x the model's tensor bytes (target <= 1.1), "
+                    f"diffusers' {theirs['peak'] / theirs['model']:.3f} x"
+                )
+                continue
             print(
                 f"ours / diffusers (fp16 file -> {dtype_name}): "
                 f"load time {ours['load'] / theirs['load']:.3f}, "

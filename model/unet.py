@@ -4,6 +4,7 @@ Module names follow the official LDM checkpoints (`model.diffusion_model.` strip
 state dict loads with `unet.load_state_dict(...)` and no key map:
 
     time_embed.{0,2}                   timestep MLP
+    time_cond_proj                     LCM only: the guidance embedding, added to t's before the MLP
     label_emb.0.{0,2}                  SDXL only: MLP for the added vector condition y
     input_blocks.{i}.{0,1}             encoder: conv_in, then per level ResBlock (+ SpatialTransformer),
                                        then a Downsample (`.0.op`) between levels
@@ -49,6 +50,7 @@ class UNetConfig:
     context_dim: int = 768
     linear_proj: bool = False  # proj_in / proj_out: Linear (SDXL) or 1x1 conv (SD 1.x)
     adm_in_channels: int | None = None  # SDXL's added vector condition y
+    time_cond_proj_dim: int | None = None  # LCM: width of the guidance scale's embedding, added to t's
     norm_groups: int = 32
 
     def __post_init__(self):
@@ -124,6 +126,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None, :]  # [B, dim/2]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """LCM's embedding of the guidance value w [B] -> [B, dim] in float32: [sin(1000 w f_k), cos(1000 w f_k)],
+    f_k = 10000^(-k / (dim / 2 - 1)), sin first, zero-padded to an odd dim (VDM's, as diffusers'
+    `get_guidance_scale_embedding`). LCM pipelines pass w = guidance scale - 1."""
+    # diffusers' float32 operations in its order: the arguments reach 1000 w radians, where one float32
+    # ulp of a frequency moves sin by ~5e-4, so any other rounding would not reproduce its embedding.
+    half = dim // 2
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step).to(w.device)
+    args = (w.float() * 1000.0)[:, None] * freqs[None, :]
+    return F.pad(torch.cat([torch.sin(args), torch.cos(args)], dim=-1), (0, dim % 2))
 
 
 def layout(x: torch.Tensor) -> torch.memory_format:
@@ -326,6 +341,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        if cfg.time_cond_proj_dim is not None:
+            self.time_cond_proj = nn.Linear(cfg.time_cond_proj_dim, cfg.model_channels, bias=False)
         if cfg.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
                 nn.Sequential(nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -384,16 +401,23 @@ class UNet(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor | None = None,
         freeu: FreeU | None = None,
+        timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise eps of x [B, C_in, H, W] at time t ([B], 0-d or float; fractional allowed).
 
         context: [B, L, context_dim] text conditioning; y: [B, adm_in_channels] (SDXL only);
-        freeu: FreeU settings for this call, or None for the plain U-Net.
+        freeu: FreeU settings for this call, or None for the plain U-Net;
+        timestep_cond: [B, time_cond_proj_dim], `guidance_embedding` of w (LCM U-Nets only).
         """
         cfg = self.config
         t = self._check_inputs(x, t, context, y)
 
-        emb = self.time_embed(timestep_embedding(t, cfg.model_channels).to(x.dtype))  # [B, 4 C_model]
+        t_emb = timestep_embedding(t, cfg.model_channels).to(x.dtype)  # [B, C_model]
+        if cfg.time_cond_proj_dim is not None:  # LCM: the guidance embedding joins t's before the MLP
+            t_emb = t_emb + self.time_cond_proj(self._check_timestep_cond(timestep_cond, x.shape[0]))
+        elif timestep_cond is not None:
+            raise ValueError("this U-Net takes no timestep_cond (it has no time_cond_proj); pass None")
+        emb = self.time_embed(t_emb)  # [B, 4 C_model]
         if cfg.adm_in_channels is not None:
             emb = emb + self.label_emb(y)
 
@@ -411,6 +435,15 @@ class UNet(nn.Module):
             size = tuple(skips[-1].shape[2:]) if skips else None  # where an Upsample must lead
             h = block(torch.cat([h, skip], dim=1), emb, context, size)
         return self.out(h).contiguous()  # [B, C_out, H, W]
+
+    def _check_timestep_cond(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        dim = self.config.time_cond_proj_dim
+        if cond is None or tuple(cond.shape) != (batch, dim):
+            got = "none" if cond is None else tuple(cond.shape)
+            raise ValueError(
+                f"this LCM U-Net needs timestep_cond [{batch}, {dim}] (guidance_embedding), got {got}"
+            )
+        return cond
 
     def _check_inputs(
         self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None

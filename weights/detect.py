@@ -163,6 +163,9 @@ def unet_config(shapes: Shapes, heads: Mapping[str, int] = SD1.unet_heads) -> UN
             context_dim=context_dim,
             linear_proj=len(_need(shapes, "middle_block.1.proj_in.weight", "U-Net")) == 2,
             adm_in_channels=shapes["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in shapes else None,
+            time_cond_proj_dim=shapes["time_cond_proj.weight"][1]
+            if "time_cond_proj.weight" in shapes
+            else None,
         )
     except ValueError as error:
         raise WeightsError(f"the U-Net's shapes give no valid configuration: {error}") from None

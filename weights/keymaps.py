@@ -109,6 +109,7 @@ _UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "time_embedding.cond_proj": "time_cond_proj",  # LCM U-Nets' guidance embedding
     "add_embedding.linear_1": "label_emb.0.0",  # SDXL's added vector condition y
     "add_embedding.linear_2": "label_emb.0.2",
     "conv_norm_out": "out.0",
