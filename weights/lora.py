@@ -42,8 +42,8 @@ from torch import nn
 from weights import lora_keys
 from weights.checkpoint import Header, empty_modules, read_header, read_tensors
 from weights.errors import WeightsError
+from weights.families import FAMILIES
 from weights.fingerprint import file_sha256
-from weights.kinds import KINDS
 
 if TYPE_CHECKING:
     from weights import StableDiffusion
@@ -284,7 +284,7 @@ def _plan(lora: LoRA, strength: float, modules: dict[str, nn.Module], kind: str)
         seen[layer.component, name] = layer.down
         problem = _misfit(lora.header, layer, tuple(parameter.shape))
         if problem:
-            label = KINDS[kind].label
+            label = FAMILIES[kind].label
             raise WeightsError(
                 f"{path}: {layer.down} {problem} of the {label} model's {name}; "
                 "the LoRA is made for another model"
@@ -311,8 +311,8 @@ def _family_names(kind: str) -> dict[str, frozenset[str]]:
 
 def _unmatched(lora: LoRA, missing: list[Layer], kind: str) -> str:
     """The message for layers the model has none of: the LoRA's family when it is the other one."""
-    here = KINDS[kind]
-    for other in KINDS.values():
+    here = FAMILIES[kind]
+    for other in FAMILIES.values():
         if other is here:
             continue
         names = _family_names(other.name)

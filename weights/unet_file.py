@@ -21,8 +21,8 @@ from model.unet import UNet, UNetConfig
 from weights import detect, keymaps
 from weights.checkpoint import PICKLE_SUFFIXES, assign, empty_modules, read_header, read_tensors, unloaded
 from weights.errors import WeightsError
+from weights.families import FAMILIES, UNET_PREFIX
 from weights.fingerprint import file_sha256
-from weights.kinds import KINDS, UNET_PREFIX
 
 SHOWN = 3  # key names quoted in a message
 DIFFUSERS_STARTS = ("conv_in.", "down_blocks.", "mid_block.", "up_blocks.", "time_embedding.")
@@ -79,11 +79,12 @@ def read(
     targets = {key: rules[names[key]][0].name for key in keys}
     parameters = {name: shapes[key] for key, name in targets.items()}
     detect.refuse_other_unets(parameters, path)
-    family = KINDS["sdxl" if "label_emb.0.0.weight" in parameters else "sd1"]
+    has_label_emb = "label_emb.0.0.weight" in parameters
+    family = FAMILIES["sdxl" if has_label_emb else "sd1"]
     if family.name != kind:
         raise WeightsError(
-            f"{path} holds an {family.label} U-Net ({'with' if family.added_vector else 'without'} the added "
-            f"condition label_emb) but the model is {KINDS[kind].label}; pass a U-Net made for it"
+            f"{path} holds an {family.label} U-Net ({'with' if has_label_emb else 'without'} the added "
+            f"condition label_emb) but the model is {FAMILIES[kind].label}; pass a U-Net made for it"
         )
     try:
         config = detect.unet_config(parameters, family.unet_heads)
