@@ -60,6 +60,7 @@ FAMILIES = (
     ("iPNDM", r"ipndm(_v)?"),
     ("UniPC bh1", r"unipc_bh1_\d"),
     ("UniPC bh2", r"unipc_bh2_\d"),
+    ("Consistency (LCM, TCD)", r"lcm|tcd"),
 )
 LINE_STYLES = ("-", "--", ":", "-.")
 
