@@ -4,7 +4,7 @@ on its batch or device and replays bitwise.
 
 As in k-diffusion, which these equal when fed the same noise: eta scales the noise each step adds
 (eta = 0 is the ODE rule), s_noise is 1. Their `order` in the table is the weak order, the rate at
-which the law of the output approaches the data law (tests/test_solvers.py measures it exactly on a
+which the law of the output approaches the data law (tests/solvers/test_solvers.py measures it exactly on a
 Gaussian); a single path does not converge to the ODE's.
 """
 

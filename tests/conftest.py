@@ -19,7 +19,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 def _hub_offline(tmp_path_factory, monkeypatch):
     """No test reaches the Hugging Face Hub or the user's Hub cache and token. huggingface_hub reads
     HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN_PATH once, at import, into its constants, so a test
-    sets those, not the variables (HF_TOKEN it reads on each request); tests/test_hub.py goes online
+    sets those, not the variables (HF_TOKEN it reads on each request); tests/weights/test_hub.py goes online
     against its own server on 127.0.0.1."""
     cache = tmp_path_factory.mktemp("hf-hub")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))

@@ -18,7 +18,7 @@ from evaluation.table import main
 from pipeline import Settings
 from solvers import preset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_run(folder: Path, name: str, guidance: float | list[float] = 7.5) -> Path:

@@ -28,7 +28,7 @@ from pipeline.provenance import project_version
 from tests.checkpoints import write_checkpoint
 from tests.helpers import pixels, text_chunks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROWS = ["a red cube", "a blue ball on grass", "a cat on a mat", "two dogs", "a castle at night", "fruit"]
 NAMES = [f"{i:05d}.png" for i in range(len(ROWS))]
 

@@ -592,7 +592,7 @@ def test_a_plan_naming_the_searchs_record_reads_back_where_nothing_imported_the_
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**preset("karras-2m-2").to_dict(), "discretization": to_dict(record)}))
     read = f"from solvers.plan import Plan; print(Plan.from_json(open({str(path)!r}).read()).discretization)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", read], cwd=root, capture_output=True, text=True, check=True
     ).stdout

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks import gpu
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA line is for machines without a card")

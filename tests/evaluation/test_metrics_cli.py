@@ -152,7 +152,7 @@ def test_missing_weights_is_one_line_with_the_download_url_and_exit_status_2(fol
         env=env,
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         check=False,
     )
     assert result.returncode == 2

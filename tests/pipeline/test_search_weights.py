@@ -30,7 +30,7 @@ from solvers.search.__main__ import main
 from tests.checkpoints import write_checkpoint
 from tests.helpers import one_thread, pixels, text_chunks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red cube", "a cat on a mat", "a castle at night"]
 
 

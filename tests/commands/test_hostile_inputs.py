@@ -635,7 +635,7 @@ DENOISERS = [
     ("solvers.analytic:GaussianMixture", "GaussianMixture() with no arguments fails (TypeError"),
     ("..:x", "--denoiser '..:x' is not MODULE:CALLABLE"),
     ("builtins:dict", "--denoiser builtins:dict: dict() returned dict, not a denoiser"),
-    ("tests.test_hostile_inputs:not_a_denoiser", "--denoiser tests.test_hostile_inputs:not_a_denoiser "
+    ("tests.commands.test_hostile_inputs:not_a_denoiser", "--denoiser tests.commands.test_hostile_inputs:not_a_denoiser "
      "returned a torch.float64 tensor of shape () for x of shape (2, 16); a denoiser returns"),
 ]  # fmt: skip
 
@@ -679,7 +679,7 @@ def test_the_budget_check_agrees_with_the_search_lattice():
                     assert reachable, (solver, levels, nfe)
 
 
-SMALL_SEARCH = ["--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--steps", "2",
+SMALL_SEARCH = ["--denoiser", "tests.solvers.test_search:plain_denoiser", "--shape", "4", "--steps", "2",
                 "--samples", "4", "--held-out", "4", "--grid", "4", "--stages", "dp", "--teacher-substeps",
                 "1"]  # fmt: skip
 
@@ -716,7 +716,7 @@ def _search_main():
 
 
 def test_a_teacher_of_non_finite_states_is_refused(capsys):
-    error = search_command(capsys, "--denoiser", "tests.test_hostile_inputs:nan_denoiser", "--shape", "4",
+    error = search_command(capsys, "--denoiser", "tests.commands.test_hostile_inputs:nan_denoiser", "--shape", "4",
                            "--steps", "2", "--grid", "4", "--samples", "2", "--held-out", "2")  # fmt: skip
     assert "the teacher's solve (dpmpp_2m) gave non-finite states, first of sample 0 at grid level 1" in error
 

@@ -470,7 +470,7 @@ def test_unreadable_weights(checkpoints, tmp_path, monkeypatch, capsys):
             "argument --width: 4 is not a positive multiple of 8 (the VAE's downsampling factor); use e.g. 8",
         ),
         (["--steps", "0"], "argument --steps: must be 1 or more, got 0"),
-        (  # every solver of the table (tests/test_solver_table.py pins its contents), in its order
+        (  # every solver of the table (tests/solvers/test_solver_table.py pins its contents), in its order
             ["--solver", "dpmpp_9m"],
             "argument --solver: unknown solver 'dpmpp_9m'; did you mean dpmpp_3m or dpmpp_2m or dpmpp_2s? "
             "choose from euler, heun, "

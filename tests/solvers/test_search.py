@@ -39,7 +39,7 @@ from solvers.search.dp import dynamic_program, objective, paths
 from tests.helpers import one_thread
 
 SD = DiscreteSchedule.sd()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -395,7 +395,7 @@ def plain_denoiser():
 
 def test_a_plain_denoiser_without_an_exact_solution_gets_a_fine_teacher(capsys):
     code, stdout, err = command(
-        capsys, "--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--steps", "2", "--samples",
+        capsys, "--denoiser", "tests.solvers.test_search:plain_denoiser", "--shape", "4", "--steps", "2", "--samples",
         "8", "--held-out", "8", "--grid", "4", "--stages", "dp", "--teacher-substeps", "2",
     )  # fmt: skip
     assert code == 0, err
@@ -414,8 +414,8 @@ def test_a_plain_denoiser_without_an_exact_solution_gets_a_fine_teacher(capsys):
         (["--denoiser", "solvers.analytic:Nothing", "--shape", "4"], "solvers.analytic has no Nothing"),
         (["--denoiser", MIXTURE, "--shape", "4"], "fails on samples of --shape 4: The size of tensor"),
         (["--denoiser", MIXTURE, "--shape", "16", "--prompts", "p.txt"], "--prompts goes with --weights"),
-        (["--denoiser", "tests.test_search:plain_denoiser", "--shape", "4", "--freeu-bit"],
-         "--freeu-bit: the denoiser of tests.test_search:plain_denoiser takes no freeu option"),
+        (["--denoiser", "tests.solvers.test_search:plain_denoiser", "--shape", "4", "--freeu-bit"],
+         "--freeu-bit: the denoiser of tests.solvers.test_search:plain_denoiser takes no freeu option"),
         (["--denoiser", MIXTURE, "--shape", "16", "--stages", "grid"], "stages must be dp, then any of grid"),
         (["--denoiser", MIXTURE, "--shape", "16", "--solver", "dpm_fast"], "unknown solver 'dpm_fast'"),
     ],

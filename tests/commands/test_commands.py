@@ -17,7 +17,7 @@ from schedule.discretizations import knob_flags
 from solvers import preset
 from solvers.search.__main__ import build_parser as search_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {  # the command -> how it is started, and how it names itself
     "run_sample.py": ([sys.executable, "run_sample.py"], "run_sample.py"),
     "evaluation.generate": ([sys.executable, "-m", "evaluation.generate"], "python -m evaluation.generate"),

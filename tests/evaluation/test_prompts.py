@@ -23,7 +23,7 @@ from evaluation.prompts import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_json(path: Path, data) -> Path:

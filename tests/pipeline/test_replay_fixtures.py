@@ -16,7 +16,7 @@ from tests.checkpoints import write_checkpoint
 from tests.helpers import pixels, text_chunks
 from weights.fingerprint import file_sha256
 
-FIXTURES = Path(__file__).parent / "fixtures" / "replay"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "replay"
 PNGS = sorted(FIXTURES.glob("*.png"))
 
 

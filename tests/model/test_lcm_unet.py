@@ -3,7 +3,7 @@ entering as an embedding added to the timestep's): the embedding equals diffuser
 `get_guidance_scale_embedding`, and a diffusers U-Net file of that kind loads through
 weights.unet_file into a U-Net whose output equals diffusers' UNet2DConditionModel.
 
-Parity tolerance: max|ours - ref| / max|ref| <= 1e-5 in float32, as tests/test_unet.py: the same
+Parity tolerance: max|ours - ref| / max|ref| <= 1e-5 in float32, as tests/model/test_unet.py: the same
 arithmetic in another summation order inside convolutions and matmuls (a few float32 ulps per layer).
 """
 
