@@ -118,7 +118,7 @@ def default_dtype(device: torch.device) -> str:
 
 def compile_model(sd: weights.StableDiffusion) -> None:
     """torch.compile the U-Net and the VAE decoder in place: one graph each, no graph breaks
-    (tests/model/test_unet.py, tests/pipeline/test_prepared.py); the decoder's non-finite retry stays outside, in
-    `vae.decode`."""
+    (tests/model/test_unet.py, tests/pipeline/test_prepared.py); the decoder's non-finite retry stays
+    outside, in `vae.decode`."""
     sd.unet.compile()
     sd.vae.decoder.compile()

@@ -635,8 +635,9 @@ DENOISERS = [
     ("solvers.analytic:GaussianMixture", "GaussianMixture() with no arguments fails (TypeError"),
     ("..:x", "--denoiser '..:x' is not MODULE:CALLABLE"),
     ("builtins:dict", "--denoiser builtins:dict: dict() returned dict, not a denoiser"),
-    ("tests.commands.test_hostile_inputs:not_a_denoiser", "--denoiser tests.commands.test_hostile_inputs:not_a_denoiser "
-     "returned a torch.float64 tensor of shape () for x of shape (2, 16); a denoiser returns"),
+    ("tests.commands.test_hostile_inputs:not_a_denoiser",
+     "--denoiser tests.commands.test_hostile_inputs:not_a_denoiser returned a torch.float64 tensor of "
+     "shape () for x of shape (2, 16); a denoiser returns"),
 ]  # fmt: skip
 
 
@@ -716,8 +717,9 @@ def _search_main():
 
 
 def test_a_teacher_of_non_finite_states_is_refused(capsys):
-    error = search_command(capsys, "--denoiser", "tests.commands.test_hostile_inputs:nan_denoiser", "--shape", "4",
-                           "--steps", "2", "--grid", "4", "--samples", "2", "--held-out", "2")  # fmt: skip
+    error = search_command(capsys, "--denoiser", "tests.commands.test_hostile_inputs:nan_denoiser",
+                           "--shape", "4", "--steps", "2", "--grid", "4", "--samples", "2",
+                           "--held-out", "2")  # fmt: skip
     assert "the teacher's solve (dpmpp_2m) gave non-finite states, first of sample 0 at grid level 1" in error
 
 

@@ -395,8 +395,8 @@ def plain_denoiser():
 
 def test_a_plain_denoiser_without_an_exact_solution_gets_a_fine_teacher(capsys):
     code, stdout, err = command(
-        capsys, "--denoiser", "tests.solvers.test_search:plain_denoiser", "--shape", "4", "--steps", "2", "--samples",
-        "8", "--held-out", "8", "--grid", "4", "--stages", "dp", "--teacher-substeps", "2",
+        capsys, "--denoiser", "tests.solvers.test_search:plain_denoiser", "--shape", "4", "--steps", "2",
+        "--samples", "8", "--held-out", "8", "--grid", "4", "--stages", "dp", "--teacher-substeps", "2",
     )  # fmt: skip
     assert code == 0, err
     assert "teacher 7 x 16 samples (dpmpp_2m, 2 per interval)" in stdout  # 3 intervals x 2 + the step into 0
