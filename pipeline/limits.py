@@ -85,17 +85,26 @@ def check_bounds(
     `source` says where the values came from when not from flags (e.g. "the settings of x.png: ")."""
     if allow_large:
         return
-    for what, value, limit, why in (
-        ("--height", height, MAX_SIDE, "pixels per side"),
-        ("--width", width, MAX_SIDE, "pixels per side"),
-        ("steps", steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
-        ("--batch-size", batch, MAX_BATCH, "images per U-Net batch"),
-        ("images", images, MAX_IMAGES, "images per run (prompts x --num-images)"),
-    ):
+    _refuse_over(
+        (
+            ("--height", height, height, MAX_SIDE, "pixels per side"),
+            ("--width", width, width, MAX_SIDE, "pixels per side"),
+            ("steps", steps, steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
+            ("--batch-size", batch, batch, MAX_BATCH, "images per U-Net batch"),
+            ("images", images, images, MAX_IMAGES, "images per run (prompts x --num-images)"),
+        ),
+        source,
+    )
+
+
+def _refuse_over(rows: tuple[tuple[str, int | None, object, int, str], ...], source: str = "") -> None:
+    """Rows (what, value, how it is shown, limit, why): the first value over its limit, refused in one
+    line that says how to lift the limits."""
+    for what, value, shown, limit, why in rows:
         if value is not None and value > limit:
             raise ValueError(
-                f"{source}{what} {value} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to "
-                "lift the limits (see the README)"
+                f"{source}{what} {shown} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to lift "
+                "the limits (see the README)"
             )
 
 
@@ -114,20 +123,17 @@ def check_search(
     if allow_large:
         return
     elements = math.prod(shape)
-    for what, value, limit, why in (
-        ("--shape", elements, MAX_SAMPLE_ELEMENTS, "numbers per sample (4 x 256 x 256 latents)"),
-        ("--steps", steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
-        ("--samples", samples, MAX_SEARCH_SAMPLES, "search samples"),
-        ("--held-out", held_out, MAX_SEARCH_SAMPLES, "held-out samples"),
-        ("--grid", grid, MAX_GRID, "candidate levels, the noise levels of SD's DDPM table"),
-        ("--teacher-substeps", substeps, MAX_SUBSTEPS, "teacher steps per grid interval"),
-    ):
-        if value > limit:
-            shown = f"{','.join(map(str, shape))} ({value} numbers)" if what == "--shape" else value
-            raise ValueError(
-                f"{what} {shown} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to lift the "
-                "limits (see the README)"
-            )
+    _refuse_over(
+        (
+            ("--shape", elements, f"{','.join(map(str, shape))} ({elements} numbers)", MAX_SAMPLE_ELEMENTS,
+             "numbers per sample (4 x 256 x 256 latents)"),
+            ("--steps", steps, steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
+            ("--samples", samples, samples, MAX_SEARCH_SAMPLES, "search samples"),
+            ("--held-out", held_out, held_out, MAX_SEARCH_SAMPLES, "held-out samples"),
+            ("--grid", grid, grid, MAX_GRID, "candidate levels, the noise levels of SD's DDPM table"),
+            ("--teacher-substeps", substeps, substeps, MAX_SUBSTEPS, "teacher steps per grid interval"),
+        )
+    )  # fmt: skip
 
 
 def teacher_bytes(shape: tuple[int, ...], rows: int, grid: int, itemsize: int) -> int:
