@@ -199,10 +199,7 @@ def writable_cache_dir(folder: str | Path, cache_dir: str | Path | None) -> Path
     candidates = [Path(cache_dir)] if cache_dir else [Path(folder).resolve().parent, user_cache_dir()]
     for n, directory in enumerate(candidates):
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / safeio.temporary_name("write-test")
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            probe.unlink()
+            safeio.check_writable(directory)
         except OSError as error:
             if cache_dir:
                 raise OSError(

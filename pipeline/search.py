@@ -160,10 +160,7 @@ def cache_folder(cache: str | os.PathLike | None) -> Path:
 def check_cache_folder(folder: Path) -> None:
     """Create the teacher cache folder and prove it writable, before minutes go into loading weights."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / safeio.temporary_name("write-test")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        probe.unlink()
+        safeio.check_writable(folder)
     except OSError as err:
         reason = err.strerror or " ".join(str(err).split())
         raise OSError(

@@ -100,6 +100,15 @@ def temporary_name(name: str) -> str:
     return f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` if missing and prove that a file can be created in it (raises OSError)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / temporary_name("write-test")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    probe.unlink()
+
+
 def write_atomically(
     path: str | os.PathLike,
     data: bytes | str | Callable[[BinaryIO], None],
