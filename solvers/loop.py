@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from solvers.eval_shift import EVAL_SHIFT, evaluation_level
 from solvers.plan import Plan
 from solvers.table import SOLVERS, Past, Step
 
@@ -109,11 +110,13 @@ def sample(
             "(e.g. solvers.loop.generator_noise(torch.Generator().manual_seed(0)))"
         )
     options = options or prepare_options(plan, {})
+    shifts = [step.get(EVAL_SHIFT) for step in options]  # the loop's own option: the denoiser never sees it
+    options = [{key: value for key, value in step.items() if key != EVAL_SHIFT} for step in options]
     history: list[Past] = []
     for i in range(plan.steps):
         sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
         denoise_step = partial(denoise, **options[i])
-        denoised = denoise_step(x, sigma)
+        denoised = denoise_step(x, evaluation_level(sigma, shifts[i]))
         if callback is not None:
             callback(StepInfo(i, sigma, sigma_next, x, denoised))
         if sigma_next == 0:

@@ -23,6 +23,7 @@ import torch
 import safeio
 from schedule import discretizations
 from schedule.discretizations import Discretization
+from solvers.eval_shift import EVAL_SHIFT, check_eval_shift
 from solvers.guidance import check_guidance
 from solvers.table import SOLVERS
 
@@ -31,7 +32,7 @@ FINAL_POLICIES = ("keep", "denoise")
 # lists, no discretization) and 2 are still read; their "dpmpp_3m" was the exact-quadratic rule.
 PLAN_FORMAT = 3
 RENAMED_SOLVERS = {1: {"dpmpp_3m": "dpmpp_3m_exact"}, 2: {"dpmpp_3m": "dpmpp_3m_exact"}}
-OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {"guidance": check_guidance}
+OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {"guidance": check_guidance, EVAL_SHIFT: check_eval_shift}
 
 
 class PlanError(ValueError):
