@@ -51,6 +51,7 @@ from solvers.search import (
     Row,
     Subject,
     Teacher,
+    baselines,
     best_fixed,
     candidate_grid,
     compare,
@@ -66,6 +67,7 @@ from solvers.table import SOLVERS
 
 PROG = "python -m solvers.search"
 DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
+COMPARED = ("menu", "solver")  # --compare: the whole menu's fixed plans, or the searched rules' only
 SAMPLES = {"denoiser": (1024, 1024), "weights": (16, 16)}  # (search, held-out) samples by default
 
 
@@ -153,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the DP, then refinements on the grid and off it, then each step's evaluation level "
         "(eval_shift) (default: dp,grid,polish for one solver, all four for a list or auto)",
     )
+    how.add_argument(
+        "--compare",
+        default="menu",
+        type=cli.one_of(COMPARED, "comparison"),
+        metavar="menu|solver",
+        help="what the plan is held against on the held-out samples: every fixed plan of the whole menu "
+        "(every deterministic solver on every discretization at the NFE, and DMN: about 200 plans), or "
+        "only those of the searched rules (default: menu)",
+    )
     how.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples (default: 0)")
     how.add_argument(
         "--teacher",
@@ -217,7 +228,13 @@ def run(args: argparse.Namespace) -> None:
         grid, args.solver, args.nfe, cost=args.cost, stages=stages, bit=bool(bit),
         teacher=teacher, substeps=substeps,
     )  # fmt: skip
-    against = whole_menu(args.solver, args.nfe, subject.schedule, options)
+    against = (
+        whole_menu(args.solver, args.nfe, subject.schedule, options)
+        if args.compare == "menu"
+        else [
+            row for rule in rules(args.solver) for row in baselines(rule, args.nfe, subject.schedule, options)
+        ]
+    )
     scoring = len(stages) * args.nfe + sum(row.plan.nfe for row in against)
     teaching = "the exact solution" if teacher == EXACT else f"{teacher}, {substeps} per interval"
     print(
@@ -250,7 +267,7 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         rows = compare(result, held, against)
         clock.append(time.perf_counter())
-    _report(rows, result, args.solver, held_out, clock)
+    _report(rows, result, args.solver if args.compare == "solver" else "", held_out, clock)
     if out is None:
         print(result.plan.to_json())
     else:
@@ -258,13 +275,17 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {out}; sample with it: python run_sample.py --plan {out} --prompt ...")
 
 
-def _report(rows: list[Row], result: Result, solver: str, held_out: int, clock: list[float]) -> None:
+def _report(rows: list[Row], result: Result, only: str, held_out: int, clock: list[float]) -> None:
+    """The comparison, its first line the searched plan against the best fixed one of the whole menu
+    (of the rules `only`, with --compare solver)."""
     searched, best = [row for row in rows if row.kind == "stage"][-1], best_fixed(rows)
+    of = f"of {only}" if only else "of the whole menu"
     print(
-        f"\nsearched: {searched.held_out:.5f} ({result.plan.name}); best fixed plan of the whole menu: "
+        f"\nsearched: {searched.held_out:.5f} ({result.plan.name}); best fixed plan {of}: "
         f"{best.held_out:.5f} ({best.plan.name}), {searched.held_out / best.held_out - 1:+.1%}"
     )
-    shown = [row for row in rows if row.kind == "stage"] + _fixed_shown(rows, len(rules(solver)) == 1)
+    one_rule = len({rule for row in rows if row.kind == "preset" for rule in row.plan.solver}) == 1
+    shown = [row for row in rows if row.kind == "stage"] + _fixed_shown(rows, one_rule)
     calls = iter(f"{stage.name} ({stage.calls} calls)" for stage in result.stages)
     print(
         f"\nRMSE to the teacher's x(0), on the search samples (what each stage lowered) and {held_out} others"
