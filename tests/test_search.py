@@ -526,7 +526,7 @@ def test_a_plain_denoiser_without_an_exact_solution_gets_a_fine_teacher(capsys):
          "--freeu-bit: the denoiser of tests.test_search:plain_denoiser takes no freeu option"),
         (["--denoiser", MIXTURE, "--shape", "16", "--stages", "grid"], "stages must be dp, then any of grid"),
         (["--denoiser", MIXTURE, "--shape", "16", "--solver", "dpm_fast"], "unknown solver 'dpm_fast'"),
-        (["--denoiser", MIXTURE, "--shape", "16", "--solver", "euler,euler"], "list 'euler,euler' names a rule"),
+        (["--denoiser", MIXTURE, "--shape", "16", "--solver", "euler,euler"], "'euler,euler' names a rule"),
         (["--denoiser", MIXTURE, "--shape", "16", "--solver", "euler,euler_a"],
          "euler_a adds noise at every step; the search compares deterministic paths only"),
     ],
