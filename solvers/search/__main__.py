@@ -14,8 +14,8 @@ from --seed. --weights searches a real SD model (pipeline/search.py). The comman
 denoiser calls before it starts and a progress bar while it runs, then, first, the searched plan's
 held-out RMSE next to the best fixed plan of the whole menu (every deterministic solver on every
 discretization at the same NFE, the paper's, DMN), and the RMSE after each stage next to the presets of
-the searched rules and the best fixed plan of each other solver. The plan (a Plan
-whose discretization records the search) goes to --out, for run_sample.py --plan and evaluation.
+the searched rules and the best fixed plan of each other solver. The plan (a Plan whose discretization
+records the search) goes to --out, for run_sample.py --plan and evaluation.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=solver_spec,
         metavar="NAME|auto|A,B,...",
         help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m); a list of them or "
-        "auto (every deterministic one): a rule chosen per step",
+        "auto (every deterministic one-call one): a rule chosen per step",
     )
     how.add_argument(
         "--samples",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
 from schedule import NoiseSchedule
@@ -45,8 +46,14 @@ def dmn_plan(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[st
     if nfe % entry.calls:
         return None
     steps = nfe // entry.calls
-    sigmas = dmn_sigmas(schedule, steps, order=min(entry.order, 3))
+    sigmas = _dmn(schedule, steps, min(entry.order, 3))
     return Plan(sigmas, solver, final="keep", name=f"dmn-{entry.short}-{steps}", **options)
+
+
+@cache
+def _dmn(schedule: NoiseSchedule, steps: int, order: int) -> tuple[float, ...]:
+    """`dmn_sigmas`, solved once for every solver of that order (the whole menu asks for 15)."""
+    return tuple(dmn_sigmas(schedule, steps, order=order).tolist())
 
 
 @dataclass(frozen=True)
