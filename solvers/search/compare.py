@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 from schedule import NoiseSchedule
@@ -41,12 +42,14 @@ def presets_at(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[
 
 def dmn_plan(solver: str, nfe: int, schedule: NoiseSchedule, options: Mapping[str, Any]) -> Plan | None:
     """DMN's discretization for `solver` at `nfe` calls, x_N kept at sigma_min; None when no step count
-    spends exactly `nfe`."""
+    spends exactly `nfe`, or when its optimiser collapsed steps onto one level."""
     entry = SOLVERS[solver]
     if nfe % entry.calls:
         return None
     steps = nfe // entry.calls
     sigmas = _dmn(schedule, steps, min(entry.order, 3))
+    if any(a <= b for a, b in pairwise(sigmas)):  # L-BFGS can collapse the steps (9 steps, order 3)
+        return None
     return Plan(sigmas, solver, final="keep", name=f"dmn-{entry.short}-{steps}", **options)
 
 
