@@ -3,7 +3,7 @@ an NFE budget (the paper's stated future work, section 6).
 
     teacher = solve_teacher(model, x, candidate_grid(schedule, 40), options={})
     result = search(model, teacher, solver="dpmpp_2m", nfe=5)
-    result = search(model, teacher, solver="auto", nfe=5)   # every deterministic rule, chosen per step
+    result = search(model, teacher, solver="auto", nfe=5)   # every deterministic one-call rule, per step
     result.plan                       # a Plan; result.plan.discretization is the Searched record
 
 It sees only a denoiser `D(x, sigma, **options)`, never a network:
@@ -174,7 +174,7 @@ def search(
     progress: Callable[[int], Any] | None = None,
 ) -> Result:
     """The best plan spending exactly `nfe` denoiser calls from the teacher's starting latents, with
-    `solver` on every step, or, for a list `a,b,...` or `auto` (every deterministic rule), a rule
+    `solver` on every step, or, for a list `a,b,...` or `auto` (every deterministic one-call rule), a rule
     chosen per step. `stages` default to `default_stages(solver)`.
 
     `options` go to the denoiser on every step (guidance, ...); `bit` = (option, value) searches, per

@@ -13,6 +13,9 @@ the search samples (the DP optimises a model of that: summed one-step errors, or
 A move "helps" when it lowers the cost on each half of the search samples (`Cost.beats`). The error of
 a few-step plan is dominated by a few samples whose trajectories it bends the wrong way; a move that
 mends only those fits the samples rather than the schedule, and on held-out samples it does not help.
+The shift stage takes a move that lowers the cost over all samples: a step's evaluation level moves
+those worst trajectories most (the halves then disagree), and that gain holds on held-out samples
+(benchmarks/RESULTS.md); with the halves rule it found no move on the 16-dim mixture.
 
 Both keep sigma_0 = sigma_max (where the starting latents are) and the way the plan ends (a step into
 0, or x_N kept at sigma_N > 0), so the NFE stays; sigmas stay strictly decreasing, in
