@@ -101,7 +101,8 @@ def sample(
     `denoise(x, sigma, **options) -> D(x; sigma)` gets the step's options (guidance, freeu, ...) as
     the plan holds them; an analytic denoiser may ignore them. A step into sigma = 0 returns the
     denoised estimate. Stochastic rules draw from `noise` (required when the plan has one).
-    `options` are the steps' options as `prepare_options` gives them (default: the plan's own).
+    `options` are the steps' options as `prepare_options` gives them (default: the plan's own). The
+    loop applies "eval_shift" itself (solvers/eval_shift.py): D is evaluated at sigma e^shift.
     """
     stochastic = sorted({s for s in plan.solver if SOLVERS[s].stochastic})
     if stochastic and noise is None:
