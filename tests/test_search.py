@@ -413,7 +413,7 @@ def test_a_dmn_plan_whose_optimiser_collapsed_steps_is_left_out(monkeypatch):
     """At 9 steps of order 3 (12 s to solve) L-BFGS drives DMN's bound to sigmas that repeat sigma_max
     and sigma_min: no plan, so the whole menu compares the others. Those sigmas, given directly."""
     collapsed = (SD.sigma_max, SD.sigma_max, SD.sigma_min, SD.sigma_min)
-    monkeypatch.setattr(sys.modules["solvers.search.compare"], "_dmn", lambda schedule, steps, order: collapsed)
+    monkeypatch.setattr(sys.modules["solvers.search.compare"], "_dmn", lambda *_: collapsed)
     assert dmn_plan("deis_3", 3, SD, {}) is None
 
 
