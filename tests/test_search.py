@@ -267,7 +267,7 @@ def test_auto_chooses_the_rule_per_step_and_beats_the_single_solver_search(mixtu
 def test_the_shift_stage_gains_on_held_out_samples_where_the_sigmas_are_done(mixture_3nfe):
     """DPM++2M at 3 NFE: after dp, grid and polish have placed the sigmas, each step's eval_shift takes
     the held-out RMSE from 0.162 to 0.121 (measured); pinned: at least 10% lower, and the plan records
-    one shift per step, each within the bound."""
+    one shift per step, each within the bound and evaluating D inside the noise table."""
     model, teacher, held = mixture_3nfe
     result = search(model, teacher, solver="dpmpp_2m", nfe=3, stages=("dp", "grid", "polish", "shift"))
     scored = {
@@ -277,6 +277,8 @@ def test_the_shift_stage_gains_on_held_out_samples_where_the_sigmas_are_done(mix
     assert scored["shift"] <= 0.9 * scored["polish"], scored
     shifts = result.plan.options[EVAL_SHIFT]
     assert len(shifts) == result.plan.steps and any(shifts) and max(map(abs, shifts)) <= MAX_SHIFT
+    levels = [sigma * math.exp(shift) for sigma, shift in zip(result.plan.sigmas, shifts, strict=False)]
+    assert all(SD.sigma_min <= level <= SD.sigma_max for level in levels)  # where a real model's table is
     assert "eval_shift" not in result.stages[-2].plan.options  # the earlier stages' plans are plain
 
 

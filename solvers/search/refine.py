@@ -8,7 +8,8 @@ the search samples (the DP optimises a model of that: summed one-step errors, or
   if it helps; delta starts at half a grid spacing and halves when a pass over every level finds
   nothing (or after `passes` passes), `halvings` times.
 - shift: the same pattern search on each step's eval_shift (solvers/eval_shift.py, LD3's decoupled
-  evaluation level), from 0 with delta starting at SHIFT_DELTA, within +-MAX_SHIFT.
+  evaluation level), from 0 with delta starting at SHIFT_DELTA, within +-MAX_SHIFT and the grid's
+  range.
 
 A move "helps" when it lowers the cost on each half of the search samples (`Cost.beats`). The error of
 a few-step plan is dominated by a few samples whose trajectories it bends the wrong way; a move that
@@ -28,7 +29,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 
-from solvers.eval_shift import MAX_SHIFT
+from solvers.eval_shift import MAX_SHIFT, evaluation_level
 from solvers.search.problem import Cost, Path, Problem
 from solvers.table import SOLVERS
 
@@ -104,10 +105,15 @@ def tune_shifts(
     passes: int = PASSES,
     halvings: int = HALVINGS,
 ) -> tuple[list[float], Cost]:
-    """Each step's eval_shift after a pattern search from 0 (the plain steps, of final cost `best`)."""
+    """Each step's eval_shift after a pattern search from 0 (the plain steps, of final cost `best`). The
+    levels D is evaluated at stay in [sigma_min, sigma_max] of the grid: a real model's noise table
+    ends there (model.Denoiser refuses a sigma outside it)."""
+    lowest, highest = problem.grid[-2], problem.grid[0]
 
     def run(trial: list[float]) -> Cost | None:
-        return problem.run(sigmas, bits, rules, trial) if all(abs(v) <= MAX_SHIFT for v in trial) else None
+        levels = [evaluation_level(sigma, shift) for sigma, shift in zip(sigmas, trial, strict=False)]
+        valid = all(abs(v) <= MAX_SHIFT for v in trial) and all(lowest <= s <= highest for s in levels)
+        return problem.run(sigmas, bits, rules, trial) if valid else None
 
     steps = len(sigmas) - 1
     return _pattern(
