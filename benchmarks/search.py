@@ -4,6 +4,7 @@ the DP against brute force, and the cost projected for SD 1.5 at 512 px on a GPU
 
     python -m benchmarks.search                       # both mixtures, 4-10 NFE, DPM++2M and DPM++1S
     python -m benchmarks.search --dims 16 --nfe 5     # a quicker look
+    python -m benchmarks.search --tables menu         # --solver auto against the whole menu only
 
 For each mixture (`GaussianMixture.default(dim)`, the exact denoiser under SD's noise table) the exact
 teacher of --samples search samples is solved once on the --grid candidate levels; every (solver, cost
@@ -11,6 +12,11 @@ model, NFE) search runs on it, and the plan after each stage, the presets of the
 same NFE and DMN are scored on --held-out other samples: RMSE to the exact x(0), and the ratio of the
 searched plan's to the best preset's (below 1: the search wins). One CPU thread (many small float64
 ops; two threads on a shared machine only slow them down).
+
+The menu tables hold `--solver auto` (a rule per step, then each step's eval_shift) against the best
+fixed plan of the whole menu (every deterministic solver on every discretization, the paper's, DMN)
+at the same NFE and at NFE + 1, + 2 and 8, on the project's 16-dim mixture and on one it has not seen
+(`unseen_mixture`: 32 dims, 5 components of skewed weights, wider means and variances).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,14 +36,17 @@ from solvers.search import (
     Counted,
     Problem,
     baselines,
+    best_fixed,
     brute_force,
     candidate_grid,
     compare,
+    default_stages,
     dynamic_program,
     estimate,
     gain,
     search,
     solve_teacher,
+    whole_menu,
 )
 from solvers.table import SOLVERS
 
@@ -86,6 +96,53 @@ def mixture_table(dim: int, args: argparse.Namespace) -> dict[str, int]:
                     f"{'/'.join(map(str, calls))} | {elapsed:.1f} s |"
                 )
     return refinement
+
+
+def unseen_mixture() -> GaussianMixture:
+    """A mixture unlike the project's own: 32 dims, 5 components of weights 0.45-0.05, means of scale
+    1.2, variances 0.05-0.55."""
+    g = torch.Generator().manual_seed(7)
+    weights = torch.tensor([0.45, 0.25, 0.15, 0.10, 0.05], dtype=torch.float64)
+    means = torch.randn(5, 32, generator=g, dtype=torch.float64) * 1.2
+    return GaussianMixture(weights, means, 0.05 + 0.5 * torch.rand(5, generator=g, dtype=torch.float64))
+
+
+def menu_table(name: str, model: GaussianMixture, dim: int, args: argparse.Namespace) -> None:
+    """`--solver auto` at each NFE and cost model against the best fixed plans of the whole menu."""
+    started = time.perf_counter()
+    teacher = solve_teacher(model, start(args.samples, dim, 0), candidate_grid(SD, args.grid), {})
+    held = solve_teacher(model, start(args.held_out, dim, 1), (SD.sigma_max, 0.0), {})
+    scorer = Problem(Counted(model), held, "auto", 1, {})
+    budgets = sorted({n + k for n in args.nfe for k in (0, 1, 2)} | {8})
+    fixed = {}
+    for nfe in budgets:
+        rows = [replace(row, held_out=scorer.score(row.plan)) for row in whole_menu("auto", nfe, SD, {})]
+        fixed[nfe] = (rows, best_fixed(rows))
+    print(
+        f"\n### {name}: {args.samples} search samples, {args.held_out} held out; exact teachers and "
+        f"{sum(len(rows) for rows, _ in fixed.values())} fixed plans scored in "
+        f"{time.perf_counter() - started:.0f} s\n"
+    )
+    print("| NFE | cost | dp | grid | polish | shift | / best fixed | best fixed plan of the whole menu | "
+          "best fixed NFE+1, +2, 8 | paper's | best DMN | calls by stage | time |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for nfe in args.nfe:
+        rows, best = fixed[nfe]
+        paper = next((row for row in rows if row.plan.name == f"paper-{nfe}"), None)
+        dmn = min((row for row in rows if row.plan.name.startswith("dmn-")), key=lambda row: row.held_out)
+        more = ", ".join(f"{fixed[n][1].held_out:.4f}" for n in (nfe + 1, nfe + 2, 8))
+        for cost in args.costs:
+            started = time.perf_counter()
+            result = search(model, teacher, solver="auto", nfe=nfe, cost=cost)
+            elapsed = time.perf_counter() - started
+            scored = {stage.name: scorer.score(stage.plan) for stage in result.stages}
+            print(
+                f"| {nfe} | {cost} | " + " | ".join(f"{scored[stage]:.4f}" for stage in STAGES)
+                + f" | {scored['shift'] / best.held_out:.3f} | {best.held_out:.4f} {best.plan.name} "
+                f"| {more} | "
+                f"{'-' if paper is None else f'{paper.held_out:.4f}'} | {dmn.held_out:.4f} {dmn.plan.name} | "
+                f"{'/'.join(str(stage.calls) for stage in result.stages)} | {elapsed:.0f} s |"
+            )  # fmt: skip
 
 
 def dp_against_brute_force() -> None:
@@ -139,7 +196,8 @@ def projection(args: argparse.Namespace, refinement: dict[str, int]) -> None:
     samples, held_out, nfe = 16, 16, 5
     cost = estimate(candidate_grid(SD, args.grid), "dpmpp_2m", nfe, teacher="dpmpp_2m", substeps=4)
     typical = refinement.get(f"dpmpp_2m global {nfe}", cost.refine)
-    scoring = len(STAGES) * nfe + sum(row.plan.nfe for row in baselines("dpmpp_2m", nfe, SD, {}))
+    stages = default_stages("dpmpp_2m")
+    scoring = len(stages) * nfe + sum(row.plan.nfe for row in whole_menu("dpmpp_2m", nfe, SD, {}))
     parts = {
         "teacher": cost.teacher * (samples + held_out),
         "dp": cost.dp * samples,
@@ -155,6 +213,18 @@ def projection(args: argparse.Namespace, refinement: dict[str, int]) -> None:
     print(f"= {total} x {SD15_CALL_S * 1000:.0f} ms = {total * SD15_CALL_S / 60:.1f} min "
           f"(refinement at its bound of {cost.refine} calls: {bound * SD15_CALL_S / 60:.1f} min); --decoded "
           f"adds {SD15_DECODE_CALLS} calls of VAE per refinement and scoring run and sample")  # fmt: skip
+    auto = estimate(candidate_grid(SD, args.grid), "auto", nfe, teacher="dpmpp_2m", substeps=4)
+    menu = sum(row.plan.nfe for row in whole_menu("auto", nfe, SD, {}))
+    parts = {
+        "teacher": auto.teacher * (samples + held_out),
+        "dp": auto.dp * samples,
+        "refinement at its bound": auto.refine * samples,
+        "scoring (the whole menu)": (len(STAGES) * nfe + menu) * held_out,
+    }
+    total = sum(parts.values())
+    print(f"\n--solver auto (stages {'+'.join(STAGES)}): " + ", ".join(f"{k} {v}" for k, v in parts.items())
+          + f" sample evaluations = {total} x {SD15_CALL_S * 1000:.0f} ms = {total * SD15_CALL_S / 60:.1f} "
+          "min at most")  # fmt: skip
 
 
 def main() -> None:
@@ -168,6 +238,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--held-out", type=int, default=4096)
     parser.add_argument("--grid", type=int, default=40)
+    parser.add_argument("--tables", type=lambda t: t.split(","), default=["single", "menu"])
     args = parser.parse_args()
     unknown = [s for s in args.solvers if s not in SOLVERS]
     if unknown:
@@ -175,10 +246,17 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 CPU thread, grid {args.grid} levels + 0")
     refinement = {}
-    for dim in args.dims:
-        refinement |= mixture_table(dim, args)
-    dp_against_brute_force()
-    tiny_model(args)
+    if "single" in args.tables:
+        for dim in args.dims:
+            refinement |= mixture_table(dim, args)
+    if "menu" in args.tables:
+        menu_table(
+            "GaussianMixture.default(dim=16), the project's own", GaussianMixture.default(dim=16), 16, args
+        )
+        menu_table("unseen_mixture(), 32 dims, 5 components", unseen_mixture(), 32, args)
+    if "single" in args.tables:
+        dp_against_brute_force()
+        tiny_model(args)
     projection(args, refinement)
 
 

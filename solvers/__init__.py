@@ -21,6 +21,10 @@ from solvers import freeu  # noqa: F401
 from solvers import distilled  # noqa: F401
 
 # isort: split
+# LD3's decoupled evaluation level, the option the loop applies itself.
+from solvers import eval_shift  # noqa: F401
+
+# isort: split
 from solvers.guidance import guided
 from solvers.loop import NoiseSource, NonFinite, Prepared, StepInfo, generator_noise, prepare, sample
 from solvers.options import OPTIONS, Flag, Option, declare

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from solvers.eval_shift import EVAL_SHIFT, evaluation_level
 from solvers.options import denoiser_options, read_steps
 from solvers.plan import Plan
 from solvers.table import SOLVERS, Past, Step
@@ -87,9 +88,11 @@ class Prepared:
         """Solve from x at plan.sigmas[0]: (x at the end, finite), finite[i] being whether step i's x
         and D were finite (finite[N]: the result), recorded on the device. `denoise(x, sigma, **options)
         -> D(x; sigma)` gets the step's prepared options less those only its rule reads (`Step.options`
-        has all); a step into sigma = 0 returns D unless the rule takes it (`Solver.to_zero`). A callback
-        sees each step after the check that it is finite (raising NonFinite). `noise`: the draws to
-        read instead of `self.noise` (a captured graph's static buffer of the same shape)."""
+        has all); the loop applies "eval_shift" itself (solvers/eval_shift.py): step i's D is evaluated
+        at sigma_i e^shift, the rule integrating from sigma_i, and the denoiser never sees the shift. A
+        step into sigma = 0 returns D unless the rule takes it (`Solver.to_zero`). A callback sees each
+        step after the check that it is finite (raising NonFinite). `noise`: the draws to read instead
+        of `self.noise` (a captured graph's static buffer of the same shape)."""
         plan, draw = self.plan, buffered(self.noise if noise is None else noise)
         finite = torch.ones(plan.steps + 1, dtype=torch.bool, device=x.device)
         history: list[Past] = []
@@ -98,7 +101,7 @@ class Prepared:
             sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
             rule = SOLVERS[plan.solver[i]]
             denoise_step = partial(denoise, **model_options[i])
-            denoised = denoise_step(x, sigma)
+            denoised = denoise_step(x, evaluation_level(sigma, self.options[i].get(EVAL_SHIFT)))
             finite[i] = torch.isfinite(x).all() & torch.isfinite(denoised).all()
             if callback is not None:
                 self.check(finite)

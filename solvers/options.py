@@ -9,8 +9,9 @@ what the denoiser takes (`read`, on the device); the command line adds its flags
 `render`. Options nobody declared ride along in a plan as they are (an analytic denoiser's own),
 unchecked.
 
-The built-in ones are declared by the modules of their consumers: `guidance` (solvers/guidance.py)
-and `freeu` (solvers/freeu.py, read as model.FreeU for the U-Net).
+The built-in ones are declared by the modules of their consumers: `guidance` (solvers/guidance.py),
+`freeu` (solvers/freeu.py, read as model.FreeU for the U-Net), TCD's `gamma` (solvers/distilled.py)
+and the loop's `eval_shift` (solvers/eval_shift.py).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Option:
       holds the default, or always with `always`; None: not in that line;
     - stored: a column of every plan, the default filling it where not given (guidance and freeu,
       which every plan format holds); other options are in a plan only where given;
-    - rule_only: read by the step rules alone (`Step.options`, e.g. TCD's gamma), never passed to
-      the denoiser;
+    - rule_only: read by the step rules or the loop alone (`Step.options`, e.g. TCD's gamma; the
+      loop's eval_shift), never passed to the denoiser;
     - flags, and `override(plan, given) -> (per-step values or None, text for the plan's name)` from
       the flags' values by dest (None: not given). Without `override`, one flag's value goes on every
       step and the name records name=value.

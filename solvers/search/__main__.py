@@ -1,7 +1,9 @@
-"""Search the best few-step plan for a model, a solver and an NFE budget; write it as a plan file.
+"""Search the best few-step plan for a model, a solver (or a rule per step) and an NFE budget; write it
+as a plan file.
 
     python -m solvers.search --denoiser solvers.analytic:GaussianMixture.default --shape 16 \\
-        --steps 5 --solver dpmpp_2m [--samples K] [--cost local|global] [--out plan.json]
+        --steps 5 --solver dpmpp_2m|auto|unipc_bh1_3,dpmpp_2m [--samples K] [--cost local|global] \\
+        [--out plan.json]
     python -m solvers.search --weights v1-5-pruned-emaonly.safetensors --prompts prompts.txt \\
         --guidance 7.5 --steps 5 --solver dpmpp_2m --out plan.json
     torchrun --nproc_per_node=8 -m solvers.search --weights ...    # the teacher shards over the ranks
@@ -12,10 +14,12 @@ code you trust); it is tried once on a two-sample batch before anything else run
 are standard normal noise at sigma_max of SD's noise table from --seed. --weights searches a real SD
 model (pipeline/search.py). Before any work the flags are bounded (pipeline/limits.py; --allow-large
 lifts the bounds) and the teacher's memory is checked. The command prints the cost in denoiser calls
-before it starts and a progress bar per stage (teacher, search, scoring) while it runs, then the
-held-out RMSE of the plan after each stage next to the presets with the same solver at the same NFE and
-DMN. The plan (a Plan whose discretization records the search and the model searched on) goes to
---out, for run_sample.py --plan and evaluation.
+before it starts and a progress bar per stage (teacher, search, scoring) while it runs, then, first,
+the searched plan's held-out RMSE next to the best fixed plan of the whole menu (every deterministic
+solver on every discretization at the same NFE, the paper's, DMN), and the RMSE after each stage next
+to the presets of the searched rules and the best fixed plan of each other solver. The plan (a Plan
+whose discretization records the search and the model searched on) goes to --out, for run_sample.py
+--plan and evaluation.
 """
 
 from __future__ import annotations
@@ -46,9 +50,9 @@ from schedule import DiscreteSchedule
 from solvers.plan import Plan
 from solvers.presets import DEFAULT_GUIDANCE, PAPER_FREEU
 from solvers.search import (
+    AUTO,
     COSTS,
     EXACT,
-    STAGES,
     Counted,
     Problem,
     Result,
@@ -56,19 +60,24 @@ from solvers.search import (
     Subject,
     Teacher,
     baselines,
+    best_fixed,
     candidate_grid,
     check_budget,
     compare,
+    default_stages,
     estimate,
     has_exact_solution,
+    rules,
     search,
     solve_teacher,
+    whole_menu,
 )
 from solvers.search.record import Searched
 from solvers.table import SOLVERS, display_names
 
 PROG = "python -m solvers.search"
 DEFAULT_TEACHER = "dpmpp_2m"  # the fine solve when the model has no exact one: DPM++2M, 1 call a step
+COMPARED = ("menu", "solver")  # --compare: the whole menu's fixed plans, or the searched rules' only
 SAMPLES = {"denoiser": (1024, 1024), "weights": (16, 16)}  # (search, held-out) samples by default
 PLAN_BOUND = 1 << 20  # bytes a plan file may take: 1000 steps of sigmas and options are ~100 KB
 PROBE_ROWS = 2  # the samples --denoiser is tried on before the search
@@ -88,6 +97,14 @@ def stage_list(text: str) -> tuple[str, ...]:
         return Searched.check_stages(tuple(part.strip() for part in text.split(",")))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def solver_spec(text: str) -> str:
+    """--solver NAME (or A1111's name of it), a list A,B,... of them, or auto; which of them a search
+    takes (no stochastic rule, none twice) `rules` checks when the run starts."""
+    parts = [part.strip() for part in text.split(",")]
+    valid = (lambda: [AUTO, *SOLVERS]) if len(parts) == 1 else (lambda: list(SOLVERS))
+    return ",".join(cli.one_of(valid, "solver", display_names)(part) for part in parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--solver",
         default="dpmpp_2m",
-        type=cli.one_of(lambda: list(SOLVERS), "solver", display_names),
-        metavar="NAME",
-        help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m)",
+        type=solver_spec,
+        metavar="NAME|auto|A,B,...",
+        help=f"the solver on every step: {', '.join(SOLVERS)} (default: dpmpp_2m); a list of them or "
+        "auto (every deterministic one-call one): a rule chosen per step",
     )
     how.add_argument(
         "--samples",
@@ -148,9 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--stages",
         type=stage_list,
-        default=STAGES,
-        metavar="dp[,grid][,polish]",
-        help="the DP, then refinements on the grid and off it (default: dp,grid,polish)",
+        metavar="dp[,grid][,polish][,shift]",
+        help="the DP, then refinements on the grid and off it, then each step's evaluation level "
+        "(eval_shift) (default: dp,grid,polish for one solver, all four for a list or auto)",
+    )
+    how.add_argument(
+        "--compare",
+        default="menu",
+        type=cli.one_of(COMPARED, "comparison"),
+        metavar="menu|solver",
+        help="what the plan is held against on the held-out samples: every fixed plan of the whole menu "
+        "(every deterministic solver on every discretization at the NFE, and DMN: about 200 plans), or "
+        "only those of the searched rules (default: menu)",
     )
     how.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples (default: 0)")
     how.add_argument(
@@ -213,12 +240,19 @@ def run(args: argparse.Namespace) -> None:
     grid = candidate_grid(subject.schedule, args.grid)
     options = {"guidance": args.guidance, "freeu": None}
     bit = ("freeu", PAPER_FREEU) if args.freeu_bit else None
+    stages = args.stages or default_stages(args.solver)
     cost = estimate(
-        grid, args.solver, args.nfe, cost=args.cost, stages=args.stages, bit=bool(bit),
+        grid, args.solver, args.nfe, cost=args.cost, stages=stages, bit=bool(bit),
         teacher=teacher, substeps=substeps,
     )  # fmt: skip
-    against = baselines(args.solver, args.nfe, subject.schedule, options)
-    scoring = len(args.stages) * args.nfe + sum(row.plan.nfe for row in against)
+    against = (
+        whole_menu(args.solver, args.nfe, subject.schedule, options)
+        if args.compare == "menu"
+        else [
+            row for rule in rules(args.solver) for row in baselines(rule, args.nfe, subject.schedule, options)
+        ]
+    )
+    scoring = len(stages) * args.nfe + sum(row.plan.nfe for row in against)
     teaching = (
         f"teacher: the exact solution ({len(grid) - 1} intervals, no denoiser calls)"
         if teacher == EXACT
@@ -226,7 +260,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{PROG}: {args.solver} at {args.nfe} NFE on {subject.name}: {args.cost} cost, {args.grid} "
-        f"candidate levels + 0, stages {'+'.join(args.stages)}, {samples} search samples, {held_out} "
+        f"candidate levels + 0, stages {'+'.join(stages)}, {samples} search samples, {held_out} "
         f"held out\ncost in denoiser calls: {teaching}, search {cost.dp} (dp) + at most {cost.refine} "
         f"(refinement) x {samples}, scoring {scoring} x {held_out}"
     )
@@ -239,10 +273,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"{PROG}: rank {shard.rank} of {shard.world_size}: teachers done; rank 0 runs the search")
             return
         clock.append(time.perf_counter())
-        with _stage(f"search ({'+'.join(args.stages)})", (cost.dp + cost.refine) * samples) as bar:
+        with _stage(f"search ({'+'.join(stages)})", (cost.dp + cost.refine) * samples) as bar:
             result = search(
                 subject.search, everyone.rows(slice(0, samples)), solver=args.solver, nfe=args.nfe,
-                cost=args.cost, stages=args.stages, options=options, bit=bit, decode=subject.decode,
+                cost=args.cost, stages=stages, options=options, bit=bit, decode=subject.decode,
                 seed=args.seed, model=subject.name, progress=bar.update,
             )  # fmt: skip
         clock.append(time.perf_counter())
@@ -253,7 +287,7 @@ def run(args: argparse.Namespace) -> None:
             )  # fmt: skip
             rows = compare(result, held, against)
         clock.append(time.perf_counter())
-    _report(rows, result, held_out, clock)
+    _report(rows, result, args.solver if args.compare == "solver" else "", held_out, clock)
     if out is None:
         print(result.plan.to_json())
     else:
@@ -289,23 +323,52 @@ def _check_size(args: argparse.Namespace, mode: str, samples: int, held_out: int
     check_memory(teacher_bytes(shape, samples + held_out, args.grid, itemsize), lower)
 
 
-def _report(rows: list[Row], result: Result, held_out: int, clock: list[float]) -> None:
-    best = min(row.held_out for row in rows if row.kind == "preset")
+def _report(rows: list[Row], result: Result, only: str, held_out: int, clock: list[float]) -> None:
+    """The comparison, its first line the searched plan against the best fixed one of the whole menu
+    (of the rules `only`, with --compare solver)."""
+    searched, best = [row for row in rows if row.kind == "stage"][-1], best_fixed(rows)
+    of = f"of {only}" if only else "of the whole menu"
+    print(
+        f"\nsearched: {searched.held_out:.5f} ({result.plan.name}); best fixed plan {of}: "
+        f"{best.held_out:.5f} ({best.plan.name}), {searched.held_out / best.held_out - 1:+.1%}"
+    )
+    one_rule = len({rule for row in rows if row.kind == "preset" for rule in row.plan.solver}) == 1
+    shown = [row for row in rows if row.kind == "stage"] + _fixed_shown(rows, one_rule)
     calls = iter(f"{stage.name} ({stage.calls} calls)" for stage in result.stages)
     print(
         f"\nRMSE to the teacher's x(0), on the search samples (what each stage lowered) and {held_out} others"
     )
-    print(f"{'plan':<32}{'steps':>6}{'sigma_N':>9}{'search':>9}{'held-out':>10}{'vs best preset':>16}")
-    for row in rows:
+    print(f"{'plan':<32}{'steps':>6}{'sigma_N':>9}{'search':>9}{'held-out':>10}{'vs best fixed':>15}")
+    for row in shown:
         label = next(calls) if row.kind == "stage" else row.plan.name
         own = "" if row.search is None else f"{row.search:.5f}"
         print(
             f"{label:<32}{row.plan.steps:>6}{row.plan.sigmas[-1]:>9.4f}{own:>9}{row.held_out:>10.5f}"
-            f"{row.held_out / best - 1:>+16.1%}"
+            f"{row.held_out / best.held_out - 1:>+15.1%}"
         )
-    teacher, searched, scored = (b - a for a, b in pairwise(clock))
-    print(f"\ntime: teacher {teacher:.1f} s, search {searched:.1f} s, scoring {scored:.1f} s")
+    teacher, searched_s, scored = (b - a for a, b in pairwise(clock))
+    print(f"\ntime: teacher {teacher:.1f} s, search {searched_s:.1f} s, scoring {scored:.1f} s")
     print(result.plan.describe())
+
+
+def _fixed_shown(rows: list[Row], one_rule: bool) -> list[Row]:
+    """The fixed plans the table lists: for one searched solver its presets and DMN, as scored; the
+    paper's own plan and the best DMN; then the best fixed plan of each solver, lowest first."""
+    fixed = [row for row in rows if row.kind != "stage"]
+    listed = [row for row in fixed if one_rule and row.kind != "menu"]
+    paper = [row for row in fixed if row.plan.name.startswith("paper-") and "+" not in row.plan.name]
+    dmn = sorted((row for row in fixed if row.kind in ("dmn", "menu") and row.plan.name.startswith("dmn-")),
+                 key=lambda row: row.held_out)[:1]  # fmt: skip
+    best: dict[str, Row] = {}
+    for row in fixed:
+        rule = row.plan.solver[0]
+        if rule not in best or row.held_out < best[rule].held_out:
+            best[rule] = row
+    shown: list[Row] = []
+    for row in [*listed, *paper[:1], *dmn, *sorted(best.values(), key=lambda row: row.held_out)]:
+        if all(row is not other for other in shown):
+            shown.append(row)
+    return shown
 
 
 def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subject, Any]:

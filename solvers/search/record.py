@@ -18,7 +18,7 @@ class Searched(Discretization, kind="searched", display="Searched", places=False
     """
 
     COSTS: ClassVar[tuple[str, ...]] = ("local", "global")  # GITS's one-step cost, OSS's propagated one
-    STAGES: ClassVar[tuple[str, ...]] = ("dp", "grid", "polish")  # in the order they run; dp first
+    STAGES: ClassVar[tuple[str, ...]] = ("dp", "grid", "polish", "shift")  # in the order they run; dp first
     solver: str
     nfe: int
     cost: str
@@ -31,10 +31,12 @@ class Searched(Discretization, kind="searched", display="Searched", places=False
     option: str | None = None  # the denoiser option switched on or off per step (freeu), if any
     decoded: bool = False  # whether the final cost was measured after the VAE decode
     model: str = ""  # what was searched: the denoiser's MODULE:CALLABLE or the weights' name
+    rules: tuple[str, ...] = ()  # the rules each step chose from (`solver` auto or a list); () for one
 
     def __post_init__(self) -> None:
-        if isinstance(self.stages, list):  # as JSON reads it back
-            object.__setattr__(self, "stages", tuple(self.stages))
+        for name in ("stages", "rules"):
+            if isinstance(getattr(self, name), list):  # as JSON reads it back
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         super().__post_init__()
         for name, low in (("nfe", 1), ("grid", 2), ("samples", 1), ("seed", 0), ("substeps", 0)):
             Number(low, integer=True)(name, getattr(self, name))
@@ -50,6 +52,8 @@ class Searched(Discretization, kind="searched", display="Searched", places=False
             raise ValueError(f"decoded must be true or false, got {self.decoded!r}")
         if not isinstance(self.model, str):
             raise ValueError(f"model must be a string, got {self.model!r}")
+        if not isinstance(self.rules, tuple) or not all(isinstance(r, str) and r for r in self.rules):
+            raise ValueError(f"rules must be a list of solver names, got {self.rules!r}")
 
     @classmethod
     def check_stages(cls, stages: Any) -> tuple[str, ...]:
@@ -61,14 +65,18 @@ class Searched(Discretization, kind="searched", display="Searched", places=False
             or any(stage not in cls.STAGES for stage in stages)
             or list(stages) != sorted(set(stages), key=cls.STAGES.index)
         ):
-            raise ValueError(f"stages must be dp, then any of grid, polish in that order, got {stages!r}")
+            raise ValueError(
+                f"stages must be dp, then any of grid, polish, shift in that order, got {stages!r}"
+            )
         return stages
 
     def describe(self) -> str:
         option = f", {self.option} on/off per step" if self.option else ""
         teacher = "exact teacher" if self.teacher == "exact" else f"teacher {self.teacher} x{self.substeps}"
+        rules = f" ({len(self.rules)} rules per step)" if self.rules else ""
         return (
-            f"searched {self.solver} {self.nfe} NFE{option}: {self.cost} cost on {self.grid} levels + 0, "
+            f"searched {self.solver}{rules} {self.nfe} NFE{option}: {self.cost} cost on {self.grid} "
+            "levels + 0, "
             f"{self.samples} samples (seed {self.seed}), {teacher}, stages {'+'.join(self.stages)}"
             f"{', decoded cost' if self.decoded else ''}{f', {self.model}' if self.model else ''}"
         )

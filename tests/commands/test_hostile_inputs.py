@@ -664,14 +664,14 @@ def test_a_denoiser_flag_that_names_no_denoiser_is_one_line(capsys, spec, messag
 
 def test_the_budget_check_agrees_with_the_search_lattice():
     from schedule import DiscreteSchedule
-    from solvers.search import candidate_grid, check_budget
+    from solvers.search import candidate_grid, check_budget, rules
     from solvers.search.dp import Lattice
 
-    for solver in ("dpmpp_2m", "heun", "dpmpp_2s"):
+    for solver in ("dpmpp_2m", "heun", "dpmpp_2s", "heun,dpmpp_2s", "heun,dpmpp_2m", "auto"):
         for levels in range(2, 7):
             grid = candidate_grid(DiscreteSchedule.sd(), levels)
             for nfe in range(1, 12):
-                reachable = any(n == nfe for n, _ in Lattice(grid, solver, nfe).reach)
+                reachable = any(n == nfe for n, _ in Lattice(grid, rules(solver), nfe).reach)
                 try:
                     check_budget(levels, solver, nfe)
                 except ValueError:

@@ -55,7 +55,7 @@ def search_args(inputs, cache: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--weights", str(weights), "--prompts", str(prompts), "--steps", "3", "--samples", "2",
         "--held-out", "1", "--grid", "6", "--teacher-substeps", "1", "--stages", "dp,grid", "--decoded",
-        "--freeu-bit",
+        "--freeu-bit", "--compare", "solver",
         "--batch-size", "2", "--height", "64", "--width", "64", "--device", "cpu", "--cache", str(cache),
         "--out", str(out), *extra,
     ]  # fmt: skip
@@ -163,6 +163,27 @@ def test_the_plan_runs_in_run_sample_and_replays_to_the_same_pixels(searched, in
     assert code == 0, err
     (png,) = (tmp_path / "a").glob("*.png")
     assert Plan.from_json(text_chunks(png)[PLAN_KEY]) == Plan.from_json(plan_file.read_text())
+    code, _, err = run(inputs, run_sample.main, ["--replay", str(png), "--out", str(tmp_path / "b"), *size])
+    assert code == 0, err
+    (again,) = (tmp_path / "b").glob("*.png")
+    assert np.array_equal(pixels(again), pixels(png))
+
+
+def test_a_mixed_rule_plan_with_eval_shifts_runs_in_run_sample_and_replays(searched, inputs, tmp_path):
+    """What `--solver auto` and the shift stage write (a rule and an eval_shift per step) is a plain plan:
+    run_sample.py runs it on real weights and --replay reproduces the pixels."""
+    plan_file, _, _ = searched
+    weights, _, _ = inputs
+    plan = Plan.from_json(plan_file.read_text())
+    rules, shifts = ["unipc_bh1_3", "dpmpp_2m", "euler"], [-0.125, 0.0625, 0.0]  # within SD's noise table
+    mixed = plan.replace(solver=rules[: plan.steps], eval_shift=shifts[: plan.steps], discretization=None)
+    (tmp_path / "mixed.json").write_text(mixed.to_json())
+    size = ["--height", "64", "--width", "64", "--device", "cpu", "--weights", str(weights)]
+    code, _, err = run(inputs, run_sample.main, ["--plan", str(tmp_path / "mixed.json"), "--prompt", "a cat",
+                                                 "--out", str(tmp_path / "a"), *size])  # fmt: skip
+    assert code == 0, err
+    (png,) = (tmp_path / "a").glob("*.png")
+    assert Plan.from_json(text_chunks(png)[PLAN_KEY]) == mixed
     code, _, err = run(inputs, run_sample.main, ["--replay", str(png), "--out", str(tmp_path / "b"), *size])
     assert code == 0, err
     (again,) = (tmp_path / "b").glob("*.png")
