@@ -18,6 +18,11 @@ from torch import Tensor
 from solvers.guidance import guided
 
 
+def rmse(a: Tensor, b: Tensor) -> float:
+    """Root mean square difference over every sample and element: the error every analysis reports."""
+    return float(((a - b) ** 2).mean().sqrt())
+
+
 def _sigma_column(sigma: float | Tensor, x: Tensor) -> Tensor:
     """sigma as a float64 scalar or a [B, 1] column, to broadcast against x of shape [B, D]."""
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)

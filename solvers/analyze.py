@@ -30,11 +30,11 @@ import cli
 import safeio
 from schedule import DISCRETIZATIONS, DiscreteSchedule, append_zero, exponential, karras
 from solvers import guidance_analysis
-from solvers.analytic import ConditionalMixture, Gaussian, GaussianMixture
+from solvers.analytic import ConditionalMixture, Gaussian, GaussianMixture, rmse
 from solvers.loop import sample
 from solvers.plan import Plan
 from solvers.presets import discretization_for, preset
-from solvers.table import SOLVERS, Past, Step
+from solvers.table import SOLVERS, Past, Step, no_noise
 
 Model = Callable[..., Tensor]
 NFE_COUNTS = (4, 5, 6, 8, 10, 20)
@@ -49,6 +49,7 @@ NOTES = (
     "!: diverged, an error above 10, far beyond the data's scale (ipndm_v on linear_quadratic: its "
     "variable-step weights grow with the step ratio, docs/recipe.md section 9.3); the plot clips it.",
 )
+ODE_ONLY = "local truncation errors are defined for ODE solvers only"
 DIVERGED = 10.0  # RMSE or W2 above this: the data have unit scale, so the solver has blown up
 # Solver families for the plot, each one colour (members: one line style each); the first match wins.
 FAMILIES = (
@@ -65,20 +66,12 @@ FAMILIES = (
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
-def rmse(a: Tensor, b: Tensor) -> float:
-    return float(((a - b) ** 2).mean().sqrt())
-
-
 def trajectory(model, x: Tensor, sigmas: Sequence[float]) -> list[Tensor]:
     """The exact (or reference) ODE solution at every sigma, starting from x at sigmas[0]."""
     points = [x]
     for s_from, s_to in pairwise(sigmas):
         points.append(model.solve(points[-1], s_from, s_to))
     return points
-
-
-def _no_noise() -> Tensor:
-    raise ValueError("local truncation errors are defined for ODE solvers only")
 
 
 def local_errors(model, x: Tensor, sigmas: Sequence[float], solver: str, substeps: int = 200) -> list[float]:
@@ -94,7 +87,7 @@ def local_errors(model, x: Tensor, sigmas: Sequence[float], solver: str, substep
         s, s_next = sigmas[i], sigmas[i + 1]
         history = tuple(Past(sigmas[j], exact[j], model(exact[j], sigmas[j])) for j in range(i))
         denoised = model(exact[i], s)
-        step = Step(i, len(sigmas) - 1, s, s_next, history, model, _no_noise)
+        step = Step(i, len(sigmas) - 1, s, s_next, history, model, no_noise(ODE_ONLY))
         one = denoised if s_next == 0 else SOLVERS[solver].rule(exact[i], denoised, step)
         fine_end = s_next if s_next > 0 else 1e-4 * s
         fine_sigmas = exponential(substeps if s_next > 0 else substeps - 1, fine_end, s)

@@ -53,6 +53,15 @@ class Step:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+def no_noise(why: str) -> Callable[[], Tensor]:
+    """A `Step.noise` for callers that run deterministic rules only: drawing raises ValueError(why)."""
+
+    def draw() -> Tensor:
+        raise ValueError(why)
+
+    return draw
+
+
 Rule = Callable[[Tensor, Tensor, Step], Tensor]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from schedule import Discretization
+from solvers.analytic import rmse
 from solvers.eval_shift import EVAL_SHIFT
 from solvers.loop import sample
 from solvers.options import denoiser_options, read_steps
@@ -25,11 +26,6 @@ from solvers.plan import Plan
 from solvers.search.menu import rules
 from solvers.search.teacher import Teacher
 from solvers.table import SOLVERS
-
-
-def rmse(a: Tensor, b: Tensor) -> float:
-    """Root mean square difference over every sample and element."""
-    return float(((a - b) ** 2).mean().sqrt())
 
 
 class Counted:

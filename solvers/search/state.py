@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from solvers.table import SOLVERS, Past, Step
+from solvers.table import SOLVERS, Past, Step, no_noise
+
+DETERMINISTIC = no_noise("the schedule search runs deterministic solvers only")
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,6 @@ class State:
     sigma: float
     x: Tensor
     history: tuple[Past, ...] = ()
-
-
-def _no_noise(like: Tensor) -> Tensor:
-    raise ValueError("the schedule search runs deterministic solvers only")
 
 
 def advance(
@@ -42,6 +40,6 @@ def advance(
     if sigma_next == 0:
         x = denoised
     else:
-        step = Step(len(state.history), steps, state.sigma, sigma_next, state.history, denoise, _no_noise)
+        step = Step(len(state.history), steps, state.sigma, sigma_next, state.history, denoise, DETERMINISTIC)
         x = SOLVERS[solver].rule(state.x, denoised, step)
     return State(sigma_next, x, (*state.history, Past(state.sigma, state.x, denoised)))

@@ -288,7 +288,8 @@ def test_eval_shift_round_trips_and_is_bitwise_neutral_at_zero():
     shift: the denoiser never sees it)."""
     model = GaussianMixture.default(dim=4)
 
-    def plain(x, sigma, guidance, freeu):
+    def plain(x, sigma, **options):  # a network's options; the loop keeps eval_shift to itself
+        assert "eval_shift" not in options
         return model(x, sigma)
 
     plan = Plan([14.6, 3.0, 0.7, 0.03], ["dpmpp_2m", "unipc_bh1_3", "euler"], final="keep")
