@@ -301,7 +301,7 @@ def test_eval_shift_round_trips_and_is_bitwise_neutral_at_zero():
     assert not torch.equal(sample(plain, x, shifted), sample(plain, x, plan))
     # the shift is the level D is evaluated at, nothing else: step 0 of `shifted` sees D(x; 14.6 e^0.25)
     seen = []
-    sample(lambda x, sigma, guidance, freeu: seen.append(sigma) or model(x, sigma), x, shifted)
+    sample(lambda x, sigma, **options: seen.append(sigma) or model(x, sigma), x, shifted)
     assert seen == [14.6 * math.exp(0.25), 3.0 * math.exp(-0.125), 0.7]
 
 
