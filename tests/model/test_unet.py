@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from model import FreeU, UNet, UNetConfig, timestep_embedding
-from tests.helpers import rel_err, tiny_unet
+from tests.helpers import rel_err
 from tests.reference.unet import (
     FULL,
     diffusers_unet,
@@ -240,55 +240,6 @@ def test_y_is_required_exactly_when_the_model_has_label_emb(sd15_pair, sdxl_pair
         sdxl_pair[1](x, 1.0, torch.randn(1, 3, 40))
     with pytest.raises(ValueError, match="takes no y"):
         sd15_pair[1](x, 1.0, torch.randn(1, 3, 48), y=torch.randn(1, 72))
-
-
-# --- torch.compile ---------------------------------------------------------------------------------
-
-
-class CountingBackend:
-    """A torch.compile backend that runs the captured graph eagerly and counts compilations."""
-
-    def __init__(self):
-        self.compilations = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.compilations += 1
-        return graph_module.forward
-
-
-def test_compiles_as_one_graph_with_and_without_freeu():
-    """fullgraph=True raises on any graph break; aot_eager also traces the in-place adds and the FFT."""
-    unet = tiny_unet()
-    compiled = torch.compile(unet, fullgraph=True, backend="aot_eager")
-    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3.5, 700.25]), torch.randn(2, 3, 8)
-    freeu = FreeU.common()
-    with torch.no_grad():
-        # Tolerance 1e-6: the traced graph runs the same kernels, perhaps in a different order.
-        torch.testing.assert_close(compiled(x, t, context), unet(x, t, context), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(
-            compiled(x, t, context, freeu=freeu), unet(x, t, context, freeu=freeu), rtol=1e-6, atol=1e-6
-        )
-
-
-def test_switching_freeu_between_calls_recompiles_at_most_once():
-    torch._dynamo.reset()
-    unet, backend = tiny_unet(), CountingBackend()
-    compiled = torch.compile(unet, fullgraph=True, backend=backend)
-    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 3, 8)
-    settings = [
-        None,
-        FreeU(1.1, 1.1, 0.9, 0.2),
-        FreeU.common(),
-        None,
-        FreeU(1.3, 1.4, 0.8, 0.3),
-        FreeU(1.1, 1.1, 0.9, 0.2),
-    ]
-    with torch.no_grad():
-        for freeu in settings:
-            torch.testing.assert_close(
-                compiled(x, t, context, freeu=freeu), unet(x, t, context, freeu=freeu), rtol=1e-6, atol=1e-6
-            )
-    assert backend.compilations == 2  # one graph without FreeU, one with it
 
 
 # --- full size ------------------------------------------------------------------------------------

@@ -226,3 +226,38 @@ def test_a_compiled_unet_neither_breaks_nor_recompiles_under_a_guidance_variant(
         loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
     shapes = 2 if "guidance_interval" in GUIDANCE_VARIANTS[variant] else 1
     assert counter.frame_count == shapes
+
+
+def test_the_compiled_unet_equals_the_eager_one_with_and_without_freeu():
+    """fullgraph=True raises on any graph break; aot_eager also traces the in-place adds and the FFT."""
+    unet = tiny_unet()
+    compiled = torch.compile(unet, fullgraph=True, backend="aot_eager")
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3.5, 700.25]), torch.randn(2, 3, 8)
+    freeu = FreeU.common()
+    with torch.no_grad():
+        # Tolerance 1e-6: the traced graph runs the same kernels, perhaps in a different order.
+        torch.testing.assert_close(compiled(x, t, context), unet(x, t, context), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            compiled(x, t, context, freeu=freeu), unet(x, t, context, freeu=freeu), rtol=1e-6, atol=1e-6
+        )
+
+
+def test_switching_freeu_between_calls_recompiles_at_most_once():
+    torch._dynamo.reset()
+    unet, backend = tiny_unet(), CompileCounter()
+    compiled = torch.compile(unet, fullgraph=True, backend=backend)
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 3, 8)
+    settings = [
+        None,
+        FreeU(1.1, 1.1, 0.9, 0.2),
+        FreeU.common(),
+        None,
+        FreeU(1.3, 1.4, 0.8, 0.3),
+        FreeU(1.1, 1.1, 0.9, 0.2),
+    ]
+    with torch.no_grad():
+        for freeu in settings:
+            torch.testing.assert_close(
+                compiled(x, t, context, freeu=freeu), unet(x, t, context, freeu=freeu), rtol=1e-6, atol=1e-6
+            )
+    assert backend.frame_count == 2  # one graph without FreeU, one with it
