@@ -326,11 +326,10 @@ def _sweep(
     out = pipeline.prepare_output(args.out)
     started = time.perf_counter()
     written = {id(order): [] for order in orders}
-    made = lambda: sum(map(len, written.values()))  # noqa: E731
     total = sum(len(order.jobs) for order in orders)
     with cli.reporting_stops(
         out,
-        lambda: f"wrote {made()} of the sweep's {total} images to {out}/",
+        lambda: f"wrote {sum(map(len, written.values()))} of the sweep's {total} images to {out}/",
         lambda: "rerun the sweep to make them all",
     ):
         for group in _by_model(orders):
@@ -339,7 +338,7 @@ def _sweep(
                 first.args, pipeline.prepare_run, replace(first.request, batch=first.batch_size)
             )
             settings = assembled.settings
-            pipeline.check_free_space(out, settings.height, settings.width, len(group))
+            pipeline.check_free_space(out, settings.height, settings.width, sum(len(o.jobs) for o in group))
             schedule = assembled.model.schedule
             runs = []
             for order in group:  # every plan of this model built on its own table before an image is made
@@ -365,17 +364,19 @@ def _sweep(
 def _by_model(orders: list[Order]) -> list[list[Order]]:
     """The orders grouped by the model they load (their requests equal but for the plan and the batch),
     in order of first appearance."""
-    groups: list[tuple[pipeline.Request, list[Order]]] = []
+    groups: list[tuple[tuple[pipeline.Request, tuple | None], list[Order]]] = []
     for order in orders:
-        key = replace(order.request, recipe=pipeline.Recipe(), batch=1, init=None)
-        init = order.request.init
-        key_init = None if init is None else (init.source, init.strength, init.cut)
-        for (known, known_init), group in groups:
-            if known == key and known_init == key_init:
+        init = order.request.init  # its pixels a tensor: compared by where they came from
+        key = (
+            replace(order.request, recipe=pipeline.Recipe(), batch=1, init=None),
+            None if init is None else (init.source, init.strength, init.cut),
+        )
+        for known, group in groups:
+            if known == key:
                 group.append(order)
                 break
         else:
-            groups.append(((key, key_init), [order]))
+            groups.append((key, [order]))
     return [group for _, group in groups]
 
 
