@@ -40,6 +40,7 @@ from cli.generation import (
     size_conditioning,
 )
 from pipeline import Settings
+from pipeline.models import on_hub
 from pipeline.sweep import Grid
 from solvers import Plan, StepInfo
 from solvers.export import listing
@@ -323,6 +324,11 @@ def _sweep(
         for order in orders:
             print(f"# {order.plan.name}\n{listing(order.plan)}")
         return
+    groups = _by_model(orders)
+    for request in (group[0].request for group in groups):
+        for spec in (request.weights, request.vae):
+            if spec is not None and not on_hub(spec):
+                pipeline.resolve_weights(spec)  # a missing file refused before the first model loads
     out = pipeline.prepare_output(args.out)
     started = time.perf_counter()
     written = {id(order): [] for order in orders}
@@ -332,7 +338,7 @@ def _sweep(
         lambda: f"wrote {sum(map(len, written.values()))} of the sweep's {total} images to {out}/",
         lambda: "rerun the sweep to make them all",
     ):
-        for group in _by_model(orders):
+        for group in groups:
             first = group[0]
             assembled = prepared(
                 first.args, pipeline.prepare_run, replace(first.request, batch=first.batch_size)

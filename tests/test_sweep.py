@@ -244,3 +244,18 @@ def test_a_broken_sweep_record_is_refused_in_one_line(chunk, message, tmp_path, 
     code, _, err = run_main(main, capsys, "--replay", str(grid), "--out", str(tmp_path / "out"))
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_weights_file_of_a_weights_sweep_is_refused_before_any_model_loads(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    calls = loads(monkeypatch)
+    missing = tmp_path / "missing.safetensors"
+    argv = [
+        *args(checkpoint, tmp_path / "out", "--prompt", CAT),
+        "--sweep",
+        f"weights={checkpoint},{missing}",
+    ]
+    code, _, err = run_main(main, capsys, *argv)
+    assert code == 2 and err.startswith(f"run_sample.py: error: weights {missing} not found"), err
+    assert not calls and not (tmp_path / "out").exists()
