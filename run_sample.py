@@ -15,10 +15,11 @@ import argparse
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from solvers.export import listing
 from solvers.presets import preset_steps
 
 PROG = "run_sample.py"
+T = TypeVar("T")
 NOT_KNOBS = ("replay",)  # a PNG to start from, not a setting: a sweep replays one itself
 
 
@@ -162,6 +164,17 @@ class Order:
     batch_size: int
     offset: int
     replayed: Settings | None
+    source: str | None
+
+
+class Asked(NamedTuple):
+    """One image of a sweep as asked for: its flags and the image it replays (from `source`); `where`
+    names it in a refusal (None: the source does)."""
+
+    where: str | None
+    args: argparse.Namespace
+    replayed: Settings | None
+    replayed_plan: Plan | None
     source: str | None
 
 
@@ -293,7 +306,7 @@ def _sweep(
     plan knobs vary), each combination's plan built on its table, the images written, and the grid."""
     if grid is not None and args.sweep:
         raise ValueError(f"--replay {args.replay} is a sweep grid, which reruns its own sweep; drop --sweep")
-    cells: list[list[Order]] = []
+    asked: list[list[Asked]] = []  # per cell (row by row), each image's
     if grid is None:
         axes = tuple(args.sweep)
         pipeline.sweep.check_axes(axes)
@@ -302,28 +315,40 @@ def _sweep(
         pipeline.sweep.check_count(len(combinations), what, args.allow_large)
         replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
         for values in combinations:
-            label = " ".join(f"{knob}={value}" for knob, value in values.items())
-            given = parser.parse_args([*argv, *(f"--{knob}={value}" for knob, value in values.items())])
-            try:
-                request, plan = _plan_request(given, replayed, replayed_plan, args.replay)
-                cells.append([_order(given, request, plan, replayed, args.replay)])
-            except pipeline.USER_ERRORS as err:
-                raise ValueError(f"--sweep {label}: {cli.one_line(err)}") from None
+            flags = [f"--{knob}={value}" for knob, value in values.items()]  # as if given last
+            where = f"--sweep {' '.join(flag.removeprefix('--') for flag in flags)}"
+            given = parser.parse_args([*argv, *flags])
+            asked.append([Asked(where, given, replayed, replayed_plan, args.replay)])
     else:
         axes, what = grid.axes, f"of {args.replay}"
-        for cell in grid.cells:
-            orders = []
-            for k, (settings, plan) in enumerate(cell):
-                source = f"{args.replay} (image {len(cells) + 1}.{k + 1})"
-                request, previewed = _plan_request(args, settings, plan, source)
-                orders.append(_order(args, request, previewed, settings, source))
-            cells.append(orders)
+        for r, cell in enumerate(grid.cells):
+            sources = [f"{args.replay} (image {r + 1}.{k + 1})" for k in range(len(cell))]
+            asked.append(
+                [Asked(None, args, *image, source) for image, source in zip(cell, sources, strict=True)]
+            )
+    planned = [
+        [
+            (
+                each,
+                _naming(each.where, _plan_request, each.args, each.replayed, each.replayed_plan, each.source),
+            )
+            for each in cell
+        ]
+        for cell in asked
+    ]
+    if args.print_plan:
+        for _, (_, plan) in (image for cell in planned for image in cell):
+            print(f"# {plan.name}\n{listing(plan)}")
+        return
+    cells = [
+        [
+            _naming(each.where, _order, each.args, *previewed, each.replayed, each.source)
+            for each, previewed in cell
+        ]
+        for cell in planned
+    ]
     orders = [order for cell in cells for order in cell]
     pipeline.sweep.check_count(sum(len(order.jobs) for order in orders), what, args.allow_large)
-    if args.print_plan:
-        for order in orders:
-            print(f"# {order.plan.name}\n{listing(order.plan)}")
-        return
     groups = _by_model(orders)
     for request in (group[0].request for group in groups):
         for spec in (request.weights, request.vae):
@@ -365,6 +390,16 @@ def _sweep(
         saved = pipeline.save_png(torch.from_numpy(np.array(image)).permute(2, 0, 1), out, stem, metadata)
     elapsed = time.perf_counter() - started
     print(f"wrote {cli.count(total, 'image')} and the grid {saved.name} to {out}/ in {elapsed:.1f} s")
+
+
+def _naming(where: str | None, step: Callable[..., T], *args: Any) -> T:
+    """`step(*args)`, its refusal named by `where` (the combination of a sweep)."""
+    if where is None:
+        return step(*args)
+    try:
+        return step(*args)
+    except pipeline.USER_ERRORS as err:
+        raise ValueError(f"{where}: {cli.one_line(err)}") from None
 
 
 def _by_model(orders: list[Order]) -> list[list[Order]]:

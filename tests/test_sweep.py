@@ -259,3 +259,13 @@ def test_a_missing_weights_file_of_a_weights_sweep_is_refused_before_any_model_l
     code, _, err = run_main(main, capsys, *argv)
     assert code == 2 and err.startswith(f"run_sample.py: error: weights {missing} not found"), err
     assert not calls and not (tmp_path / "out").exists()
+
+
+def test_print_plan_shows_every_combinations_plan_without_weights(tmp_path, monkeypatch, capsys):
+    calls = loads(monkeypatch)
+    code, out, err = run_main(
+        main, capsys, "--sweep", "steps=5,6", "--out", str(tmp_path / "out"), "--print-plan"
+    )
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("# ")] == ["# paper-5", "# paper-6"]
+    assert not calls and not (tmp_path / "out").exists()
