@@ -136,10 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (2 with a one-line message for any refusal)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return cli.run(PROG, partial(run, parser=parser, argv=argv), args, errors=pipeline.USER_ERRORS)
+    return cli.run(PROG, partial(run, parser=parser), args, errors=pipeline.USER_ERRORS)
 
 
 def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[str]:
@@ -178,12 +177,12 @@ class Asked(NamedTuple):
     source: str | None
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The command: settle and check every setting, then load the weights, then generate batch by batch
     (a sweep: every combination settled and checked first, `_sweep`)."""
     grid = pipeline.sweep.read_grid(args.replay) if args.replay else None
     if args.sweep or grid is not None:
-        _sweep(args, parser, argv, grid)
+        _sweep(args, parser, grid)
         return
     replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
     request, plan = _plan_request(args, replayed, replayed_plan, args.replay)
@@ -298,9 +297,7 @@ def _notes(order: Order, assembled: pipeline.Run) -> None:
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
 
-def _sweep(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str], grid: Grid | None
-) -> None:
+def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, grid: Grid | None) -> None:
     """Every combination of the --sweep knobs (or every image of a replayed grid) settled and its plan
     refused before the weights load; then the model loaded once per distinct model (once where only
     plan knobs vary), each combination's plan built on its table, the images written, and the grid."""
@@ -315,9 +312,12 @@ def _sweep(
         pipeline.sweep.check_count(len(combinations), what, args.allow_large)
         replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
         for values in combinations:
-            flags = [f"--{knob}={value}" for knob, value in values.items()]  # as if given last
+            flags = [f"--{knob}={value}" for knob, value in values.items()]
             where = f"--sweep {' '.join(flag.removeprefix('--') for flag in flags)}"
-            given = parser.parse_args([*argv, *flags])
+            alone = parser.parse_args(flags)  # each knob's flag read as on the command line
+            dests = [parser._option_string_actions[f"--{knob}"].dest for knob in values]
+            # the knobs' values replace the flags given (an appending flag's whole list too)
+            given = argparse.Namespace(**{**vars(args), **{dest: getattr(alone, dest) for dest in dests}})
             asked.append([Asked(where, given, replayed, replayed_plan, args.replay)])
     else:
         axes, what = grid.axes, f"of {args.replay}"

@@ -269,3 +269,13 @@ def test_print_plan_shows_every_combinations_plan_without_weights(tmp_path, monk
     assert code == 0, err
     assert [line for line in out.splitlines() if line.startswith("# ")] == ["# paper-5", "# paper-6"]
     assert not calls and not (tmp_path / "out").exists()
+
+
+def test_a_swept_knob_replaces_the_same_flag_given_on_the_command_line(capsys):
+    code, out, err = run_main(
+        main, capsys, "--steps", "8", "--guidance", "3", "--sweep", "steps=5,6", "--print-plan"
+    )
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("# ")] == ["# paper-5", "# paper-6"]
+    for steps in (5, 6):  # the other flags given stay
+        assert f'"guidance": [{", ".join(["3.0"] * steps)}]' in out
