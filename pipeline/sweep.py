@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import os
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ def parse_axis(text: str, knobs: Mapping[str, Callable[[str], Any]]) -> Axis:
     for value in values:
         try:
             knobs[name](value)
-        except Exception as err:  # the flag's own refusal (ValueError or argparse's ArgumentTypeError)
+        except (ValueError, ArgumentTypeError) as err:  # the flag's own refusal
             raise ValueError(f"{name}={value}: {safeio.reason(err)}") from None
     return Axis(name, values)
 
