@@ -21,9 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import cli
@@ -349,7 +347,7 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, grid: Grid
     ]
     orders = [order for cell in cells for order in cell]
     pipeline.sweep.check_count(sum(len(order.jobs) for order in orders), what, args.allow_large)
-    groups = _by_model(orders)
+    groups = [[orders[k] for k in group] for group in pipeline.sweep.by_model([o.request for o in orders])]
     for request in (group[0].request for group in groups):
         for spec in (request.weights, request.vae):
             if spec is not None and not on_hub(spec):
@@ -381,13 +379,10 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, grid: Grid
                 _notes(order, each)
                 batches = pipeline.batches(order.jobs, order.batch_size, order.offset)
                 _generate_all(each, batches, out, order.args.trajectory, written[id(order)])
-        made_cells = [
-            pipeline.sweep.Cell(tuple(pixels for pixels, _ in shown), tuple(chunks for _, chunks in shown))
-            for shown in ([_shown(path) for order in cell for path in written[id(order)]] for cell in cells)
-        ]
-        image, metadata = pipeline.sweep.grid(axes, made_cells)
+        shown = [[path for order in cell for path in written[id(order)]] for cell in cells]
+        image, metadata = pipeline.sweep.grid(axes, [pipeline.sweep.read_cell(paths) for paths in shown])
         stem = f"{pipeline.image_stem(orders[0].jobs[0].prompt, orders[0].jobs[0].seed)}-sweep"
-        saved = pipeline.save_png(torch.from_numpy(np.array(image)).permute(2, 0, 1), out, stem, metadata)
+        saved = pipeline.save_png(image, out, stem, metadata)
     elapsed = time.perf_counter() - started
     print(f"wrote {cli.count(total, 'image')} and the grid {saved.name} to {out}/ in {elapsed:.1f} s")
 
@@ -400,31 +395,6 @@ def _naming(where: str | None, step: Callable[..., T], *args: Any) -> T:
         return step(*args)
     except pipeline.USER_ERRORS as err:
         raise ValueError(f"{where}: {cli.one_line(err)}") from None
-
-
-def _by_model(orders: list[Order]) -> list[list[Order]]:
-    """The orders grouped by the model they load (their requests equal but for the plan and the batch),
-    in order of first appearance."""
-    groups: list[tuple[tuple[pipeline.Request, tuple | None], list[Order]]] = []
-    for order in orders:
-        init = order.request.init  # its pixels a tensor: compared by where they came from
-        key = (
-            replace(order.request, recipe=pipeline.Recipe(), batch=1, init=None),
-            None if init is None else (init.source, init.strength, init.cut),
-        )
-        for known, group in groups:
-            if known == key:
-                group.append(order)
-                break
-        else:
-            groups.append((key, [order]))
-    return [group for _, group in groups]
-
-
-def _shown(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """A written image's pixels and text chunks, as the grid shows and records it."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB")), dict(image.text)
 
 
 def _generate_all(

@@ -19,15 +19,17 @@ import math
 import os
 from argparse import ArgumentTypeError
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import safeio
 from pipeline.limits import LARGE_FLAG, MAX_SWEEP_IMAGES
 from pipeline.provenance import PARAMETERS_KEY, PLAN_KEY, SETTINGS_KEY, Settings, replay_from_text
+from pipeline.runs import Recipe, Request
 from solvers import Plan, PlanError
 
 SWEEP_KEY = "fewstep-sweep"
@@ -114,15 +116,45 @@ class Cell:
     chunks: tuple[Mapping[str, str], ...]
 
 
+def read_cell(paths: Sequence[str | os.PathLike]) -> Cell:
+    """A combination's images as written, read back: their pixels and text chunks."""
+    images, chunks = [], []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(np.asarray(image.convert("RGB")))
+            chunks.append(dict(image.text))
+    return Cell(tuple(images), tuple(chunks))
+
+
+def by_model(requests: Sequence[Request]) -> list[list[int]]:
+    """The requests' indices grouped by the model they load (requests equal but for the plan and the
+    batch), in order of first appearance: each group loads its model once."""
+    groups: list[tuple[tuple[Request, tuple | None], list[int]]] = []
+    for k, request in enumerate(requests):
+        init = request.init  # its pixels a tensor: compared by where they came from
+        key = (
+            replace(request, recipe=Recipe(), batch=1, init=None),
+            None if init is None else (init.source, init.strength, init.cut),
+        )
+        for known, group in groups:
+            if known == key:
+                group.append(k)
+                break
+        else:
+            groups.append((key, [k]))
+    return [group for _, group in groups]
+
+
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
 
 
-def grid(axes: Sequence[Axis], cells: Sequence[Cell]) -> tuple[Image.Image, dict[str, str]]:
-    """The labelled grid (the first axis' values over the columns, the second's beside the rows) and its
-    PNG text chunks. Each cell's images stand side by side in a slot as large as the largest cell,
-    from its top-left corner; the chunk records each cell's box."""
+def grid(axes: Sequence[Axis], cells: Sequence[Cell]) -> tuple[torch.Tensor, dict[str, str]]:
+    """The labelled grid, uint8 [3, H, W] as `save_png` takes it (the first axis' values over the
+    columns, the second's beside the rows), and its PNG text chunks. Each cell's images stand side by
+    side in a slot as large as the largest cell, from its top-left corner; the chunk records each
+    cell's box."""
     columns = len(axes[0].values)
     rows = math.ceil(len(cells) / columns)
     strips = [np.concatenate(cell.images, axis=1) for cell in cells]
@@ -153,7 +185,8 @@ def grid(axes: Sequence[Axis], cells: Sequence[Cell]) -> tuple[Image.Image, dict
         ],
     }
     parameters = f"Sweep: {describe(axes)}, {len(cells)} combinations, fewstep-sd sweep grid"
-    return image, {PARAMETERS_KEY: parameters, SWEEP_KEY: json.dumps(record)}
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    return pixels, {PARAMETERS_KEY: parameters, SWEEP_KEY: json.dumps(record)}
 
 
 @dataclass(frozen=True)
