@@ -15,32 +15,39 @@ import argparse
 import secrets
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from tqdm import tqdm
 
 import cli
 import pipeline
+import pipeline.sweep
 from cli.generation import (
     add_image_flags,
     add_init_image_flags,
     add_model_flags,
     add_plan_flags,
     given_size_flags,
+    knob_type,
     plan_overrides,
     prepared,
     size_conditioning,
 )
 from pipeline import Settings
-from solvers import StepInfo
+from pipeline.models import on_hub
+from pipeline.sweep import Grid
+from solvers import Plan, StepInfo
 from solvers.export import listing
 from solvers.presets import preset_steps
 
 PROG = "run_sample.py"
+T = TypeVar("T")
+NOT_KNOBS = ("replay",)  # a PNG to start from, not a setting: a sweep replays one itself
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run the plan, prompt, seed, size, weights, VAE, dtypes, init image and compile flag "
         "stored in a PNG written by this command; flags given as well override them",
     )
-    add_model_flags(p)
+    machine = add_model_flags(p)
+    knobs = {
+        action.option_strings[0].removeprefix("--"): action.type or str
+        for group in (how, machine)
+        for action in group._group_actions
+        if action.option_strings and action.nargs != 0 and action.dest not in NOT_KNOBS
+    }
+    what.add_argument(
+        "--sweep",
+        action="append",
+        type=knob_type(partial(pipeline.sweep.parse_axis, knobs=knobs)),
+        metavar="KNOB=V1,V2,...",
+        help="run every value of KNOB with the same prompts and seeds; twice for a grid of two knobs (the "
+        "first over the columns, the second down the rows); besides each image, writes one labelled grid "
+        "PNG, which --replay reruns whole. A knob is any flag of 'how to sample' or 'model and machine' "
+        "that takes a value, without its dashes (steps, preset, solver, discretization, guidance, "
+        "cfg-rescale, stop, p2, freeu, weights, vae, dtype, ...); values split at commas, or at "
+        "semicolons where a value holds commas (freeu=1.1,1.1,0.9,0.2;1.3,1.4,0.9,0.2). Plan knobs load "
+        f"the model once; a knob of the model (weights, vae, dtype, ...) loads it once per value. At "
+        f"most {pipeline.MAX_SWEEP_IMAGES} images without {pipeline.LARGE_FLAG}",
+    )
     out = p.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -107,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (2 with a one-line message for any refusal)."""
-    args = build_parser().parse_args(argv)
-    return cli.run(PROG, run, args, errors=pipeline.USER_ERRORS)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return cli.run(PROG, partial(run, parser=parser), args, errors=pipeline.USER_ERRORS)
 
 
 def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[str]:
@@ -121,26 +149,90 @@ def _read_prompts(args: argparse.Namespace, replayed: Settings | None) -> list[s
     raise ValueError('no prompt: pass --prompt "TEXT" (repeatable) or --prompts FILE')
 
 
-def run(args: argparse.Namespace) -> None:
-    """The command: settle and check every setting, then load the weights, then generate batch by batch."""
+@dataclass(frozen=True)
+class Order:
+    """One run's settled settings: the flags parsed, the request, its previewed plan, and the jobs with
+    their batching; `replayed` the image's settings a replay started from (read from `source`)."""
+
+    args: argparse.Namespace
+    request: pipeline.Request
+    plan: Plan
+    jobs: list[pipeline.Job]
+    batch_size: int
+    offset: int
+    replayed: Settings | None
+    source: str | None
+
+
+class Asked(NamedTuple):
+    """One image of a sweep as asked for: its flags and the image it replays (from `source`); `where`
+    names it in a refusal (None: the source does)."""
+
+    where: str | None
+    args: argparse.Namespace
+    replayed: Settings | None
+    replayed_plan: Plan | None
+    source: str | None
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The command: settle and check every setting, then load the weights, then generate batch by batch
+    (a sweep: every combination settled and checked first, `_sweep`)."""
+    grid = pipeline.sweep.read_grid(args.replay) if args.replay else None
+    if args.sweep or grid is not None:
+        _sweep(args, parser, grid)
+        return
     replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
+    request, plan = _plan_request(args, replayed, replayed_plan, args.replay)
+    if args.print_plan:
+        print(listing(plan))
+        return
+    order = _order(args, request, plan, replayed, args.replay)
+    jobs, batch_size = order.jobs, order.batch_size
+    out = pipeline.prepare_output(args.out)
 
-    def pick(flag, name: str, default):
-        """A flag given wins, then the replayed image's setting, then the default."""
-        if flag is not None:
-            return flag
-        return getattr(replayed, name) if replayed is not None else default
+    started = time.perf_counter()
+    assembled = prepared(args, pipeline.prepare_run, replace(order.request, batch=batch_size))
+    pipeline.check_free_space(out, assembled.settings.height, assembled.settings.width, len(jobs))
+    loaded = time.perf_counter() - started
+    _notes(order, assembled)
 
+    started = time.perf_counter()
+    batches = pipeline.batches(jobs, batch_size, order.offset)
+    written: list[Path] = []
+    with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
+        trajectories = _generate_all(assembled, batches, out, args.trajectory, written)
+    elapsed = time.perf_counter() - started
+    extra = f" and {cli.count(trajectories, 'trajectory', 'trajectories')}" if trajectories else ""
+    print(
+        f"wrote {cli.count(len(jobs), 'image')} ({cli.span([p.name for p in written])}){extra} to {out}/ "
+        f"in {elapsed:.1f} s ({elapsed / len(jobs):.1f} s per image; loading the weights took {loaded:.1f} s)"
+    )
+
+
+def _pick(replayed: Settings | None, flag, name: str, default):
+    """A flag given wins, then the replayed image's setting, then the default."""
+    if flag is not None:
+        return flag
+    return getattr(replayed, name) if replayed is not None else default
+
+
+def _plan_request(
+    args: argparse.Namespace, replayed: Settings | None, replayed_plan: Plan | None, source: str | None
+) -> tuple[pipeline.Request, Plan]:
+    """The run the flags (else the replayed image's settings, else the defaults) ask for, and its plan
+    previewed: refused here, before any work."""
+    pick = partial(_pick, replayed)
     bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     bounds(steps=args.steps, batch=args.batch_size)  # before a plan of that many steps is built
     bounds(steps=preset_steps(args.preset), source=f"--preset {args.preset}: ")
     fresh = args.steps is not None or args.preset is not None or args.plan is not None
     base = pipeline.read_plan_file(args.plan) if args.plan else None if fresh else replayed_plan
     if base is not None:
-        bounds(steps=base.steps, source=f"the plan of {args.plan or args.replay}: ")
+        bounds(steps=base.steps, source=f"the plan of {args.plan or source}: ")
     height, width = pick(args.height, "height", None), pick(args.width, "width", None)
     if replayed is not None and (args.height is None or args.width is None):
-        bounds(height=height, width=width, source=f"{args.replay}: ")
+        bounds(height=height, width=width, source=f"{source}: ")
     stored_size = None if replayed is None else replayed.size()
     request = pipeline.Request(
         weights=pick(args.weights, "weights", pipeline.DEFAULT_WEIGHTS),
@@ -158,10 +250,19 @@ def run(args: argparse.Namespace) -> None:
         recipe=pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args)),
         allow_large=args.allow_large,
     )
-    plan = prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before any work
-    if args.print_plan:
-        print(listing(plan))
-        return
+    return request, prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before any work
+
+
+def _order(
+    args: argparse.Namespace,
+    request: pipeline.Request,
+    plan: Plan,
+    replayed: Settings | None,
+    source: str | None,
+) -> Order:
+    """The images to make (prompts x --num-images, consecutive seeds), the init image and the batching."""
+    pick = partial(_pick, replayed)
+    bounds = partial(pipeline.check_bounds, allow_large=args.allow_large)
     prompts = _read_prompts(args, replayed)
     init_spec = pick(args.init_image, "init_image", None)
     strength = pick(args.strength, "strength", None)
@@ -183,29 +284,117 @@ def run(args: argparse.Namespace) -> None:
     if replayed is not None and args.batch_size is None and len(jobs) == 1:
         # rebuild the batch the image was made in
         batch_size, offset = replayed.batch, replayed.batch_index
-        bounds(batch=batch_size, source=f"the settings of {args.replay}: ")
-    out = pipeline.prepare_output(args.out)
+        bounds(batch=batch_size, source=f"the settings of {source}: ")
+    return Order(args, request, plan, jobs, batch_size, offset, replayed, source)
 
-    started = time.perf_counter()
-    assembled = prepared(args, pipeline.prepare_run, replace(request, batch=batch_size))
-    pipeline.check_free_space(out, assembled.settings.height, assembled.settings.width, len(jobs))
-    loaded = time.perf_counter() - started
-    if replayed is not None:
-        _note_differences(args.replay, replayed, assembled.settings)
+
+def _notes(order: Order, assembled: pipeline.Run) -> None:
+    if order.replayed is not None:
+        _note_differences(order.source, order.replayed, assembled.settings)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, assembled.settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
+
+def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, grid: Grid | None) -> None:
+    """Every combination of the --sweep knobs (or every image of a replayed grid) settled and its plan
+    refused before the weights load; then the model loaded once per distinct model (once where only
+    plan knobs vary), each combination's plan built on its table, the images written, and the grid."""
+    if grid is not None and args.sweep:
+        raise ValueError(f"--replay {args.replay} is a sweep grid, which reruns its own sweep; drop --sweep")
+    asked: list[list[Asked]] = []  # per cell (row by row), each image's
+    if grid is None:
+        axes = tuple(args.sweep)
+        pipeline.sweep.check_axes(axes)
+        combinations = pipeline.sweep.combinations(axes)
+        what = pipeline.sweep.describe(axes)
+        pipeline.sweep.check_count(len(combinations), what, args.allow_large)
+        replayed, replayed_plan = pipeline.read_replay(args.replay) if args.replay else (None, None)
+        for values in combinations:
+            flags = [f"--{knob}={value}" for knob, value in values.items()]
+            where = f"--sweep {' '.join(flag.removeprefix('--') for flag in flags)}"
+            alone = parser.parse_args(flags)  # each knob's flag read as on the command line
+            dests = [parser._option_string_actions[f"--{knob}"].dest for knob in values]
+            # the knobs' values replace the flags given (an appending flag's whole list too)
+            given = argparse.Namespace(**{**vars(args), **{dest: getattr(alone, dest) for dest in dests}})
+            asked.append([Asked(where, given, replayed, replayed_plan, args.replay)])
+    else:
+        axes, what = grid.axes, f"of {args.replay}"
+        for r, cell in enumerate(grid.cells):
+            sources = [f"{args.replay} (image {r + 1}.{k + 1})" for k in range(len(cell))]
+            asked.append(
+                [Asked(None, args, *image, source) for image, source in zip(cell, sources, strict=True)]
+            )
+    planned = [
+        [
+            (
+                each,
+                _naming(each.where, _plan_request, each.args, each.replayed, each.replayed_plan, each.source),
+            )
+            for each in cell
+        ]
+        for cell in asked
+    ]
+    if args.print_plan:
+        for _, (_, plan) in (image for cell in planned for image in cell):
+            print(f"# {plan.name}\n{listing(plan)}")
+        return
+    cells = [
+        [
+            _naming(each.where, _order, each.args, *previewed, each.replayed, each.source)
+            for each, previewed in cell
+        ]
+        for cell in planned
+    ]
+    orders = [order for cell in cells for order in cell]
+    pipeline.sweep.check_count(sum(len(order.jobs) for order in orders), what, args.allow_large)
+    groups = [[orders[k] for k in group] for group in pipeline.sweep.by_model([o.request for o in orders])]
+    for request in (group[0].request for group in groups):
+        for spec in (request.weights, request.vae):
+            if spec is not None and not on_hub(spec):
+                pipeline.resolve_weights(spec)  # a missing file refused before the first model loads
+    out = pipeline.prepare_output(args.out)
     started = time.perf_counter()
-    batches = pipeline.batches(jobs, batch_size, offset)
-    written: list[Path] = []
-    with cli.reporting_stops(out, lambda: _written(written, jobs, out), lambda: _resume(jobs, len(written))):
-        trajectories = _generate_all(assembled, batches, out, args.trajectory, written)
+    written = {id(order): [] for order in orders}
+    total = sum(len(order.jobs) for order in orders)
+    with cli.reporting_stops(
+        out,
+        lambda: f"wrote {sum(map(len, written.values()))} of the sweep's {total} images to {out}/",
+        lambda: "rerun the sweep to make them all",
+    ):
+        for group in groups:
+            first = group[0]
+            assembled = prepared(
+                first.args, pipeline.prepare_run, replace(first.request, batch=first.batch_size)
+            )
+            settings = assembled.settings
+            pipeline.check_free_space(out, settings.height, settings.width, sum(len(o.jobs) for o in group))
+            schedule = assembled.model.schedule
+            runs = []
+            for order in group:  # every plan of this model built on its own table before an image is made
+                plan = order.request.recipe.build(schedule, assembled.family)
+                if assembled.init is not None:
+                    pipeline.img2img.cut(plan, assembled.init, schedule)
+                runs.append(replace(assembled, plan=plan, settings=replace(settings, batch=order.batch_size)))
+            for order, each in zip(group, runs, strict=True):
+                _notes(order, each)
+                batches = pipeline.batches(order.jobs, order.batch_size, order.offset)
+                _generate_all(each, batches, out, order.args.trajectory, written[id(order)])
+        shown = [[path for order in cell for path in written[id(order)]] for cell in cells]
+        image, metadata = pipeline.sweep.grid(axes, [pipeline.sweep.read_cell(paths) for paths in shown])
+        stem = f"{pipeline.image_stem(orders[0].jobs[0].prompt, orders[0].jobs[0].seed)}-sweep"
+        saved = pipeline.save_png(image, out, stem, metadata)
     elapsed = time.perf_counter() - started
-    extra = f" and {cli.count(trajectories, 'trajectory', 'trajectories')}" if trajectories else ""
-    print(
-        f"wrote {cli.count(len(jobs), 'image')} ({cli.span([p.name for p in written])}){extra} to {out}/ "
-        f"in {elapsed:.1f} s ({elapsed / len(jobs):.1f} s per image; loading the weights took {loaded:.1f} s)"
-    )
+    print(f"wrote {cli.count(total, 'image')} and the grid {saved.name} to {out}/ in {elapsed:.1f} s")
+
+
+def _naming(where: str | None, step: Callable[..., T], *args: Any) -> T:
+    """`step(*args)`, its refusal named by `where` (the combination of a sweep)."""
+    if where is None:
+        return step(*args)
+    try:
+        return step(*args)
+    except pipeline.USER_ERRORS as err:
+        raise ValueError(f"{where}: {cli.one_line(err)}") from None
 
 
 def _generate_all(

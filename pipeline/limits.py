@@ -12,7 +12,9 @@ tens of GB after minutes of loading, an endless loop); `--allow-large` lifts the
 - MAX_BATCH 64 images per U-Net batch (128 with guidance's two halves): a batch at the default size
   then needs ~20 GB of activations for SD 1.5 in float16; more is seldom faster;
 - MAX_IMAGES 100,000 images per run_sample.py run (prompts x --num-images): ten times the paper's
-  10,000-prompt evaluation sets; the run's list of jobs is built up front.
+  10,000-prompt evaluation sets; the run's list of jobs is built up front;
+- MAX_SWEEP_IMAGES 64 images per sweep grid (run_sample.py --sweep): an 8 x 8 grid, already 4096 px
+  a side at SD 1.5's size; a typo in a value list should not start hours of sampling.
 
 The schedule search (`python -m solvers.search`, `check_search`) holds the teacher's state of every
 sample at every grid level in memory, so its flags are bounded too:
@@ -40,6 +42,7 @@ MAX_SIDE = 2048
 MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_IMAGES = 100_000
+MAX_SWEEP_IMAGES = 64
 LARGE_FLAG = "--allow-large"
 MAX_SAMPLE_ELEMENTS = 4 * (MAX_SIDE // LATENT_FACTOR) ** 2
 MAX_SEARCH_SAMPLES = 65_536
