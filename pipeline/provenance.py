@@ -35,6 +35,7 @@ from pipeline.models import DTYPES, model_name
 from pipeline.pixels import QUANTIZATIONS
 from pipeline.plans import check_plan, checked_record
 from solvers import OPTIONS, SOLVERS, Plan, PlanError
+from solvers.guidance import passes
 from weights.families import EMPTY_NEGATIVE
 from weights.fingerprint import file_sha256, weights_sha256
 
@@ -257,8 +258,12 @@ def option_labels(plan: Plan) -> list[tuple[str, str, str]]:
 
 def png_metadata(plan: Plan, settings: Settings) -> dict[str, str]:
     """The PNG text chunks: A1111's `parameters` line, the Plan as JSON, the settings as JSON."""
+    guided_calls, conditional_calls = passes(plan)
     fixed = {
         "Steps": plan.steps,
+        # images x passes: a guided call runs the conditional and unconditional images, 2 passes
+        "U-Net passes": f"{2 * guided_calls + conditional_calls} per image ({guided_calls} guided x 2 + "
+        f"{conditional_calls} conditional)",
         "Sampler": sampler_label(plan),
         "Schedule type": "custom" if plan.discretization is None else plan.discretization.display,
         "Seed": settings.seed,

@@ -89,7 +89,8 @@ def test_parameters_chunk_is_an_a1111_line(cat):
     png, sha256 = cat
     assert text_chunks(png)[PARAMETERS_KEY] == (
         f"{CAT}\nNegative prompt: \n"
-        "Steps: 5, Sampler: DPM++ 1S, Schedule type: paper, CFG scale: 7.5, Seed: 42, Size: 64x64, "
+        "Steps: 5, U-Net passes: 10 per image (5 guided x 2 + 0 conditional), Sampler: DPM++ 1S, "
+        "Schedule type: paper, CFG scale: 7.5, Seed: 42, Size: 64x64, "
         f"Model hash: {sha256[:10]}, Model: sd15-tiny-seed0-fp32, FreeU: 1.1/1.1/0.9/0.2, "
         f"Plan: paper-5, Version: fewstep-sd {project_version()}"
     )

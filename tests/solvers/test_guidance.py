@@ -256,3 +256,18 @@ def test_guidance_steps_read_the_sigmas_the_plans_knobs_place():
     plan = build_plan(preset_name="karras-2m-8", knobs={"rho": 9.0}, guidance_steps=(0.0, 0.5))
     assert plan.guidance_interval[0] == [plan.sigmas[4], plan.sigmas[0]]
     assert plan.sigmas != preset("karras-2m-8").sigmas
+
+
+def test_the_png_counts_the_unet_passes_of_a_guidance_interval_per_image():
+    """Sigma 14.6 lies outside (0.5, 5]: that step runs the conditional image alone, one pass of two."""
+    from pipeline import png_metadata
+    from pipeline.provenance import PARAMETERS_KEY, Settings
+
+    plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=7.5, guidance_interval=[[0.5, 5.0]] * 4)
+    settings = Settings(
+        prompt="a cat", negative_prompt="", seed=1, width=64, height=64, weights="w.safetensors",
+        weights_sha256="0" * 64, model="w", dtype="float32", device="cpu", compile=False, batch=1,
+        batch_index=0,
+    )  # fmt: skip
+    line = png_metadata(plan, settings)[PARAMETERS_KEY]
+    assert "U-Net passes: 7 per image (3 guided x 2 + 1 conditional)" in line
