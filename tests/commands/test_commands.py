@@ -16,6 +16,7 @@ from pipeline import read_replay
 from schedule.discretizations import knob_flags
 from solvers import preset
 from solvers.search.__main__ import build_parser as search_parser
+from weights.errors import WeightsError
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {  # the command -> how it is started, and how it names itself
@@ -63,12 +64,15 @@ def test_ctrl_c_is_one_line_with_status_130(capsys):
     assert capsys.readouterr().err == "prog: interrupted\n"
 
 
-def test_debug_shows_the_traceback_instead():
+def test_debug_shows_the_traceback_instead(tmp_path):
     def broken(args):
         raise ValueError("bad")
 
     with pytest.raises(ValueError, match="bad"):
         cli.run("prog", broken, argparse.Namespace(debug=True))
+    missing = str(tmp_path / "missing.safetensors")  # a command's --debug reaches cli.run
+    with pytest.raises(WeightsError):
+        run_sample.main(["--weights", missing, "--prompt", "a cat", "--out", str(tmp_path), "--debug"])
 
 
 def test_an_os_error_reads_as_file_and_reason():

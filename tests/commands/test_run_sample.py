@@ -32,7 +32,6 @@ from solvers.presets import PAPER_FREEU
 from solvers.search.record import Searched
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
 from tests.helpers import pixels, run_main, text_chunks
-from weights.errors import WeightsError
 from weights.hub import SD15_FILE, SD15_REPO
 
 SIZE = ["--height", "64", "--width", "64"]
@@ -562,11 +561,6 @@ def test_non_finite_latents_name_the_step_and_blame_the_plan_on_a_float32_run(ch
         "at fault: lower --guidance, or check the weights"
     )
     assert list(tmp_path.iterdir()) == []
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(WeightsError):
-        main(sample_args(tmp_path / "missing.safetensors", tmp_path, "--prompt", CAT, "--debug"))
 
 
 def test_help_explains_every_flag(capsys):
