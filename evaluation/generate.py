@@ -70,6 +70,8 @@ DECIDING = (
     "size_conditioning",
     "empty_negative",
     "quantization",
+    "loras",
+    "unet_sha256",
 )
 RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", *DECIDING)
 IMAGE_IDENTITY = ("prompt", "seed", "weights_sha256", *DECIDING)

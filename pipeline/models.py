@@ -88,6 +88,26 @@ def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_va
     return hub_file(repo_id, filename, revision)
 
 
+def resolve_file(spec: str, flag: str) -> Path:
+    """A single file (a LoRA, a U-Net) given as a local path, a short name or a Hub id org/name/file,
+    the Hub's through the Hugging Face cache."""
+    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
+        spec = SHORT_NAMES[spec]
+    if is_local_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"{flag} {spec}: no such file; pass a path to a .safetensors file, a Hub id "
+                f"org/name/file.safetensors or a short name: {', '.join(SHORT_NAMES)}"
+            )
+        return path
+    repo_id, filename, revision = parse_hub_spec(spec)
+    filename = filename or SINGLE_FILES.get(repo_id)
+    if filename is None:
+        raise WeightsError(f"{flag} {spec} names a Hub repo but no file in it: write org/name/FILE")
+    return hub_file(repo_id, filename, revision)
+
+
 def model_name(path: Path) -> str:
     """The display name of a set of weights: the file's stem or the folder's name."""
     return path.resolve().name if path.is_dir() else path.stem

@@ -31,13 +31,14 @@ from pipeline.models import (
     known_family,
     on_hub,
     parse_device,
+    resolve_file,
     resolve_weights,
 )
 from pipeline.plans import build_plan
 from pipeline.provenance import Settings, run_settings
 from schedule import DiscreteSchedule, NoiseSchedule
 from solvers import Plan
-from weights import Family
+from weights import Family, lora, unet_file
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Request:
     init: InitImage | None = None
     recipe: Recipe = Recipe()
     allow_large: bool = False  # lift the limits of pipeline/limits.py
+    loras: tuple[tuple[str, float], ...] = ()  # (a path, a Hub id or a short name; its strength), merged
+    unet: str | None = None  # a U-Net file that replaces the checkpoint's, likewise
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,13 @@ def prepare_run(request: Request) -> Run:
         img2img.cut(plan, init, checkpoint.schedule)  # refuse a strength that keeps no step
     vae_dtype = request.vae_dtype or family.vae_dtype(dtype)
     vae = None if request.vae is None else resolve_weights(request.vae, DTYPES[vae_dtype])
-    sd = checkpoint.load(device, vae=vae, vae_dtype=DTYPES[vae_dtype])
+    loras = [(lora.read(resolve_file(spec, "--lora")), strength) for spec, strength in request.loras]
+    unet_path = None if request.unet is None else resolve_file(request.unet, "--unet")
+    unet = None if unet_path is None else unet_file.load(unet_path, family.name, DTYPES[dtype], device)
+    # every LoRA checked against the model's layers (on the meta device) before its tensors are read
+    lora.check({**checkpoint.modules, **({} if unet is None else {"unet": unet})}, family.name, loras)
+    sd = checkpoint.load(device, vae=vae, vae_dtype=DTYPES[vae_dtype], unet=unet)
+    lora.merge(sd, loras)
     if request.compile:
         compile_model(sd)
     size = (request.size_conditioning or SizeConditioning()) if family.size_conditioning else None
@@ -161,6 +170,13 @@ def prepare_run(request: Request) -> Run:
         strength=None if init is None else init.strength,
         strength_cut=None if init is None else init.cut,
         quantization=request.quantization,
+        loras=[
+            {"lora": spec, **lora.record(lora_file, strength)}
+            for (spec, _), (lora_file, strength) in zip(request.loras, loras, strict=True)
+        ]
+        or None,
+        unet=request.unet,
+        unet_sha256=None if unet_path is None else unet_file.record(unet_path)["sha256"],
     )
     return Run(sd, family, plan, settings, init)
 

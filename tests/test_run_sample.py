@@ -135,6 +135,10 @@ def test_settings_chunk_holds_everything_replay_needs(cat):
         "strength": None,
         "strength_cut": None,
         "quantization": "round",
+        # no LoRA, the checkpoint's own U-Net
+        "loras": None,
+        "unet": None,
+        "unet_sha256": None,
     }
     assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
 

@@ -1,0 +1,149 @@
+"""--lora and --unet through the one run assembly (pipeline.prepare_run): run_sample.py and
+evaluation.generate merge the LoRAs and swap the U-Net, record both (file, sha256, strength) in the PNG
+and run.json, replay them, and refuse a bad file or strength in one line with nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+import run_sample
+from evaluation import generate
+from pipeline import read_replay
+from tests.checkpoints import reference_models, write_checkpoint
+from tests.helpers import one_thread, pixels, run_main, text_chunks
+from tests.reference.unet import ldm_state_dict
+from tests.test_lora import UNET_LAYERS, kohya_file, layer, random_layers
+
+SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The tiny SD 1.5 checkpoint, a kohya LoRA on every U-Net layer, the checkpoint's own U-Net as a
+    U-Net file (LDM names) and the tiny SDXL U-Net as one."""
+    root = tmp_path_factory.mktemp("files")
+    refs = reference_models(kind="sd1")
+    own = {k: v.half().float() for k, v in ldm_state_dict(refs.unet).items()}  # as the checkpoint holds them
+    save_file(own, root / "own_unet.safetensors")
+    save_file(ldm_state_dict(reference_models(kind="sdxl").unet), root / "xl_unet.safetensors")
+    return {
+        "weights": write_checkpoint(root, "single"),
+        "lora": kohya_file(
+            root / "lora.safetensors", {"unet": random_layers(refs.unet, UNET_LAYERS, 3)}, 2.0
+        ),
+        "unet": root / "own_unet.safetensors",
+        "xl_unet": root / "xl_unet.safetensors",
+    }
+
+
+def sample(capsys, files, out, *extra: str) -> tuple[int, str, str]:
+    argv = ["--weights", str(files["weights"]), "--out", str(out), "--prompt", "a cat", "--seed", "7"]
+    return run_main(run_sample.main, capsys, *argv, *SIZE, *extra)
+
+
+def only_png(folder):
+    (png,) = folder.iterdir()
+    return png
+
+
+def test_a_lora_changes_the_image_is_recorded_and_replays_bitwise(capsys, files, tmp_path):
+    assert sample(capsys, files, tmp_path / "plain")[0] == 0
+    assert sample(capsys, files, tmp_path / "lora", "--lora", f"{files['lora']}:0.5")[0] == 0
+    plain, merged = only_png(tmp_path / "plain"), only_png(tmp_path / "lora")
+    assert not np.array_equal(pixels(plain), pixels(merged))
+    settings = read_replay(merged)[0]
+    assert settings.loras == [
+        {
+            "lora": str(files["lora"]),
+            "file": "lora.safetensors",
+            "sha256": hashlib.sha256(files["lora"].read_bytes()).hexdigest(),
+            "strength": 0.5,
+        }
+    ]
+    code, _, err = run_main(
+        run_sample.main, capsys, "--replay", str(merged), "--out", str(tmp_path / "again")
+    )
+    assert code == 0, err
+    again = only_png(tmp_path / "again")
+    assert np.array_equal(pixels(again), pixels(merged))
+    assert text_chunks(again) == text_chunks(merged)
+
+
+def test_a_unet_file_replaces_the_checkpoints_and_is_recorded(capsys, files, tmp_path):
+    """The checkpoint's own U-Net as a file: the same image and its sha256 in the PNG. Within one 8-bit
+    level, not bitwise: the same weights mapped from another file sit at other memory offsets, and the
+    CPU's GEMM kernels round by alignment (~2e-6 in the tiny U-Net's output)."""
+    assert sample(capsys, files, tmp_path / "plain")[0] == 0
+    assert sample(capsys, files, tmp_path / "unet", "--unet", str(files["unet"]))[0] == 0
+    png = only_png(tmp_path / "unet")
+    difference = pixels(png).astype(int) - pixels(only_png(tmp_path / "plain")).astype(int)
+    assert np.abs(difference).max() <= 1
+    settings = read_replay(png)[0]
+    assert (settings.unet, settings.unet_sha256) == (
+        str(files["unet"]),
+        hashlib.sha256(files["unet"].read_bytes()).hexdigest(),
+    )
+
+
+def bad_lora(tmp_path, kind: str):
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        save_file(layer(), path)
+        path.write_bytes(path.read_bytes()[:-10])
+    else:
+        save_file(layer(up_rank=3) if kind == "rank" else layer(value=float("nan")), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"), [("truncated", "truncated"), ("nan", "NaN or infinite"), ("rank", "has rank 4")]
+)
+def test_a_bad_lora_is_refused_in_one_line_naming_it_and_nothing_is_written(
+    capsys, files, tmp_path, kind, match
+):
+    path = bad_lora(tmp_path, kind)
+    code, out, err = sample(capsys, files, tmp_path / "out", "--lora", str(path))
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and str(path) in err and match in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("strength", ["nan", "inf", "x", ""])
+def test_a_strength_that_is_not_a_finite_number_is_refused(capsys, files, tmp_path, strength):
+    code, out, err = sample(capsys, files, tmp_path / "out", "--lora", f"{files['lora']}:{strength}")
+    assert code == 2 and out == "" and "--lora" in err and "strength" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_unet_of_the_other_family_is_refused_in_one_line(capsys, files, tmp_path):
+    code, out, err = sample(capsys, files, tmp_path / "out", "--unet", str(files["xl_unet"]))
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and str(files["xl_unet"]) in err and "SDXL U-Net" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_evaluation_runs_identity_holds_its_loras_and_unet(capsys, files, tmp_path):
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_text(json.dumps({"index": 0, "prompt": "a cat", "seed": 1, "reference": None}) + "\n")
+    out = tmp_path / "run"
+    argv = ["--manifest", str(manifest), "--out", str(out), "--weights", str(files["weights"]), *SIZE]
+    lora_flag = ["--lora", f"{files['lora']}:0.5", "--unet", str(files["unet"])]
+    code, _, err = run_main(generate.main, capsys, *argv, *lora_flag)
+    assert code == 0, err
+    record = json.loads((out / generate.RUN_FILE).read_text())
+    assert [(r["file"], r["strength"]) for r in record["loras"]] == [("lora.safetensors", 0.5)]
+    assert record["unet_sha256"] == hashlib.sha256(files["unet"].read_bytes()).hexdigest()
+    code, _, err = run_main(generate.main, capsys, *argv, "--lora", f"{files['lora']}:0.25")
+    assert code == 2 and "belongs to a run with other settings (loras" in err, err
