@@ -194,6 +194,8 @@ def run(args: argparse.Namespace) -> None:
     loaded = time.perf_counter() - started
     if replayed is not None:
         _note_differences(args.replay, replayed, assembled.settings)
+    if assembled.warning:
+        print(f"{PROG}: {assembled.warning}", file=sys.stderr)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, assembled.settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 

@@ -274,6 +274,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     assembled = prepared(args, pipeline.prepare_run, request)
     settings = assembled.settings
     pipeline.check_free_space(out, settings.height, settings.width, len(rows))
+    if assembled.warning:
+        print(f"{PROG}: {assembled.warning}", file=sys.stderr)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
     preset_name = None if args.plan else assembled.plan.name  # build_plan names a preset's plan after it

@@ -5,7 +5,9 @@ the schedule search all start here and keep only what is theirs.
 Order: the device and dtype; the plan's recipe checked against the family the weights are known to be
 (the short names' table, a local file's header) before anything is fetched; the weights resolved and
 their headers read once (family, noise table, every tensor's shape); the plan built once on that
-table; each default of the family filled in; then the tensors are read.
+table; each default of the family filled in (and of a distilled preset: SDXL-Turbo's 512 px); the LoRA
+files read and checked against the model's layers, a U-Net file read; then the checkpoint's tensors are
+read (but a replaced U-Net's) and the LoRAs merged into them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pipeline.plans import build_plan
 from pipeline.provenance import Settings, run_settings
 from schedule import DiscreteSchedule, NoiseSchedule
 from solvers import Plan
+from solvers.presets import distilled, weights_warning
 from weights import Family, lora, unet_file
 
 
@@ -99,6 +102,7 @@ class Run:
     plan: Plan
     settings: Settings
     init: InitImage | None = None
+    warning: str | None = None  # a distilled preset on weights not made for it (solvers.weights_warning)
 
 
 class SizeConditioningRefused(ValueError):
@@ -133,7 +137,9 @@ def prepare_run(request: Request) -> Run:
     _refuse_size_conditioning(request, family)
     plan = request.recipe.build(checkpoint.schedule, family)  # a file may store its own noise table
     init = request.init
-    default_height, default_width = (family.size,) * 2 if init is None else init.pixels.shape[1:]
+    made_for = distilled(plan.name)
+    side = made_for.size if made_for is not None and made_for.size else family.size  # SDXL-Turbo: 512
+    default_height, default_width = (side, side) if init is None else init.pixels.shape[1:]
     height, width = request.height or default_height, request.width or default_width
     check_size(height, width)
     check_bounds(height=height, width=width, allow_large=request.allow_large)
@@ -178,7 +184,14 @@ def prepare_run(request: Request) -> Run:
         unet=request.unet,
         unet_sha256=None if unet_path is None else unet_file.record(unet_path)["sha256"],
     )
-    return Run(sd, family, plan, settings, init)
+    names = [
+        request.weights,
+        path.name,
+        *(spec for spec, _ in request.loras),
+        *(f.path.name for f, _ in loras),
+    ]
+    names += [] if unet_path is None else [request.unet, unet_path.name]
+    return Run(sd, family, plan, settings, init, weights_warning(plan.name, dict.fromkeys(names)))
 
 
 def _refuse_size_conditioning(request: Request, family: Family | None) -> None:

@@ -4,6 +4,7 @@ and run.json, replay them, and refuse a bad file or strength in one line with no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
+import pipeline
 import run_sample
 from evaluation import generate
 from pipeline import read_replay
@@ -19,7 +21,7 @@ from tests.helpers import one_thread, pixels, run_main, text_chunks
 from tests.reference.unet import ldm_state_dict
 from tests.test_lora import UNET_LAYERS, kohya_file, layer, random_layers
 
-SIZE = ["--height", "64", "--width", "64", "--steps", "2", "--device", "cpu"]
+SIZE = ["--height", "64", "--width", "64", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +52,8 @@ def files(tmp_path_factory):
 
 def sample(capsys, files, out, *extra: str) -> tuple[int, str, str]:
     argv = ["--weights", str(files["weights"]), "--out", str(out), "--prompt", "a cat", "--seed", "7"]
-    return run_main(run_sample.main, capsys, *argv, *SIZE, *extra)
+    steps = [] if "--preset" in extra else ["--steps", "2"]
+    return run_main(run_sample.main, capsys, *argv, *SIZE, *steps, *extra)
 
 
 def only_png(folder):
@@ -139,6 +142,7 @@ def test_an_evaluation_runs_identity_holds_its_loras_and_unet(capsys, files, tmp
     manifest.write_text(json.dumps({"index": 0, "prompt": "a cat", "seed": 1, "reference": None}) + "\n")
     out = tmp_path / "run"
     argv = ["--manifest", str(manifest), "--out", str(out), "--weights", str(files["weights"]), *SIZE]
+    argv += ["--steps", "2"]
     lora_flag = ["--lora", f"{files['lora']}:0.5", "--unet", str(files["unet"])]
     code, _, err = run_main(generate.main, capsys, *argv, *lora_flag)
     assert code == 0, err
@@ -147,3 +151,28 @@ def test_an_evaluation_runs_identity_holds_its_loras_and_unet(capsys, files, tmp
     assert record["unet_sha256"] == hashlib.sha256(files["unet"].read_bytes()).hexdigest()
     code, _, err = run_main(generate.main, capsys, *argv, "--lora", f"{files['lora']}:0.25")
     assert code == 2 and "belongs to a run with other settings (loras" in err, err
+
+
+def test_a_distilled_preset_on_weights_not_made_for_it_warns_in_one_line(capsys, files, tmp_path):
+    code, _, err = sample(capsys, files, tmp_path / "out", "--preset", "lcm-2")
+    assert code == 0
+    (line,) = [line for line in err.splitlines() if "warning" in line]
+    assert line.startswith("run_sample.py: warning: lcm-2 is made for ") and "sd15-tiny" in line, err
+
+
+def test_a_lora_named_for_the_preset_silences_the_warning(capsys, files, tmp_path):
+    named = tmp_path / "lcm-lora-sdv1-5.safetensors"
+    named.write_bytes(files["lora"].read_bytes())
+    code, _, err = sample(capsys, files, tmp_path / "out", "--preset", "lcm-2", "--lora", str(named))
+    assert code == 0 and "warning" not in err, err
+
+
+def test_a_turbo_preset_defaults_to_sdxl_turbos_512_px(files):
+    request = pipeline.Request(
+        weights=str(files["weights"]), device="cpu", recipe=pipeline.Recipe(preset="turbo-1")
+    )
+    run = pipeline.prepare_run(request)
+    assert (run.settings.height, run.settings.width) == (512, 512)
+    assert "SDXL-Turbo" in run.warning
+    sized = pipeline.prepare_run(dataclasses.replace(request, height=64, width=128))
+    assert (sized.settings.height, sized.settings.width) == (64, 128)
