@@ -151,6 +151,12 @@ def prepare_run(request: Request) -> Run:
     loras = [(lora.read(resolve_file(spec, "--lora")), strength) for spec, strength in request.loras]
     unet_path = None if request.unet is None else resolve_file(request.unet, "--unet")
     unet = None if unet_path is None else unet_file.load(unet_path, family.name, DTYPES[dtype], device)
+    unet_config = (checkpoint.modules["unet"] if unet is None else unet).config
+    if unet_config.time_cond_proj_dim is not None and len(set(plan.guidance)) > 1:
+        raise ValueError(
+            "an LCM U-Net takes one guidance scale as its input (time_cond_proj_dim), not one per step; "
+            "give one --guidance"
+        )
     # every LoRA checked against the model's layers (on the meta device) before its tensors are read
     lora.check({**checkpoint.modules, **({} if unet is None else {"unet": unet})}, family.name, loras)
     sd = checkpoint.load(device, vae=vae, vae_dtype=DTYPES[vae_dtype], unet=unet)

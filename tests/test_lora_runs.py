@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 import pipeline
@@ -176,3 +177,17 @@ def test_a_turbo_preset_defaults_to_sdxl_turbos_512_px(files):
     assert "SDXL-Turbo" in run.warning
     sized = pipeline.prepare_run(dataclasses.replace(request, height=64, width=128))
     assert (sized.settings.height, sized.settings.width) == (64, 128)
+
+
+def test_an_lcm_unet_takes_the_plans_guidance_as_its_input(capsys, files, tmp_path):
+    """--unet an LCM U-Net (the tiny checkpoint's with `time_cond_proj_dim`): the run succeeds, and
+    the guidance scale changes the image through the embedding alone (pipeline.generate)."""
+    refs = reference_models(kind="sd1")
+    lcm = UNet2DConditionModel.from_config({**refs.unet.config, "time_cond_proj_dim": 32})
+    save_file({k: v.contiguous() for k, v in lcm.state_dict().items()}, tmp_path / "lcm_unet.safetensors")
+    for w in ("8", "2"):
+        flags = ["--unet", str(tmp_path / "lcm_unet.safetensors"), "--preset", "lcm-2", "--guidance", w]
+        code, _, err = sample(capsys, files, tmp_path / w, *flags)
+        assert code == 0, err
+    assert not np.array_equal(pixels(only_png(tmp_path / "8")), pixels(only_png(tmp_path / "2")))
+    assert read_replay(only_png(tmp_path / "8"))[1].guidance == (8.0, 8.0)
