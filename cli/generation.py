@@ -18,7 +18,7 @@ from schedule.discretizations import knob_flags
 from solvers import OPTIONS, SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from solvers.table import display_names
-from weights.hub import SD15_FILE, SHORT_NAMES
+from weights.hub import SD15_FILE, SHORT_NAMES, distilled_names
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -174,13 +174,14 @@ def add_model_flags(
         metavar="FILE|HUB_ID|NAME[:STRENGTH]",
         help="a LoRA merged into the weights as they load, times STRENGTH (a finite number, default 1); "
         "repeat to add several. Kohya, PEFT and diffusers files; a Hub id org/name/file; or a short "
-        "name (see --weights) (default: none)",
+        f"name: {', '.join(distilled_names('lora'))} (default: none)",
     )
     machine.add_argument(
         "--unet",
         metavar="FILE|HUB_ID|NAME",
         help="a U-Net file (diffusers or original layout; .safetensors, or a weights-only .bin) that "
-        "replaces the checkpoint's, e.g. SDXL-Lightning's or DMD2's (default: the checkpoint's)",
+        "replaces the checkpoint's, e.g. SDXL-Lightning's or DMD2's; a Hub id org/name/file, or a short "
+        f"name: {', '.join(distilled_names('unet'))} (default: the checkpoint's)",
     )
     machine.add_argument(
         "--vae-dtype",

@@ -148,8 +148,8 @@ def prepare_run(request: Request) -> Run:
         img2img.cut(plan, init, checkpoint.schedule)  # refuse a strength that keeps no step
     vae_dtype = request.vae_dtype or family.vae_dtype(dtype)
     vae = None if request.vae is None else resolve_weights(request.vae, DTYPES[vae_dtype])
-    loras = [(lora.read(resolve_file(spec, "--lora")), strength) for spec, strength in request.loras]
-    unet_path = None if request.unet is None else resolve_file(request.unet, "--unet")
+    loras = [(lora.read(resolve_file(spec, "--lora", family)), strength) for spec, strength in request.loras]
+    unet_path = None if request.unet is None else resolve_file(request.unet, "--unet", family)
     unet = None if unet_path is None else unet_file.load(unet_path, family.name, DTYPES[dtype], device)
     unet_config = (checkpoint.modules["unet"] if unet is None else unet).config
     if unet_config.time_cond_proj_dim is not None and len(set(plan.guidance)) > 1:

@@ -17,10 +17,12 @@ import pipeline
 import run_sample
 from evaluation import generate
 from pipeline import read_replay
+from solvers.presets import DISTILLED, weights_warning
 from tests.checkpoints import reference_models, write_checkpoint
 from tests.helpers import one_thread, pixels, run_main, text_chunks
 from tests.reference.unet import ldm_state_dict
 from tests.test_lora import UNET_LAYERS, kohya_file, layer, random_layers
+from weights.hub import DISTILLED_FILES
 
 SIZE = ["--height", "64", "--width", "64", "--device", "cpu"]
 
@@ -191,3 +193,37 @@ def test_an_lcm_unet_takes_the_plans_guidance_as_its_input(capsys, files, tmp_pa
         assert code == 0, err
     assert not np.array_equal(pixels(only_png(tmp_path / "8")), pixels(only_png(tmp_path / "2")))
     assert read_replay(only_png(tmp_path / "8"))[1].guidance == (8.0, 8.0)
+
+
+def test_help_lists_the_short_names_of_every_distilled_file(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    code, out, _ = run_main(run_sample.main, capsys, "--help")
+    assert code == 0
+    for name in DISTILLED_FILES:
+        assert name in " ".join(out.split()), name
+
+
+def test_every_distilled_preset_has_a_short_name_its_warning_recognises():
+    for preset, entry in DISTILLED.items():
+        named = [name for name in DISTILLED_FILES if any(mark in name for mark in entry.marks)]
+        assert named, preset
+        assert weights_warning(preset if entry.steps else f"{preset}-4", ["sd15", named[0]]) is None
+
+
+def test_a_short_name_of_the_other_family_is_refused_before_anything_is_fetched(capsys, files, tmp_path):
+    code, out, err = sample(capsys, files, tmp_path / "out", "--lora", "lcm-lora-sdxl")
+    assert code == 2 and out == ""
+    assert "--lora lcm-lora-sdxl is made for SDXL models, but the weights are SD 1.x" in err, err
+    assert "lcm-lora-sd15" in err and len(err.splitlines()) == 1
+
+
+def test_a_short_name_fetches_its_repo_and_file(capsys, files, tmp_path):
+    """Offline (tests/conftest.py), the refusal names the Hub file the short name stands for."""
+    code, _, err = sample(capsys, files, tmp_path / "out", "--lora", "tcd-lora-sd15")
+    assert code == 2
+    assert "h1t/TCD-SD15-LoRA/pytorch_lora_weights.safetensors" in err, err
+
+
+def test_a_short_name_of_another_kind_is_refused_naming_its_flag(capsys, files, tmp_path):
+    code, _, err = sample(capsys, files, tmp_path / "out", "--unet", "lcm-lora-sd15")
+    assert code == 2 and "--unet lcm-lora-sd15 is not a unet file; pass it as --lora" in err, err

@@ -416,7 +416,7 @@ def test_missing_weights(tmp_path, capsys):
     assert one_line_error(capsys, *sample_args(missing, tmp_path / "out", "--prompt", CAT)) == (
         f"run_sample.py: error: weights {missing} not found: pass --weights PATH to a .safetensors file or "
         f"diffusers folder, a Hub id such as {SD15_REPO}, or a short name: sd15, sdxl, dreamshaper-xl, "
-        "sdxl-vae-fp16-fix"
+        "sdxl-vae-fp16-fix, sdxl-turbo, lcm-dreamshaper-v7"
     )
 
 
