@@ -53,6 +53,7 @@ from cli.generation import (
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
+from pipeline.provenance import sampler_label
 from pipeline.sharding import Shard, pick_device, shard_batches
 from solvers import Plan, PlanError
 from solvers.presets import preset_steps
@@ -122,6 +123,8 @@ def run_record(
         "manifest_sha256": manifest_sha256,
         **{key: getattr(settings, key) for key in DECIDING},
         "vae": settings.vae,
+        "unet": settings.unet,
+        "sampler": sampler_label(plan),
         "version": settings.version,
     }
     return json.loads(json.dumps(record))  # as it reads back: lists, not tuples
