@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from safetensors.torch import save_file
 
 import pipeline
 import run_sample
+from cli.generation import plan_overrides, run_request
 from evaluation import generate
 from pipeline import read_replay
 from solvers.presets import DISTILLED, weights_warning
@@ -24,6 +27,7 @@ from tests.reference.unet import ldm_state_dict
 from tests.test_lora import UNET_LAYERS, kohya_file, layer, random_layers
 from weights.hub import DISTILLED_FILES
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = ["--height", "64", "--width", "64", "--device", "cpu"]
 
 
@@ -227,3 +231,34 @@ def test_a_short_name_fetches_its_repo_and_file(capsys, files, tmp_path):
 def test_a_short_name_of_another_kind_is_refused_naming_its_flag(capsys, files, tmp_path):
     code, _, err = sample(capsys, files, tmp_path / "out", "--unet", "lcm-lora-sd15")
     assert code == 2 and "--unet lcm-lora-sd15 is not a unet file; pass it as --lora" in err, err
+
+
+def documented_commands() -> list[list[str]]:
+    """Every `evaluation.generate` command of docs/evaluation.md section 8 and the README's distilled rows."""
+    docs = (REPO / "docs" / "evaluation.md").read_text().split("## 8.")[1]
+    readme = (REPO / "README.md").read_text().split("The distilled rows of the tables")[1].split("```\n\n")[0]
+    text = docs.replace("\\\n", " ") + readme.replace("\\\n", " ").replace(
+        "$G ", "evaluation.generate --manifest coco14.jsonl "
+    )
+    return [
+        shlex.split(line.split("evaluation.generate", 1)[1].split("#")[0])
+        for line in text.splitlines()
+        if "evaluation.generate " in line and "--preset" in line and not line.startswith("G=")
+    ]
+
+
+def test_every_documented_distilled_command_parses_and_names_its_plan():
+    commands = documented_commands()
+    presets = {argv[argv.index("--preset") + 1] for argv in commands}
+    assert presets == {
+        "flash-4", "flash-5", "flash-6", "flash-8", "turbo-1", "turbo-4", "lightning-8", "dmd2-4",
+        "dmd2-4-paper",
+    }  # fmt: skip
+    assert len(commands) == 2 * 12  # each of the 12 commands in both documents
+    for argv in commands:
+        args = generate.build_parser().parse_args(argv)
+        request = run_request(args, "cpu", pipeline.Recipe(None, args.preset, None, plan_overrides(args)))
+        plan = pipeline.preview_plan(request)
+        assert plan.name == args.preset and set(plan.guidance) == {1.0}
+        names = [request.weights, *(spec for spec, _ in request.loras), request.unet or ""]
+        assert weights_warning(plan.name, names) is None, argv
