@@ -262,3 +262,16 @@ def test_every_documented_distilled_command_parses_and_names_its_plan():
         assert plan.name == args.preset and set(plan.guidance) == {1.0}
         names = [request.weights, *(spec for spec, _ in request.loras), request.unet or ""]
         assert weights_warning(plan.name, names) is None, argv
+
+
+def test_a_diffusers_folder_with_an_lcm_unet_runs_as_lcm_dreamshaper_v7s(capsys, tmp_path):
+    """LCM Dreamshaper v7's layout (a diffusers folder whose U-Net has `time_cond_proj_dim`) loads and
+    runs an LCM preset with its embedded guidance, as its authors' lcm_val.py runs it."""
+    refs = reference_models(kind="sd1")
+    lcm = UNet2DConditionModel.from_config({**refs.unet.config, "time_cond_proj_dim": 32})
+    folder = write_checkpoint(tmp_path / "lcm", "diffusers", references=refs._replace(unet=lcm))
+    argv = ["--weights", str(folder), "--out", str(tmp_path / "out"), "--prompt", "a cat", "--seed", "7"]
+    code, _, err = run_main(run_sample.main, capsys, *argv, *SIZE, "--preset", "lcm-2", "--guidance", "8")
+    assert code == 0, err
+    settings, plan = read_replay(only_png(tmp_path / "out"))
+    assert plan.guidance == (8.0, 8.0) and settings.model == folder.name
