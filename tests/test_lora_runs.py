@@ -19,7 +19,8 @@ import pipeline
 import run_sample
 from cli.generation import plan_overrides, run_request
 from evaluation import generate
-from pipeline import read_replay
+from pipeline import Settings, read_replay
+from solvers import PlanError
 from solvers.presets import DISTILLED, weights_warning
 from tests.checkpoints import reference_models, write_checkpoint
 from tests.helpers import one_thread, pixels, run_main, text_chunks
@@ -275,3 +276,23 @@ def test_a_diffusers_folder_with_an_lcm_unet_runs_as_lcm_dreamshaper_v7s(capsys,
     assert code == 0, err
     settings, plan = read_replay(only_png(tmp_path / "out"))
     assert plan.guidance == (8.0, 8.0) and settings.model == folder.name
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        ({"lora": "x", "file": "x", "sha256": "0" * 64, "strength": 1e400}, "must be a finite number"),
+        ({"lora": "x", "file": "x", "sha256": "0" * 64}, "is not a LoRA record"),
+        ({"lora": " ", "file": "x", "sha256": "0" * 64, "strength": 1}, "it is empty"),
+        ("x.safetensors", "lack a valid 'loras'"),
+    ],
+)
+def test_a_png_whose_lora_record_is_wrong_is_refused_as_the_flag_would_be(
+    capsys, files, tmp_path, record, match
+):
+    assert sample(capsys, files, tmp_path / "made", "--lora", str(files["lora"]))[0] == 0
+    png = only_png(tmp_path / "made")
+    settings = json.loads(text_chunks(png)["fewstep-settings"])
+    text = json.dumps(settings | {"loras": [record]}).replace("Infinity", "1e400")
+    with pytest.raises(PlanError, match=match):
+        Settings.from_json(text)
