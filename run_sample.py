@@ -249,6 +249,8 @@ def _plan_request(
         compile=pick(args.compile, "compile", False),
         recipe=pipeline.Recipe(args.steps, args.preset, base, plan_overrides(args)),
         allow_large=args.allow_large,
+        loras=tuple(args.lora or [(r["lora"], r["strength"]) for r in pick(None, "loras", None) or ()]),
+        unet=pick(args.unet, "unet", None),
     )
     return request, prepared(args, pipeline.preview_plan, request)  # refuse a bad plan before any work
 
@@ -291,6 +293,8 @@ def _order(
 def _notes(order: Order, assembled: pipeline.Run) -> None:
     if order.replayed is not None:
         _note_differences(order.source, order.replayed, assembled.settings)
+    if assembled.warning:
+        print(f"{PROG}: {assembled.warning}", file=sys.stderr)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, assembled.settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
 
@@ -471,7 +475,8 @@ def _note_differences(png: str, stored: Settings, now: Settings) -> None:
         if getattr(stored, name) != getattr(now, name)
     ]
     if differing:
-        inputs = {"weights_sha256", "vae_sha256", "init_image_sha256"}  # other inputs, not other arithmetic
+        # other inputs, not other arithmetic
+        inputs = {"weights_sha256", "vae_sha256", "init_image_sha256", "loras", "unet_sha256"}
         expect = "different" if any(d.split()[0] in inputs for d in differing) else "close, not identical,"
         print(
             f"{PROG}: note: {png} was made with other settings ({', '.join(differing)}); "

@@ -18,7 +18,7 @@ from schedule.discretizations import knob_flags
 from solvers import OPTIONS, SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from solvers.table import display_names
-from weights.hub import SD15_FILE, SHORT_NAMES
+from weights.hub import SD15_FILE, SHORT_NAMES, distilled_names
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -34,6 +34,19 @@ def strength(text: str) -> float:
         return pipeline.check_strength(cli.finite_float(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """--lora FILE_OR_SHORT_NAME[:STRENGTH]: the text after the last ':' is the strength (default 1)."""
+    spec, colon, tail = text.rpartition(":")
+    if not colon:
+        spec, tail = text, "1"
+    if not spec:
+        raise argparse.ArgumentTypeError(f"{text!r} names no LoRA file; give FILE or FILE:STRENGTH")
+    try:
+        return spec, cli.finite_float(tail)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: the strength after ':' {err}") from None
 
 
 def multiple_of_8(text: str) -> int:
@@ -153,6 +166,22 @@ def add_model_flags(
         metavar="PATH|HUB_ID|NAME",
         help="a separate VAE (file or diffusers folder) instead of the bundled one, e.g. sdxl-vae-fp16-fix, "
         "which the paper's SDXL runs used (default: the bundled VAE)",
+    )
+    machine.add_argument(
+        "--lora",
+        type=lora_spec,
+        action="append",
+        metavar="FILE|HUB_ID|NAME[:STRENGTH]",
+        help="a LoRA merged into the weights as they load, times STRENGTH (a finite number, default 1); "
+        "repeat to add several. Kohya, PEFT and diffusers files; a Hub id org/name/file; or a short "
+        f"name: {', '.join(distilled_names('lora'))} (default: none)",
+    )
+    machine.add_argument(
+        "--unet",
+        metavar="FILE|HUB_ID|NAME",
+        help="a U-Net file (diffusers or original layout; .safetensors, or a weights-only .bin) that "
+        "replaces the checkpoint's, e.g. SDXL-Lightning's or DMD2's; a Hub id org/name/file, or a short "
+        f"name: {', '.join(distilled_names('unet'))} (default: the checkpoint's)",
     )
     machine.add_argument(
         "--vae-dtype",
@@ -298,6 +327,8 @@ def run_request(
         batch=args.batch_size or 1,
         recipe=recipe or pipeline.Recipe(),
         allow_large=args.allow_large,
+        loras=tuple(args.lora or ()),
+        unet=args.unet,
     )
 
 

@@ -53,6 +53,7 @@ from cli.generation import (
 from evaluation.prompts import Prompt, read_manifest
 from evaluation.runs import RUN_FILE, RUN_FORMAT, read_run
 from pipeline import Batch, Settings
+from pipeline.provenance import sampler_label
 from pipeline.sharding import Shard, pick_device, shard_batches
 from solvers import Plan, PlanError
 from solvers.presets import preset_steps
@@ -70,6 +71,8 @@ DECIDING = (
     "size_conditioning",
     "empty_negative",
     "quantization",
+    "loras",
+    "unet_sha256",
 )
 RUN_IDENTITY = ("plan", "weights_sha256", "manifest_sha256", *DECIDING)
 IMAGE_IDENTITY = ("prompt", "seed", "weights_sha256", *DECIDING)
@@ -120,6 +123,8 @@ def run_record(
         "manifest_sha256": manifest_sha256,
         **{key: getattr(settings, key) for key in DECIDING},
         "vae": settings.vae,
+        "unet": settings.unet,
+        "sampler": sampler_label(plan),
         "version": settings.version,
     }
     return json.loads(json.dumps(record))  # as it reads back: lists, not tuples
@@ -272,6 +277,8 @@ def run(args: argparse.Namespace, shard: Shard) -> None:
     assembled = prepared(args, pipeline.prepare_run, request)
     settings = assembled.settings
     pipeline.check_free_space(out, settings.height, settings.width, len(rows))
+    if assembled.warning:
+        print(f"{PROG}: {assembled.warning}", file=sys.stderr)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, settings.model):
         print(f"{PROG}: note: {elsewhere}", file=sys.stderr)
     preset_name = None if args.plan else assembled.plan.name  # build_plan names a preset's plan after it

@@ -11,7 +11,10 @@ into it (the convention of this table):
     python -m evaluation.metrics prd --generated RUN_DIR --reference REF_DIR --json RUN_DIR/prd.json
 
 A metric whose file is missing shows as "-". The PRD columns (F_8, F_1/8) appear when a run has
-prd.json. FID and PRD are read for one protocol (--protocol, default the paper's).
+prd.json; the model's columns (Weights, with a U-Net file that replaced the checkpoint's; LoRAs with
+their strengths; Sampler) when the runs differ in weights or LoRAs or one has a LoRA or U-Net file,
+as a table of the paper's comparison, base model beside distilled ones, does. FID and PRD are read
+for one protocol (--protocol, default the paper's).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class Row:
     fid: float | None
     clip: float | None
     prd: tuple[float, float] | None  # (F_8, F_1/8)
+    weights: str = MISSING  # the model's display name, + a U-Net file's name
+    loras: str = MISSING  # "file x strength", comma-separated
+    sampler: str = MISSING  # the PNG's Sampler (run.json before it was recorded: "-")
+    adapted: bool = False  # a LoRA or U-Net file changed the weights
 
 
 def read_row(run_dir: str | Path, protocol: str = "paper") -> Row:
@@ -69,18 +76,39 @@ def read_row(run_dir: str | Path, protocol: str = "paper") -> Row:
         if scores is not None:
             scores = scores if isinstance(scores, dict) else {}
             prd = tuple(_number(scores.get(key), key, paths["prd"]) for key in ("f_8", "f_1/8"))
-    return Row(run["method"], run["nfe"], run["guidance"], fid, clip, prd)
+    loras = run.get("loras") or []
+    unet = run.get("unet")
+    weights = str(run.get("model") or MISSING) + (f" + U-Net {Path(unet).name}" if unet else "")
+    lora_text = ", ".join(f"{lora['file']} x{lora['strength']:g}" for lora in loras) or MISSING
+    sampler = str(run.get("sampler") or MISSING)
+    return Row(
+        run["method"],
+        run["nfe"],
+        run["guidance"],
+        fid,
+        clip,
+        prd,
+        weights,
+        lora_text,
+        sampler,
+        bool(loras or unet),
+    )
 
 
 def markdown(rows: Sequence[Row]) -> str:
     """| Method | NFE | Guidance | FID | CLIP | [F_8 | F_1/8 |]: FID and CLIP to 2 decimals as the paper
     prints them, F scores to 3; text left-aligned, numbers right-aligned."""
     with_prd = any(row.prd is not None for row in rows)
-    header = ["Method", "NFE", "Guidance", "FID", "CLIP"] + (["F_8", "F_1/8"] if with_prd else [])
-    lines = [header, [":---"] + ["---:"] * (len(header) - 1)]
+    with_model = any(row.adapted for row in rows) or len({(row.weights, row.loras) for row in rows}) > 1
+    header = ["Method"] + (["Weights", "LoRAs", "Sampler"] if with_model else []) + ["NFE", "Guidance"]
+    header += ["FID", "CLIP"] + (["F_8", "F_1/8"] if with_prd else [])
+    text = 4 if with_model else 1  # Method (and Weights, LoRAs, Sampler)
+    lines = [header, [":---"] * text + ["---:"] * (len(header) - text)]
     for row in rows:
+        model = [text.replace("|", "\\|") for text in (row.weights, row.loras, row.sampler)]
         cells = [
             row.method.replace("|", "\\|"),
+            *(model if with_model else []),
             str(row.nfe),
             _guidance_text(row.guidance),
             _number_text(row.fid, 2),

@@ -19,6 +19,7 @@ from torch import nn
 
 import weights
 from model import Denoiser, SizeConditioning
+from model.unet import guidance_embedding
 from pipeline import img2img
 from pipeline.batching import Batch
 from pipeline.graphs import StaticLoop
@@ -92,6 +93,20 @@ def denoiser(sd: weights.StableDiffusion, cond: Cond, uncond: Cond) -> Callable[
     return guided(Denoiser(sd.unet, sd.schedule), cond, uncond)
 
 
+def embedded_guidance(sd: weights.StableDiffusion, plan: Plan, cond: Cond) -> tuple[Plan, Cond]:
+    """An LCM U-Net (one with `time_cond_proj_dim`) takes the guidance scale w as an input, as its
+    authors' pipeline gives it: timestep_cond = guidance_embedding(w - 1), one U-Net pass per step and
+    guidance itself off. Any other U-Net: the plan and cond as they are."""
+    dim = sd.unet.config.time_cond_proj_dim
+    if dim is None:
+        return plan, cond
+    rows = (cond["context"] if isinstance(cond, dict) else cond).shape[0]
+    w = torch.full((rows,), plan.guidance[0] - 1.0)
+    embedding = guidance_embedding(w, dim).to(next(sd.unet.parameters()).device)
+    context = cond if isinstance(cond, dict) else {"context": cond}
+    return plan.replace(guidance=1.0), {**context, "timestep_cond": embedding}
+
+
 def decode_pixels(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.Tensor:
     """Latents [B, 4, h, w] -> float32 images [B, 3, 8h, 8w] in about [-1, 1] on the latents' device,
     decoded in the VAE's own dtype: the picture before it is quantised to 8 bits."""
@@ -153,6 +168,7 @@ def generate(
         cond, uncond = conditioning(
             sd, prompts, settings.negative_prompt, size=size, empty_negative=settings.empty_negative
         )
+        plan, cond = embedded_guidance(sd, plan, cond)
         noise = initial_noise(
             seeds, (channels, settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR), device
         )

@@ -12,11 +12,13 @@ import weights
 from weights import FAMILIES, Family
 from weights.errors import WeightsError
 from weights.hub import (
+    DISTILLED_FILES,
     DREAMSHAPER_XL_REPO,
     SD15_REPO,
     SDXL_REPO,
     SHORT_NAMES,
     SINGLE_FILES,
+    distilled_names,
     hub_file,
     is_local_path,
     parse_hub_spec,
@@ -35,7 +37,9 @@ DTYPE_ALIASES = {
 
 
 # The family of each repo a short name names, known before anything is fetched.
-REPO_FAMILIES = {SD15_REPO: "sd1", SDXL_REPO: "sdxl", DREAMSHAPER_XL_REPO: "sdxl"}
+REPO_FAMILIES = {SD15_REPO: "sd1", SDXL_REPO: "sdxl", DREAMSHAPER_XL_REPO: "sdxl"} | {
+    entry.repo: entry.family for entry in DISTILLED_FILES.values() if entry.kind == "weights"
+}
 
 
 def family(sd: weights.StableDiffusion) -> Family:
@@ -85,6 +89,37 @@ def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_va
     filename = filename or SINGLE_FILES.get(repo_id)
     if filename is None:
         return weights.fetch_folder(repo_id, revision, dtype, bundled_vae=bundled_vae)
+    return hub_file(repo_id, filename, revision)
+
+
+def resolve_file(spec: str, flag: str, family: Family) -> Path:
+    """A single file (a LoRA, a U-Net) given as a local path, a short name (weights.hub.DISTILLED_FILES)
+    or a Hub id org/name/file, the Hub's through the Hugging Face cache. A short name of another kind,
+    or made for another family than the weights', is refused before it is fetched."""
+    kind = flag.removeprefix("--")
+    made_for = None if Path(spec).expanduser().exists() else DISTILLED_FILES.get(spec)
+    if made_for is not None:
+        if made_for.kind != kind:
+            raise WeightsError(f"{flag} {spec} is not a {kind} file; pass it as --{made_for.kind}")
+        if made_for.family != family.name:
+            others = [n for n, e in DISTILLED_FILES.items() if e.family == family.name and e.kind == kind]
+            raise WeightsError(
+                f"{flag} {spec} is made for {FAMILIES[made_for.family].label} models, but the weights are "
+                f"{family.label}: use one made for them ({', '.join(others)})"
+            )
+        spec = made_for.spec
+    if is_local_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"{flag} {spec}: no such file; pass a path to a .safetensors file, a Hub id "
+                f"org/name/file.safetensors or a short name: {', '.join(distilled_names(kind))}"
+            )
+        return path
+    repo_id, filename, revision = parse_hub_spec(spec)
+    filename = filename or SINGLE_FILES.get(repo_id)
+    if filename is None:
+        raise WeightsError(f"{flag} {spec} names a Hub repo but no file in it: write org/name/FILE")
     return hub_file(repo_id, filename, revision)
 
 

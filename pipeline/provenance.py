@@ -46,6 +46,8 @@ BITWISE_UNDER = (
     "weights_sha256",
     "vae_sha256",
     "init_image_sha256",
+    "loras",
+    "unet_sha256",
     "device",
     "dtype",
     "vae_dtype",
@@ -103,6 +105,11 @@ class Settings:
     strength: float | None = None
     strength_cut: str | None = None  # how the strength cut the plan: "steps" | "time" (pipeline/img2img.py)
     quantization: str = "round"  # pixels: "round" (diffusers) | "truncate" (the authors' code)
+    # Added with LoRA and U-Net files: each merged LoRA as {"lora": --lora as given, "file", "sha256",
+    # "strength"} in the order merged, and a U-Net file that replaced the checkpoint's.
+    loras: list[dict] | None = None
+    unet: str | None = None  # --unet as given
+    unet_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.vae_dtype is None:  # what an older PNG means: the VAE ran in the model's dtype
@@ -155,6 +162,8 @@ def _has_type(value: Any, annotation: str) -> bool:
         return value is None or _has_type(value, annotation.removesuffix(" | None"))
     if annotation == "list[int]":
         return isinstance(value, list) and all(_has_type(v, "int") for v in value)
+    if annotation == "list[dict]":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
     if annotation == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     kind = {"str": str, "int": int, "bool": bool}[annotation]
@@ -181,6 +190,17 @@ def _named(value: str) -> None:
         raise ValueError("it is empty")
 
 
+LORA_RECORD = {"lora": "str", "file": "str", "sha256": "str", "strength": "float"}
+
+
+def _loras(value: list[dict]) -> None:
+    for entry in value:
+        if set(entry) != set(LORA_RECORD) or not all(_has_type(entry[k], t) for k, t in LORA_RECORD.items()):
+            raise ValueError(f"{entry!r} is not a LoRA record of {', '.join(LORA_RECORD)}")
+        _named(entry["lora"])
+        safeio.number(entry["strength"])
+
+
 # The settings read from a PNG are checked as the command line checks the same values (the same
 # functions: cli's --seed and --batch-size types call safeio's, --width and --height size_problem).
 VALUE_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -197,6 +217,8 @@ VALUE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "strength": check_strength,
     "strength_cut": _one_of(STRENGTH_CUTS),
     "quantization": _one_of(tuple(QUANTIZATIONS)),
+    "loras": _loras,
+    "unet": _named,
 }
 
 

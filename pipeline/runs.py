@@ -5,7 +5,9 @@ the schedule search all start here and keep only what is theirs.
 Order: the device and dtype; the plan's recipe checked against the family the weights are known to be
 (the short names' table, a local file's header) before anything is fetched; the weights resolved and
 their headers read once (family, noise table, every tensor's shape); the plan built once on that
-table; each default of the family filled in; then the tensors are read.
+table; each default of the family filled in (and of a distilled preset: SDXL-Turbo's 512 px); the LoRA
+files read and checked against the model's layers, a U-Net file read; then the checkpoint's tensors are
+read (but a replaced U-Net's) and the LoRAs merged into them.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from pipeline.models import (
     known_family,
     on_hub,
     parse_device,
+    resolve_file,
     resolve_weights,
 )
 from pipeline.plans import build_plan
 from pipeline.provenance import Settings, run_settings
 from schedule import DiscreteSchedule, NoiseSchedule
 from solvers import Plan
-from weights import Family
+from solvers.presets import distilled, weights_warning
+from weights import Family, lora, unet_file
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Request:
     init: InitImage | None = None
     recipe: Recipe = Recipe()
     allow_large: bool = False  # lift the limits of pipeline/limits.py
+    loras: tuple[tuple[str, float], ...] = ()  # (a path, a Hub id or a short name; its strength), merged
+    unet: str | None = None  # a U-Net file that replaces the checkpoint's, likewise
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class Run:
     plan: Plan
     settings: Settings
     init: InitImage | None = None
+    warning: str | None = None  # a distilled preset on weights not made for it (solvers.weights_warning)
 
 
 class SizeConditioningRefused(ValueError):
@@ -130,7 +137,9 @@ def prepare_run(request: Request) -> Run:
     _refuse_size_conditioning(request, family)
     plan = request.recipe.build(checkpoint.schedule, family)  # a file may store its own noise table
     init = request.init
-    default_height, default_width = (family.size,) * 2 if init is None else init.pixels.shape[1:]
+    made_for = distilled(plan.name)
+    side = made_for.size if made_for is not None and made_for.size else family.size  # SDXL-Turbo: 512
+    default_height, default_width = (side, side) if init is None else init.pixels.shape[1:]
     height, width = request.height or default_height, request.width or default_width
     check_size(height, width)
     check_bounds(height=height, width=width, allow_large=request.allow_large)
@@ -139,7 +148,19 @@ def prepare_run(request: Request) -> Run:
         img2img.cut(plan, init, checkpoint.schedule)  # refuse a strength that keeps no step
     vae_dtype = request.vae_dtype or family.vae_dtype(dtype)
     vae = None if request.vae is None else resolve_weights(request.vae, DTYPES[vae_dtype])
-    sd = checkpoint.load(device, vae=vae, vae_dtype=DTYPES[vae_dtype])
+    loras = [(lora.read(resolve_file(spec, "--lora", family)), strength) for spec, strength in request.loras]
+    unet_path = None if request.unet is None else resolve_file(request.unet, "--unet", family)
+    unet = None if unet_path is None else unet_file.load(unet_path, family.name, DTYPES[dtype], device)
+    unet_config = (checkpoint.modules["unet"] if unet is None else unet).config
+    if unet_config.time_cond_proj_dim is not None and len(set(plan.guidance)) > 1:
+        raise ValueError(
+            "an LCM U-Net takes one guidance scale as its input (time_cond_proj_dim), not one per step; "
+            "give one --guidance"
+        )
+    # every LoRA checked against the model's layers (on the meta device) before its tensors are read
+    lora.check({**checkpoint.modules, **({} if unet is None else {"unet": unet})}, family.name, loras)
+    sd = checkpoint.load(device, vae=vae, vae_dtype=DTYPES[vae_dtype], unet=unet)
+    lora.merge(sd, loras)
     if request.compile:
         compile_model(sd)
     size = (request.size_conditioning or SizeConditioning()) if family.size_conditioning else None
@@ -161,8 +182,22 @@ def prepare_run(request: Request) -> Run:
         strength=None if init is None else init.strength,
         strength_cut=None if init is None else init.cut,
         quantization=request.quantization,
+        loras=[
+            {"lora": spec, **lora.record(lora_file, strength)}
+            for (spec, _), (lora_file, strength) in zip(request.loras, loras, strict=True)
+        ]
+        or None,
+        unet=request.unet,
+        unet_sha256=None if unet_path is None else unet_file.record(unet_path)["sha256"],
     )
-    return Run(sd, family, plan, settings, init)
+    names = [
+        request.weights,
+        path.name,
+        *(spec for spec, _ in request.loras),
+        *(f.path.name for f, _ in loras),
+    ]
+    names += [] if unet_path is None else [request.unet, unet_path.name]
+    return Run(sd, family, plan, settings, init, weights_warning(plan.name, dict.fromkeys(names)))
 
 
 def _refuse_size_conditioning(request: Request, family: Family | None) -> None:

@@ -139,9 +139,11 @@ class Checkpoint:
         *,
         vae: str | Path | None = None,
         vae_dtype: torch.dtype | None = None,
+        unet: UNet | None = None,
     ) -> StableDiffusion:
         """The model, every tensor read into its dtype on `device`; `vae` (a separate VAE, read only when
-        the checkpoint was read without its bundled one) and `vae_dtype` (default the model's) as `load`."""
+        the checkpoint was read without its bundled one) and `vae_dtype` (default the model's) as `load`;
+        `unet` (weights.unet_file.load's) replaces the checkpoint's, whose tensors are then not read."""
         vae_dtype = self.dtype if vae_dtype is None else vae_dtype
         _check_dtype("vae_dtype", vae_dtype)
         if (vae is None) != ("vae" in self.parts):
@@ -153,6 +155,9 @@ class Checkpoint:
             with empty_modules():
                 modules["vae"] = AutoencoderKL(config)
             _check_tensors(parts["vae"], modules["vae"], self.family)
+        if unet is not None:
+            del parts["unet"]
+            modules["unet"] = unet
         dtypes = {c: vae_dtype if c == "vae" else self.dtype for c in modules}
         _fill(list(parts.values()), modules, dtypes, torch.device(device), self.family)
         return StableDiffusion(

@@ -3,6 +3,7 @@
     lora = weights.lora.read(path)                    # parsed and checked, values included
     weights.lora.merge(sd, [(lora, 1.0), (other, 0.5)])   # into sd.unet / sd.text_encoder(_2), in place
     weights.lora.record(lora, 1.0)                    # {"file", "sha256", "strength"}, for the PNG
+    weights.lora.check(modules, "sd1", [(lora, 1.0)])  # merge's refusals, on modules still on meta
 
 Formats (../shared/reference/distilled-and-guidance.md section 4): kohya / A1111 (`lora_unet_*`,
 `lora_te_*`, `lora_te1_*`, `lora_te2_*` with `.lora_down.weight`, `.lora_up.weight`, optional `.alpha`
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -259,6 +260,15 @@ def merge(model: StableDiffusion, loras: Sequence[tuple[LoRA, float]]) -> None:
     with torch.no_grad():
         for lora, plan in zip((lora for lora, _ in loras), plans, strict=True):
             _merge(lora, plan)
+
+
+def check(modules: Mapping[str, nn.Module], kind: str, loras: Sequence[tuple[LoRA, float]]) -> None:
+    """Refuse what `merge` would refuse, against a model's modules by component (those of weights'
+    Checkpoint, still on the meta device, do: only names and shapes are read)."""
+    names = ("unet", "text_encoder", "text_encoder_2")
+    adaptable = {name: modules[name] for name in names if name in modules}
+    for lora, strength in loras:
+        _plan(lora, strength, adaptable, kind)
 
 
 def _plan(lora: LoRA, strength: float, modules: dict[str, nn.Module], kind: str) -> list[_Merge]:

@@ -135,6 +135,10 @@ def test_settings_chunk_holds_everything_replay_needs(cat):
         "strength": None,
         "strength_cut": None,
         "quantization": "round",
+        # no LoRA, the checkpoint's own U-Net
+        "loras": None,
+        "unet": None,
+        "unet_sha256": None,
     }
     assert Path(settings["weights"]).name == "sd15-tiny-seed0-fp32.safetensors"
 
@@ -412,7 +416,7 @@ def test_missing_weights(tmp_path, capsys):
     assert one_line_error(capsys, *sample_args(missing, tmp_path / "out", "--prompt", CAT)) == (
         f"run_sample.py: error: weights {missing} not found: pass --weights PATH to a .safetensors file or "
         f"diffusers folder, a Hub id such as {SD15_REPO}, or a short name: sd15, sdxl, dreamshaper-xl, "
-        "sdxl-vae-fp16-fix"
+        "sdxl-vae-fp16-fix, sdxl-turbo, lcm-dreamshaper-v7"
     )
 
 

@@ -256,6 +256,10 @@ def test_run_json_records_the_settings(inputs, single):
         "size_conditioning": None,
         "empty_negative": "encode",
         "quantization": "round",
+        "loras": None,
+        "unet_sha256": None,
+        "unet": None,
+        "sampler": "DPM++ 1S",
         "version": project_version(),
     }
     assert record["weights_sha256"] == read_replay(single / "00000.png")[0].weights_sha256

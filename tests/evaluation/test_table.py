@@ -180,3 +180,40 @@ def test_runs_as_a_module(tmp_path):
         [sys.executable, "-m", "evaluation.table", str(tmp_path / "nowhere")], cwd=REPO, capture_output=True
     )
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
+
+
+def test_a_comparison_with_distilled_runs_shows_each_rows_weights_loras_and_sampler(tmp_path):
+    """The paper's comparison in one table: the base model's recipe beside a LoRA and a U-Net file."""
+    base = make_run(tmp_path / "p8", "paper-8")
+    flash = make_run(tmp_path / "flash", "flash-6", guidance=1.0)
+    dmd2 = make_run(tmp_path / "dmd2", "dmd2-4-paper", guidance=1.0)
+    for folder, changes in (
+        (flash, {"loras": [{"lora": "flash-lora-sd15", "file": "pytorch_lora_weights.safetensors",
+                            "sha256": "ef" * 32, "strength": 1.0}]}),
+        (dmd2, {"model": "sd_xl_base_1.0", "unet": "dmd2-4step-unet", "unet_sha256": "12" * 32}),
+    ):  # fmt: skip
+        record = json.loads((folder / RUN_FILE).read_text())
+        write(folder / RUN_FILE, record | changes)
+    code, out, err = table(base, flash, dmd2)
+    assert (code, err) == (0, "")
+    assert out == (
+        "| Method | Weights | LoRAs | Sampler | NFE | Guidance | FID | CLIP |\n"
+        "| :--- | :--- | :--- | :--- | ---: | ---: | ---: | ---: |\n"
+        "| paper-8 | sd15 | - | DPM++ 2M | 8 | 7.5 | - | - |\n"
+        "| flash-6 | sd15 | pytorch_lora_weights.safetensors x1 | LCM | 6 | 1 | - | - |\n"
+        "| dmd2-4-paper | sd_xl_base_1.0 + U-Net dmd2-4step-unet | - | LCM | 4 | 1 | - | - |\n"
+    )
+
+
+def test_a_run_json_written_before_the_model_columns_shows_dashes(tmp_path):
+    old = make_run(tmp_path / "old", "paper-5")
+    record = json.loads((old / RUN_FILE).read_text())
+    write(old / RUN_FILE, {k: v for k, v in record.items() if k not in ("sampler", "unet", "loras")})
+    lora = make_run(tmp_path / "lora", "paper-5")
+    record = json.loads((lora / RUN_FILE).read_text())
+    write(lora / RUN_FILE, record | {"loras": [{"lora": "x", "file": "x.safetensors", "sha256": "0" * 64,
+                                               "strength": 0.5}]})  # fmt: skip
+    code, out, _ = table(old, lora)
+    assert code == 0
+    assert "| paper-5 | sd15 | - | - | 5 |" in out
+    assert "| paper-5 | sd15 | x.safetensors x0.5 | DPM++ 1S | 5 |" in out
