@@ -204,8 +204,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         trajectories = _generate_all(assembled, batches, out, args.trajectory, written)
     elapsed = time.perf_counter() - started
     extra = f" and {cli.count(trajectories, 'trajectory', 'trajectories')}" if trajectories else ""
+    names = f" ({cli.span([p.name for p in written])})" if written else ""
     print(
-        f"wrote {cli.count(len(jobs), 'image')} ({cli.span([p.name for p in written])}){extra} to {out}/ "
+        f"wrote {cli.count(len(written), 'image')}{names}{extra} to {out}/ "
         f"in {elapsed:.1f} s ({elapsed / len(jobs):.1f} s per image; loading the weights took {loaded:.1f} s)"
     )
 
