@@ -383,6 +383,8 @@ def _real(args: argparse.Namespace, samples: int, held_out: int) -> tuple[Subjec
     prompts = pipeline.read_prompts(args.prompts)
     real.check_cache_folder(real.cache_folder(args.cache))  # before minutes go into loading the weights
     run = prepared(args, pipeline.prepare_run, run_request(args, pick_device(args.device, shard)))
+    if run.warning:  # a distilled preset's weights, as run_sample.py and evaluation.generate say it
+        print(f"{PROG}: {run.warning}", file=sys.stderr)
     subject = real.subject(
         run, prompts, samples, held_out, seed=args.seed, cache=args.cache, decoded=args.decoded, shard=shard
     )
