@@ -465,14 +465,13 @@ def image_rows(
     from pipeline.generate import step_loop, step_noise
     from pipeline.graphs import StaticLoop
     from solvers import prepare
-    from tests.helpers import run_of
 
     size = SIZES[family]
     what = f"image {size} px"
     plan = pipeline.build_plan(None, f"karras-2m-{STEPS}", guidance=GUIDANCE, schedule=sd.schedule)
 
     def ours(graphs: bool = False):
-        run = run_of(sd, plan, height=size, width=size, device=DEVICE, compile=graphs)
+        run = pipeline.run_in_memory(sd, plan, height=size, width=size, device=DEVICE, compile=graphs)
         return pipeline.generate(run, [pipeline.Job(PROMPT, 0)])
 
     flops = flops_of(ours)

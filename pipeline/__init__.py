@@ -63,7 +63,16 @@ from pipeline.provenance import (
     read_replay,
     run_settings,
 )
-from pipeline.runs import Job, Recipe, Request, Run, SizeConditioningRefused, prepare_run, preview_plan
+from pipeline.runs import (
+    Job,
+    Recipe,
+    Request,
+    Run,
+    SizeConditioningRefused,
+    prepare_run,
+    preview_plan,
+    run_in_memory,
+)
 from weights.errors import WeightsError
 from weights.families import EMPTY_NEGATIVE, FAMILIES, Family
 
@@ -132,6 +141,7 @@ __all__ = [
     "read_replay",
     "replays_graph",
     "resolve_weights",
+    "run_in_memory",
     "run_settings",
     "save_png",
     "searched_on_another_model",

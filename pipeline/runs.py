@@ -41,7 +41,7 @@ from pipeline.provenance import Settings, run_settings
 from schedule import DiscreteSchedule, NoiseSchedule
 from solvers import Plan
 from solvers.presets import distilled, weights_warning
-from weights import Family, lora, unet_file
+from weights import FAMILIES, Family, lora, unet_file
 
 
 @dataclass(frozen=True)
@@ -203,3 +203,16 @@ def prepare_run(request: Request) -> Run:
 def _refuse_size_conditioning(request: Request, family: Family | None) -> None:
     if request.size_conditioning is not None and family is not None and not family.size_conditioning:
         raise SizeConditioningRefused(family)
+
+
+def run_in_memory(model: weights.StableDiffusion, plan: Plan, **settings: Any) -> Run:
+    """A run of a model already in memory (a notebook's, a benchmark's, a test's: no file behind it to
+    fingerprint): 64 x 64 px, float32 on the CPU, the family's defaults, but for `settings` (fields of
+    Settings)."""
+    family = FAMILIES[model.kind]
+    size = SizeConditioning().numbers() if family.size_conditioning else None
+    fields = {"prompt": "", "negative_prompt": "", "seed": 0, "width": 64, "height": 64, "weights": "memory",
+              "weights_sha256": "0" * 64, "model": "memory", "dtype": "float32", "device": "cpu",
+              "compile": False, "batch": 1, "batch_index": 0, "empty_negative": family.empty_negative,
+              "size_conditioning": None if size is None else list(size)}  # fmt: skip
+    return Run(model, family, plan, Settings(**{**fields, **settings}))

@@ -10,10 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline
 import weights
 from model import UNet, UNetConfig
-from solvers import Plan
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -94,15 +92,3 @@ def tiny_unet(context_dim: int = 8) -> UNet:
         norm_groups=8,
     )
     return UNet(config).eval()
-
-
-def run_of(sd: weights.StableDiffusion, plan: Plan, **settings) -> pipeline.Run:
-    """A run of a model already in memory (no file behind it to fingerprint): 64 x 64 px, float32 on
-    the CPU, the family's defaults, but for `settings` (fields of pipeline.Settings)."""
-    family = pipeline.family(sd)
-    size = pipeline.SizeConditioning().numbers() if family.size_conditioning else None
-    fields = {"prompt": "", "negative_prompt": "", "seed": 0, "width": 64, "height": 64, "weights": "memory",
-              "weights_sha256": "0" * 64, "model": "memory", "dtype": "float32", "device": "cpu",
-              "compile": False, "batch": 1, "batch_index": 0, "empty_negative": family.empty_negative,
-              "size_conditioning": None if size is None else list(size)}  # fmt: skip
-    return pipeline.Run(sd, family, plan, pipeline.Settings(**{**fields, **settings}))

@@ -27,7 +27,7 @@ from schedule import DiscreteSchedule
 from solvers import SOLVERS, Plan, prepare, sample
 from solvers.loop import buffered, draw_ahead
 from tests.checkpoints import write_checkpoint
-from tests.helpers import one_thread, run_of, tiny_unet
+from tests.helpers import one_thread, tiny_unet
 
 SEEDS = (3, 11)
 LATENT = (4, 8, 8)  # 64 px: the tiny model's smallest size the VAE / U-Net levels take
@@ -114,7 +114,7 @@ def test_denoiser_coefficients_come_from_the_table_without_changing_a_bit():
 
 def test_a_run_with_graphs_gives_the_same_images_and_reuses_its_static_loop(sd):
     plan = plan_for("dpmpp_2m_sde", 7.5, True)
-    eager, graphs = run_of(sd, plan), run_of(sd, plan, compile=True)
+    eager, graphs = pipeline.run_in_memory(sd, plan), pipeline.run_in_memory(sd, plan, compile=True)
     jobs = [pipeline.Job("a red cube", SEEDS[0]), pipeline.Job("a blue sphere", SEEDS[1])]
     plain = pipeline.generate(eager, jobs)
     assert torch.equal(pipeline.generate(graphs, jobs), plain)
@@ -136,7 +136,7 @@ def test_non_finite_latents_name_their_step_without_a_per_step_check(sd):
     device name step 1 after the run, as the per-step check did."""
     plan = Plan([14.6, 3.0, 0.0], "euler", guidance=1e300)
     with pytest.raises(pipeline.SamplingError, match=r"non-finite at step 1 of 2 \(sigma 14\.6\)"):
-        pipeline.generate(run_of(sd, plan), [pipeline.Job("a", 0)])
+        pipeline.generate(pipeline.run_in_memory(sd, plan), [pipeline.Job("a", 0)])
 
 
 def unet_inputs(sd, batch: int = 2):

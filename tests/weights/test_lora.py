@@ -18,7 +18,7 @@ import pipeline
 import weights
 from solvers import preset
 from tests.checkpoints import diffusers_pipeline, reference_models, write_checkpoint
-from tests.helpers import one_thread, run_of
+from tests.helpers import one_thread
 from tests.reference.unet import _ldm_key, ldm_state_dict
 from weights import keymaps, lora, lora_keys
 
@@ -147,8 +147,13 @@ def test_an_image_of_the_merged_lora_is_within_one_level_of_one_on_diffusers_fus
     for component, module in lora.components(theirs).items():
         module.load_state_dict(fused[component])
     plan = preset("paper-5")
-    images = [pipeline.generate(run_of(sd, plan), [pipeline.Job("a cat", 1)]) for sd in (ours, theirs)]
-    plain = pipeline.generate(run_of(weights.load(checkpoints["sd1"]), plan), [pipeline.Job("a cat", 1)])
+    images = [
+        pipeline.generate(pipeline.run_in_memory(sd, plan), [pipeline.Job("a cat", 1)])
+        for sd in (ours, theirs)
+    ]
+    plain = pipeline.generate(
+        pipeline.run_in_memory(weights.load(checkpoints["sd1"]), plan), [pipeline.Job("a cat", 1)]
+    )
     assert (images[0].int() - images[1].int()).abs().max() <= 1
     assert not torch.equal(images[0], plain)  # the LoRA changes the image: the comparison can fail
 
