@@ -292,8 +292,10 @@ def _order(
 
 
 def _notes(order: Order, assembled: pipeline.Run) -> None:
-    if order.replayed is not None:
-        _note_differences(order.source, order.replayed, assembled.settings)
+    if order.replayed is not None and (
+        differences := pipeline.replay_differences(order.replayed, assembled.settings)
+    ):
+        print(f"{PROG}: note: {order.source} was {differences}", file=sys.stderr)
     if assembled.warning:
         print(f"{PROG}: {assembled.warning}", file=sys.stderr)
     if elsewhere := pipeline.searched_on_another_model(assembled.plan, assembled.settings.model):
@@ -466,24 +468,6 @@ def _resume(jobs: list[pipeline.Job], done: int) -> str:
         f"to make the other {len(left)}, rerun from prompt {left[0].prompt!r} with --seed {left[0].seed} "
         "(image k of a run uses seed + k)"
     )
-
-
-def _note_differences(png: str, stored: Settings, now: Settings) -> None:
-    """Replays are bitwise only on the same weights, device type, dtype and versions: say what differs."""
-    differing = [
-        f"{name} {getattr(stored, name)} -> {getattr(now, name)}"
-        for name in pipeline.BITWISE_UNDER
-        if getattr(stored, name) != getattr(now, name)
-    ]
-    if differing:
-        # other inputs, not other arithmetic
-        inputs = {"weights_sha256", "vae_sha256", "init_image_sha256", "loras", "unet_sha256"}
-        expect = "different" if any(d.split()[0] in inputs for d in differing) else "close, not identical,"
-        print(
-            f"{PROG}: note: {png} was made with other settings ({', '.join(differing)}); "
-            f"expect {expect} pixels",
-            file=sys.stderr,
-        )
 
 
 if __name__ == "__main__":

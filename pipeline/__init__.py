@@ -61,6 +61,7 @@ from pipeline.provenance import (
     Settings,
     png_metadata,
     read_replay,
+    replay_differences,
     run_settings,
 )
 from pipeline.runs import (
@@ -139,6 +140,7 @@ __all__ = [
     "read_plan_file",
     "read_prompts",
     "read_replay",
+    "replay_differences",
     "replays_graph",
     "resolve_weights",
     "run_in_memory",

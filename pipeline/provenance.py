@@ -55,6 +55,8 @@ BITWISE_UNDER = (
     "version",
     "torch_version",
 )
+# Of those, the inputs: another value there makes other pixels, not other arithmetic.
+INPUTS = ("weights_sha256", "vae_sha256", "init_image_sha256", "loras", "unet_sha256")
 SETTINGS_FORMAT = 1
 
 
@@ -337,3 +339,14 @@ def replay_from_text(text: Mapping[str, str], path: object = "the image") -> tup
     except PlanError as err:
         raise PlanError(f"{path} cannot be replayed: {err}") from None
     return settings, checked_record(plan, path)
+
+
+def replay_differences(stored: Settings, now: Settings) -> str | None:
+    """What a replay of an image made with `stored` differs in (BITWISE_UNDER) and what to expect of
+    its pixels, in one line; None when it is made under the same settings (bitwise)."""
+    differing = [name for name in BITWISE_UNDER if getattr(stored, name) != getattr(now, name)]
+    if not differing:
+        return None
+    changes = ", ".join(f"{name} {getattr(stored, name)} -> {getattr(now, name)}" for name in differing)
+    expect = "different" if set(differing) & set(INPUTS) else "close, not identical,"
+    return f"made with other settings ({changes}); expect {expect} pixels"

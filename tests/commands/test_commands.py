@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import pipeline
 import run_sample
 from evaluation.generate import build_parser as generate_parser
 from pipeline import read_replay
@@ -151,10 +152,9 @@ def test_counts_and_file_spans_read_as_people_count():
     assert cli.span(["1-a.png", "2-a.png", "3-a.png"]) == "1-a.png ... 3-a.png"
 
 
-def test_the_replay_note_shows_whole_values(capsys):
+def test_the_replay_note_shows_whole_values():
     png = next((ROOT / "tests" / "fixtures" / "replay").glob("*.png"))
     stored = read_replay(png)[0]
     now = dataclasses.replace(stored, torch_version="2.14.1+cu130", device="cuda")
-    run_sample._note_differences(str(png), stored, now)
-    note = capsys.readouterr().err
+    note = pipeline.replay_differences(stored, now)
     assert f"device cpu -> cuda, torch_version {stored.torch_version} -> 2.14.1+cu130" in note

@@ -957,15 +957,12 @@ def test_a_discretization_record_that_does_not_reproduce_the_sigmas_is_dropped_w
     assert pipeline.read_plan_file(path) == plan  # a true record stays
 
 
-def test_a_replay_with_another_init_image_expects_different_pixels(capsys):
-    run_sample._note_differences("x.png", SETTINGS, SETTINGS)
-    assert capsys.readouterr().err == ""
+def test_a_replay_with_another_init_image_expects_different_pixels():
+    assert pipeline.replay_differences(SETTINGS, SETTINGS) is None
     changed = Settings(**{**SETTINGS.__dict__, "init_image_sha256": "1" * 64})
-    run_sample._note_differences("x.png", changed, SETTINGS)
-    assert capsys.readouterr().err.strip().endswith("expect different pixels")
+    assert pipeline.replay_differences(changed, SETTINGS).endswith("expect different pixels")
     changed = Settings(**{**SETTINGS.__dict__, "device": "cuda"})
-    run_sample._note_differences("x.png", changed, SETTINGS)
-    assert capsys.readouterr().err.strip().endswith("expect close, not identical, pixels")
+    assert pipeline.replay_differences(changed, SETTINGS).endswith("expect close, not identical, pixels")
 
 
 def test_force_replaces_an_unreadable_run_record_as_the_refusal_advises(tmp_path):
