@@ -375,13 +375,8 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, grid: Grid
             )
             settings = assembled.settings
             pipeline.check_free_space(out, settings.height, settings.width, sum(len(o.jobs) for o in group))
-            schedule = assembled.model.schedule
-            runs = []
-            for order in group:  # every plan of this model built on its own table before an image is made
-                plan = order.request.recipe.build(schedule, assembled.family)
-                if assembled.init is not None:
-                    pipeline.img2img.cut(plan, assembled.init, schedule)
-                runs.append(replace(assembled, plan=plan, settings=replace(settings, batch=order.batch_size)))
+            # every plan of this model built on its own table before an image is made
+            runs = [assembled.replan(order.request.recipe, order.batch_size) for order in group]
             for order, each in zip(group, runs, strict=True):
                 _notes(order, each)
                 batches = pipeline.batches(order.jobs, order.batch_size, order.offset)

@@ -13,7 +13,7 @@ read (but a replaced U-Net's) and the LoRAs merged into them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,22 @@ class Run:
     plan: Plan
     settings: Settings
     init: InitImage | None = None
-    warning: str | None = None  # a distilled preset on weights not made for it (solvers.weights_warning)
+    # the weights, LoRAs and U-Net as given and as files, which a distilled preset's warning reads
+    weight_names: tuple[str, ...] = ()
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the plan is a distilled preset and the weights are not made for it."""
+        return weights_warning(self.plan.name, self.weight_names)
+
+    def replan(self, recipe: Recipe, batch: int) -> Run:
+        """This loaded run with the plan of `recipe`, built on the model's own noise table (a strength
+        that keeps no step of it refused), and `batch` images per U-Net batch: a sweep's plan knobs."""
+        schedule = self.model.schedule
+        plan = recipe.build(schedule, self.family)
+        if self.init is not None:
+            img2img.cut(plan, self.init, schedule)
+        return replace(self, plan=plan, settings=replace(self.settings, batch=batch))
 
 
 class SizeConditioningRefused(ValueError):
@@ -197,7 +212,7 @@ def prepare_run(request: Request) -> Run:
         *(f.path.name for f, _ in loras),
     ]
     names += [] if unet_path is None else [request.unet, unet_path.name]
-    return Run(sd, family, plan, settings, init, weights_warning(plan.name, dict.fromkeys(names)))
+    return Run(sd, family, plan, settings, init, tuple(dict.fromkeys(names)))
 
 
 def _refuse_size_conditioning(request: Request, family: Family | None) -> None:

@@ -279,3 +279,12 @@ def test_a_swept_knob_replaces_the_same_flag_given_on_the_command_line(capsys):
     assert [line for line in out.splitlines() if line.startswith("# ")] == ["# paper-5", "# paper-6"]
     for steps in (5, 6):  # the other flags given stay
         assert f'"guidance": [{", ".join(["3.0"] * steps)}]' in out
+
+
+def test_each_combination_warns_for_its_own_plan_of_a_distilled_preset(checkpoint, tmp_path, capsys):
+    """One model load serves both plans; only the LCM preset is made for other weights (LCM-LoRA)."""
+    code, _, err = run_main(main, capsys, *args(checkpoint, tmp_path, "--prompt", CAT, "--sweep",
+                                                "preset=paper-2,lcm-2"))  # fmt: skip
+    assert code == 0
+    warnings = [line for line in err.splitlines() if "made for" in line]
+    assert len(warnings) == 1 and "lcm-2" in warnings[0], err
