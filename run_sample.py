@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cfg-rescale, stop, p2, freeu, weights, vae, dtype, ...); values split at commas, or at "
         "semicolons where a value holds commas (freeu=1.1,1.1,0.9,0.2;1.3,1.4,0.9,0.2). Plan knobs load "
         f"the model once; a knob of the model (weights, vae, dtype, ...) loads it once per value. At "
-        f"most {pipeline.MAX_SWEEP_IMAGES} images without {pipeline.LARGE_FLAG}",
+        f"most {pipeline.MAX_SWEEP_IMAGES} images without --allow-large",
     )
     out = p.add_argument_group("output")
     out.add_argument(

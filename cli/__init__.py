@@ -87,7 +87,7 @@ def _checked(check: Callable[[Any], Any], value: Any) -> Any:
     try:
         return check(value)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(one_line(err)) from None
 
 
 def positive_int(text: str) -> int:
@@ -153,9 +153,17 @@ def span(names: Sequence[object]) -> str:
     return str(names[0]) if len(names) == 1 else f"{names[0]} ... {names[-1]}"
 
 
+def flag(name: str) -> str:
+    """The flag of the input the library calls `name`: batch_size is --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def one_line(err: BaseException) -> str:
-    """An error as one line: a system OSError as "file: reason" (as Unix tools write it), anything else
-    as its text with newlines folded."""
+    """An error as one line: a refusal with the inputs it names called by their flags
+    (`safeio.Worded`), a system OSError as "file: reason" (as Unix tools write it), anything else as
+    its text with newlines folded."""
+    if isinstance(err, safeio.Worded):
+        return " ".join(err.worded(flag).split())
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"
     return safeio.reason(err)

@@ -33,7 +33,7 @@ def strength(text: str) -> float:
     try:
         return pipeline.check_strength(cli.finite_float(text))
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(cli.one_line(err)) from None
 
 
 def lora_spec(text: str) -> tuple[str, float]:
@@ -114,7 +114,7 @@ def knob_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+            raise argparse.ArgumentTypeError(cli.one_line(err)) from None
 
     return read
 
@@ -139,7 +139,7 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+            raise argparse.ArgumentTypeError(cli.one_line(err)) from None
 
     return parsed
 
@@ -212,7 +212,7 @@ def add_model_flags(
         "graph (default: no)",
     )
     machine.add_argument(
-        pipeline.LARGE_FLAG,
+        "--allow-large",
         action="store_true",
         help=f"lift the limits of {pipeline.MAX_SIDE} px per side, {pipeline.MAX_STEPS} steps, "
         f"{pipeline.MAX_BATCH} images per batch and {pipeline.MAX_IMAGES} per run (from flags, plan files "

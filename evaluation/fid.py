@@ -93,8 +93,8 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-class MissingWeightsError(FileNotFoundError):
-    pass
+class MissingWeightsError(safeio.Worded, FileNotFoundError):
+    """No FID Inception weights file: where to get one and how to name it."""
 
 
 def inception_weights_path(path: str | Path | None = None) -> Path:
@@ -104,8 +104,10 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
         return Path(chosen)
     found = f"{chosen} does not exist" if chosen else "none given"
     raise MissingWeightsError(
-        f"FID Inception weights: {found}; download {WEIGHTS_URL} and pass --inception PATH "
-        f"or set {WEIGHTS_ENV}=PATH"
+        "FID Inception weights: {found}; download {url} and give its path as {inception}, or set {env}=PATH",
+        found=found,
+        url=WEIGHTS_URL,
+        env=WEIGHTS_ENV,
     )
 
 
@@ -202,16 +204,20 @@ def writable_cache_dir(folder: str | Path, cache_dir: str | Path | None) -> Path
             safeio.check_writable(directory)
         except OSError as error:
             if cache_dir:
-                raise OSError(
-                    f"cannot write the feature cache folder {directory} ({error.strerror}); "
-                    "pass a writable --cache-dir"
+                raise safeio.NoRoom(
+                    "cannot write the feature cache folder {directory} ({reason}); give a writable "
+                    "{cache_dir}",
+                    directory=directory,
+                    reason=safeio.reason(error),
                 ) from None
             continue
         if n:
             warnings.warn(f"{candidates[0]} is not writable; feature caches go to {directory}", stacklevel=2)
         return directory
-    raise OSError(
-        f"cannot write a feature cache beside {folder} nor in {user_cache_dir()}; pass a writable --cache-dir"
+    raise safeio.NoRoom(
+        "cannot write a feature cache beside {folder} nor in {user}; give a writable {cache_dir}",
+        folder=folder,
+        user=user_cache_dir(),
     )
 
 
@@ -248,7 +254,9 @@ def folder_stats(
     try:
         safeio.write_atomically(path, write)  # readers never see a half-written cache
     except OSError as error:
-        raise OSError(
-            f"cannot write the feature cache {path} ({error.strerror}); pass a writable --cache-dir"
+        raise safeio.NoRoom(
+            "cannot write the feature cache {path} ({reason}); give a writable {cache_dir}",
+            path=path,
+            reason=safeio.reason(error),
         ) from None
     return FolderStats(features, mu, sigma, key, cached=False)

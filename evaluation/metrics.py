@@ -122,7 +122,7 @@ def device(text: str) -> str:
     try:
         return str(parse_device(text))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--device {text} ")) from None
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"device {text} ")) from None
 
 
 def angles(text: str) -> int:
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> None:
     --force, is refused before the long feature pass."""
     for flag in ("json", "plot"):
         if getattr(args, flag, None):
-            safeio.check_target(getattr(args, flag), f"--{flag}", args.force)
+            safeio.check_target(getattr(args, flag), flag, args.force)
     args.run(args)
 
 

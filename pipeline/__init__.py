@@ -29,7 +29,6 @@ from pipeline.generate import (
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
 from pipeline.limits import (
-    LARGE_FLAG,
     LATENT_FACTOR,
     MAX_BATCH,
     MAX_IMAGES,
@@ -88,7 +87,6 @@ __all__ = [
     "DTYPE_ALIASES",
     "EMPTY_NEGATIVE",
     "FAMILIES",
-    "LARGE_FLAG",
     "LATENT_FACTOR",
     "MAX_BATCH",
     "MAX_IMAGES",

@@ -24,14 +24,16 @@ METADATA_BOUND = 1 << 20  # Pillow refuses text chunks over 1 MiB when reading t
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
-    """--prompts FILE: one prompt per line, blank lines skipped."""
+    """A prompts file: one prompt per line, blank lines skipped."""
     try:
         lines = safeio.read_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read --prompts {path}: {safeio.reason(err)}") from None
+        raise safeio.InputError(
+            "cannot read {prompts} {path}: {reason}", path=path, reason=safeio.reason(err)
+        ) from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise ValueError(f"--prompts {path} holds no prompt; write one per line")
+        raise safeio.InputError("{prompts} {path} holds no prompt; write one per line", path=path)
     return prompts
 
 
@@ -69,9 +71,10 @@ def prepare_output(directory: str | os.PathLike) -> Path:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as err:
-        raise OSError(
-            f"cannot write to the output folder {directory}: {safeio.reason(err)}; pass --out DIR with a "
-            "writable folder"
+        raise safeio.NoRoom(
+            "cannot write to the output folder {directory}: {reason}; give {out} a writable folder",
+            directory=directory,
+            reason=safeio.reason(err),
         ) from None
     safeio.remove_stale(directory)
     return directory
@@ -87,7 +90,13 @@ def check_free_space(directory: Path, height: int, width: int, images: int = 1) 
     free = shutil.disk_usage(directory).free
     need = png_bound(height, width)
     if free < need:
-        raise OSError(
-            f"{directory}: No space left for even one {width}x{height} image ({free} bytes free, up to "
-            f"{need} needed per image, {images} images to write); free space or pass another --out"
+        raise safeio.NoRoom(
+            "{directory}: No space left for even one {width}x{height} image ({free} bytes free, up to "
+            "{need} needed per image, {images} images to write); free space or give another {out}",
+            directory=directory,
+            width=width,
+            height=height,
+            free=free,
+            need=need,
+            images=images,
         )

@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+import safeio
 import weights
 from model import Denoiser, SizeConditioning
 from model.unet import guidance_embedding
@@ -35,8 +36,9 @@ from solvers.guidance import Cond
 _LOOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StaticLoop]] = weakref.WeakKeyDictionary()
 
 
-class SamplingError(RuntimeError):
-    """A sampling run went wrong (non-finite latents); the message is one line."""
+class SamplingError(safeio.Worded, RuntimeError):
+    """A sampling run went wrong (non-finite latents); the message is one line, naming inputs as
+    `{name}` fields (safeio.Worded)."""
 
 
 def initial_noise(
@@ -116,11 +118,12 @@ def decode_pixels(sd: weights.StableDiffusion, latents: torch.Tensor) -> torch.T
         name = str(vae_dtype).removeprefix("torch.")
         if vae_dtype != torch.float32:
             raise SamplingError(
-                f"the VAE decoder produced non-finite pixels in {name}; decode in float32 instead"
+                "the VAE decoder produced non-finite pixels in {name}; decode in float32 instead", name=name
             )
         raise SamplingError(
-            f"the VAE decoder produced non-finite pixels in float32, so its weights "
-            f"{sd.vae_source or sd.source} are at fault: check them or use another VAE"
+            "the VAE decoder produced non-finite pixels in float32, so its weights {source} are at fault: "
+            "check them or use another VAE",
+            source=sd.vae_source or sd.source,
         )
     return pixels
 
@@ -132,14 +135,20 @@ def decode(sd: weights.StableDiffusion, latents: torch.Tensor, quantization: str
     return quantize(decode_pixels(sd, latents), quantization).cpu()
 
 
-def _blame(sd: weights.StableDiffusion, plan: Plan) -> str:
-    """What to do about non-finite latents (solvers.NonFinite): a half-precision run may have
-    overflowed; a float32 one points at the plan (its guidance scale) or the weights."""
+def _blame(failure: NonFinite, sd: weights.StableDiffusion, plan: Plan) -> SamplingError:
+    """Non-finite latents, and what to do about them: a half-precision run may have overflowed; a
+    float32 one points at the plan (its guidance scale) or the weights."""
     if next(sd.unet.parameters()).dtype != torch.float32:
-        return "the model's dtype overflowed or the weights are broken: try --dtype float32"
-    return (
-        f"the run is float32 already, so the plan (guidance up to {max(plan.guidance):g}) or the weights "
-        f"{sd.source} are at fault: lower --guidance, or check the weights"
+        return SamplingError(
+            "{failure}; the model's dtype overflowed or the weights are broken: try {dtype} float32",
+            failure=failure,
+        )
+    return SamplingError(
+        "{failure}; the run is float32 already, so the plan (guidance up to {scale:g}) or the weights "
+        "{source} are at fault: lower {guidance}, or check the weights",
+        failure=failure,
+        scale=max(plan.guidance),
+        source=sd.source,
     )
 
 
@@ -187,7 +196,7 @@ def generate(
             x, finite = loop(inputs)
             prepared.check(finite)
         except NonFinite as err:
-            raise SamplingError(f"{err}; {_blame(sd, plan)}") from None
+            raise _blame(err, sd, plan) from None
         return decode(sd, x, settings.quantization)
 
 

@@ -37,13 +37,14 @@ from __future__ import annotations
 import math
 import os
 
+import safeio
+
 LATENT_FACTOR = 8  # the VAE maps 8 x 8 pixels to one latent
 MAX_SIDE = 2048
 MAX_STEPS = 1000
 MAX_BATCH = 64
 MAX_IMAGES = 100_000
 MAX_SWEEP_IMAGES = 64
-LARGE_FLAG = "--allow-large"
 MAX_SAMPLE_ELEMENTS = 4 * (MAX_SIDE // LATENT_FACTOR) ** 2
 MAX_SEARCH_SAMPLES = 65_536
 MAX_GRID = MAX_STEPS
@@ -85,29 +86,32 @@ def check_bounds(
 ) -> None:
     """Refuse a side, step count, batch size or image count beyond the documented maxima, unless
     `allow_large`.
-    `source` says where the values came from when not from flags (e.g. "the settings of x.png: ")."""
+    `source` says where the values came from when not from the inputs (e.g. "the settings of x.png: ")."""
     if allow_large:
         return
     _refuse_over(
         (
-            ("--height", height, height, MAX_SIDE, "pixels per side"),
-            ("--width", width, width, MAX_SIDE, "pixels per side"),
+            ("{height}", height, height, MAX_SIDE, "pixels per side"),
+            ("{width}", width, width, MAX_SIDE, "pixels per side"),
             ("steps", steps, steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
-            ("--batch-size", batch, batch, MAX_BATCH, "images per U-Net batch"),
-            ("images", images, images, MAX_IMAGES, "images per run (prompts x --num-images)"),
+            ("{batch_size}", batch, batch, MAX_BATCH, "images per U-Net batch"),
+            ("images", images, images, MAX_IMAGES, "images per run (prompts x {num_images})"),
         ),
         source,
     )
 
 
 def _refuse_over(rows: tuple[tuple[str, int | None, object, int, str], ...], source: str = "") -> None:
-    """Rows (what, value, how it is shown, limit, why): the first value over its limit, refused in one
-    line that says how to lift the limits."""
+    """Rows (what, value, how it is shown, limit, why; `what` and `why` name inputs as fields): the
+    first value over its limit, refused in one line that says how to lift the limits."""
     for what, value, shown, limit, why in rows:
         if value is not None and value > limit:
-            raise ValueError(
-                f"{source}{what} {shown} is over the maximum of {limit} {why}; pass {LARGE_FLAG} to lift "
-                "the limits (see the README)"
+            raise safeio.InputError(
+                "{source}" + what + " {shown} is over the maximum of {limit} " + why + "; pass "
+                "{allow_large} to lift the limits (see the README)",
+                source=source,
+                shown=shown,
+                limit=limit,
             )
 
 
@@ -128,13 +132,13 @@ def check_search(
     elements = math.prod(shape)
     _refuse_over(
         (
-            ("--shape", elements, f"{','.join(map(str, shape))} ({elements} numbers)", MAX_SAMPLE_ELEMENTS,
+            ("{shape}", elements, f"{','.join(map(str, shape))} ({elements} numbers)", MAX_SAMPLE_ELEMENTS,
              "numbers per sample (4 x 256 x 256 latents)"),
-            ("--steps", steps, steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
-            ("--samples", samples, samples, MAX_SEARCH_SAMPLES, "search samples"),
-            ("--held-out", held_out, held_out, MAX_SEARCH_SAMPLES, "held-out samples"),
-            ("--grid", grid, grid, MAX_GRID, "candidate levels, the noise levels of SD's DDPM table"),
-            ("--teacher-substeps", substeps, substeps, MAX_SUBSTEPS, "teacher steps per grid interval"),
+            ("{steps}", steps, steps, MAX_STEPS, "steps, the noise levels of SD's DDPM table"),
+            ("{samples}", samples, samples, MAX_SEARCH_SAMPLES, "search samples"),
+            ("{held_out}", held_out, held_out, MAX_SEARCH_SAMPLES, "held-out samples"),
+            ("{grid}", grid, grid, MAX_GRID, "candidate levels, the noise levels of SD's DDPM table"),
+            ("{teacher_substeps}", substeps, substeps, MAX_SUBSTEPS, "teacher steps per grid interval"),
         )
     )  # fmt: skip
 

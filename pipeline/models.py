@@ -10,7 +10,6 @@ import torch
 import safeio
 import weights
 from weights import FAMILIES, Family
-from weights.errors import WeightsError
 from weights.hub import (
     DISTILLED_FILES,
     DREAMSHAPER_XL_REPO,
@@ -70,19 +69,25 @@ def owner(preset_name: str) -> Family | None:
     return next((f for f in FAMILIES.values() if preset_name in f.tuned_presets.values()), None)
 
 
-def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True) -> Path:
+def resolve_weights(
+    spec: str, dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True, what: str = "weights"
+) -> Path:
     """A local file or folder as it is; a short name (sdxl, dreamshaper-xl, ...) or a Hub id
     (org/name[@rev][/file]) through the Hugging Face cache. A repo without a file name means its
     known single file (SD 1.5's v1-5-pruned-emaonly, SDXL base's sd_xl_base_1.0, ...), else the
-    diffusers folder in it, of which only the files `weights.load` reads into `dtype` are fetched."""
+    diffusers folder in it, of which only the files `weights.load` reads into `dtype` are fetched.
+    `what` names the input that gave `spec` (weights, vae) in a refusal."""
     if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
         spec = SHORT_NAMES[spec]
     if is_local_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
-            raise WeightsError(
-                f"weights {spec} not found: pass --weights PATH to a .safetensors file or diffusers folder, "
-                f"a Hub id such as {SD15_REPO}, or a short name: {', '.join(SHORT_NAMES)}"
+            raise safeio.InputError(
+                f"{{{what}}} {{spec}} not found: give a path to a .safetensors file or diffusers folder, a "
+                "Hub id such as {repo}, or a short name: {names}",
+                spec=spec,
+                repo=SD15_REPO,
+                names=", ".join(SHORT_NAMES),
             )
         return path
     repo_id, filename, revision = parse_hub_spec(spec)
@@ -92,34 +97,44 @@ def resolve_weights(spec: str, dtype: torch.dtype = torch.float32, *, bundled_va
     return hub_file(repo_id, filename, revision)
 
 
-def resolve_file(spec: str, flag: str, family: Family) -> Path:
+def resolve_file(spec: str, kind: str, family: Family) -> Path:
     """A single file (a LoRA, a U-Net) given as a local path, a short name (weights.hub.DISTILLED_FILES)
     or a Hub id org/name/file, the Hub's through the Hugging Face cache. A short name of another kind,
-    or made for another family than the weights', is refused before it is fetched."""
-    kind = flag.removeprefix("--")
+    or made for another family than the weights', is refused before it is fetched. `kind` is the
+    input that gave it: lora or unet."""
     made_for = None if Path(spec).expanduser().exists() else DISTILLED_FILES.get(spec)
     if made_for is not None:
         if made_for.kind != kind:
-            raise WeightsError(f"{flag} {spec} is not a {kind} file; pass it as --{made_for.kind}")
+            raise safeio.InputError(
+                f"{{{kind}}} {{spec}} is not a {kind} file; give it as {{{made_for.kind}}}", spec=spec
+            )
         if made_for.family != family.name:
             others = [n for n, e in DISTILLED_FILES.items() if e.family == family.name and e.kind == kind]
-            raise WeightsError(
-                f"{flag} {spec} is made for {FAMILIES[made_for.family].label} models, but the weights are "
-                f"{family.label}: use one made for them ({', '.join(others)})"
+            raise safeio.InputError(
+                f"{{{kind}}} {{spec}} is made for {{made_for}} models, but the weights are {{family}}: use "
+                "one made for them ({others})",
+                spec=spec,
+                made_for=FAMILIES[made_for.family].label,
+                family=family.label,
+                others=", ".join(others),
             )
         spec = made_for.spec
     if is_local_path(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise WeightsError(
-                f"{flag} {spec}: no such file; pass a path to a .safetensors file, a Hub id "
-                f"org/name/file.safetensors or a short name: {', '.join(distilled_names(kind))}"
+            raise safeio.InputError(
+                f"{{{kind}}} {{spec}}: no such file; give a path to a .safetensors file, a Hub id "
+                "org/name/file.safetensors or a short name: {names}",
+                spec=spec,
+                names=", ".join(distilled_names(kind)),
             )
         return path
     repo_id, filename, revision = parse_hub_spec(spec)
     filename = filename or SINGLE_FILES.get(repo_id)
     if filename is None:
-        raise WeightsError(f"{flag} {spec} names a Hub repo but no file in it: write org/name/FILE")
+        raise safeio.InputError(
+            f"{{{kind}}} {{spec}} names a Hub repo but no file in it: write org/name/FILE", spec=spec
+        )
     return hub_file(repo_id, filename, revision)
 
 
@@ -129,19 +144,27 @@ def model_name(path: Path) -> str:
 
 
 def parse_device(spec: str | None) -> torch.device:
-    """--device as a torch.device (default cuda if there is one), refused if this machine lacks it."""
+    """The device as a torch.device (default cuda if there is one), refused if this machine lacks it."""
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as err:
         reason = safeio.reason(err)
-        raise ValueError(f"--device {spec} is not a torch device ({reason}); use e.g. cpu or cuda") from None
+        raise safeio.InputError(
+            "{device} {spec} is not a torch device ({reason}); use e.g. cpu or cuda", spec=spec, reason=reason
+        ) from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device.type not in available:  # meta holds no data; xla, hpu, ... are not supported
-        raise ValueError(f"--device {spec} cannot run the models; use {', '.join(available)}")
+        raise safeio.InputError(
+            "{device} {spec} cannot run the models; use {available}",
+            spec=spec,
+            available=", ".join(available),
+        )
     if not available[device.type]:
-        raise ValueError(f"--device {spec} is not available on this machine; use --device cpu")
+        raise safeio.InputError(
+            "{device} {spec} is not available on this machine; use {device} cpu", spec=spec
+        )
     return device
 
 

@@ -31,11 +31,14 @@ def unquantize(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 255 * 2 - 1
 
 
-def read_image(path: str | os.PathLike, what: str = "--init-image") -> torch.Tensor:
-    """An image file as uint8 [3, H, W] RGB (an alpha channel is dropped)."""
+def read_image(path: str | os.PathLike, what: str = "init_image") -> torch.Tensor:
+    """An image file as uint8 [3, H, W] RGB (an alpha channel is dropped); `what` is the input that
+    named it."""
     try:
         with safeio.open_regular(path) as file, Image.open(file) as image:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {what} {path} as an image: {safeio.reason(err)}") from None
+        raise safeio.InputError(
+            f"cannot read {{{what}}} {{path}} as an image: {{reason}}", path=path, reason=safeio.reason(err)
+        ) from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)

@@ -133,18 +133,18 @@ def build_plan(
     """
     schedule = DiscreteSchedule.sd() if schedule is None else schedule
     if sum(x is not None for x in (base, preset_name)) + (steps is not None and preset_name != "paper") > 1:
-        raise ValueError("give only one of --steps, --preset and --plan (or --preset paper --steps N)")
+        raise safeio.InputError("give only one of {steps}, {preset} and {plan} (or {preset} paper {steps} N)")
     tuned = (family or FAMILIES["sd1"]).tuned_presets
     model = (family or FAMILIES["sd1"]).name  # discretizations with a model table (AYS) take its own
     if base is None:
         if preset_name in (None, "paper"):
             n = (family or FAMILIES["sd1"]).default_steps if steps is None else steps
             preset_name = tuned.get(n, f"paper-{n}")
-        _refuse_other_family(preset_name, family, f"--preset {preset_name}")
+        _refuse_other_family(preset_name, family)
         base = preset(preset_name, schedule=schedule, model=model)
     else:
         made_from = base.name.split("+")[0]
-        _refuse_other_family(made_from, family, f"the plan {base.name} (made from {made_from})")
+        _refuse_other_family(made_from, family, base.name)
     changes: list[str] = []
     recipe = base.discretization
     if discretization is not None:
@@ -183,35 +183,49 @@ def build_plan(
     return check_plan(base.replace(**parts))
 
 
-def _refuse_other_family(preset_name: str, family: Family | None, what: str) -> None:
-    """A tuned row of the paper is only run on the family it was tuned for (None: not known yet)."""
+class FamilyError(safeio.Worded, PlanError):
+    """A row of the paper tuned for one model family, asked of another family's weights."""
+
+
+def _refuse_other_family(preset_name: str, family: Family | None, plan_name: str | None = None) -> None:
+    """A tuned row of the paper is only run on the family it was tuned for (None: not known yet); the
+    refusal names the preset, or the plan (`plan_name`) made from it."""
     tuned_for = owner(preset_name)
     if family is None or tuned_for is None or tuned_for is family:
         return
-    rows = ", ".join(f"{name} (--steps {n})" for n, name in family.tuned_presets.items())
-    raise PlanError(
-        f"{what} is the paper's row for {tuned_for.label} ({tuned_for.size} px) but the weights are "
-        f"{family.label}; its rows are {rows}, or pick a baseline such as karras-2m-20"
+    rows = ", ".join(f"{name} ({n} steps)" for n, name in family.tuned_presets.items())
+    raise FamilyError(
+        ("{preset} {name}" if plan_name is None else "the plan {plan_name} (made from {name})")
+        + " is the paper's row for {label} ({size} px) but the weights are {family}; its rows are "
+        "{rows}, or pick a baseline such as karras-2m-20",
+        name=preset_name,
+        plan_name=plan_name,
+        label=tuned_for.label,
+        size=tuned_for.size,
+        family=family.label,
+        rows=rows,
     )
 
 
 def _turn_knobs(recipe: Any, knobs: dict[str, Any]) -> Any:
-    flags = ", ".join(f"--{name}" for name in knobs)
+    given = ", ".join(f"{{{name}}}" for name in knobs)  # the knobs' inputs, as fields
     if recipe is None:
-        raise ValueError(
-            f"{flags} change a discretization's knobs, but this plan's sigmas were given as a list; "
-            "add --discretization KIND to place them anew"
+        raise safeio.InputError(
+            given + " change a discretization's knobs, but this plan's sigmas were given as a list; "
+            "add {discretization} KIND to place them anew"
         )
     valid = knob_names(recipe.kind)
     unknown = [name for name in knobs if name not in valid]
     if unknown:
-        raise ValueError(
-            f"--{unknown[0]} is not a knob of the {recipe.kind} discretization (it has "
-            f"{', '.join(valid) or 'none'}); pick another with --discretization"
+        raise safeio.InputError(
+            f"{{{unknown[0]}}} is not a knob of the {{kind}} discretization (it has {{valid}}); pick "
+            "another with {discretization}",
+            kind=recipe.kind,
+            valid=", ".join(valid) or "none",
         )
     if recipe.kind == "paper" and "stop" in knobs:
         knobs = {"grid": None, "index": None, **knobs}
     try:
         return dataclasses.replace(recipe, **knobs)
     except ValueError as err:
-        raise ValueError(f"{flags}: {err}") from None
+        raise safeio.InputError(given + ": {problem}", problem=safeio.reason(err)) from None

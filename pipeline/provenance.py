@@ -153,7 +153,7 @@ class Settings:
         if values["batch_index"] >= values["batch"]:
             raise PlanError(
                 f"the settings' batch_index {values['batch_index']} is not a row of a batch of "
-                f"{values['batch']}; re-make the image, or pass --batch-size"
+                f"{values['batch']}; re-make the image, or give the batch size it was made with"
             )
         return cls(**values)
 

@@ -162,15 +162,15 @@ def prepare_run(request: Request) -> Run:
         init.check_size(height, width)
         img2img.cut(plan, init, checkpoint.schedule)  # refuse a strength that keeps no step
     vae_dtype = request.vae_dtype or family.vae_dtype(dtype)
-    vae = None if request.vae is None else resolve_weights(request.vae, DTYPES[vae_dtype])
-    loras = [(lora.read(resolve_file(spec, "--lora", family)), strength) for spec, strength in request.loras]
-    unet_path = None if request.unet is None else resolve_file(request.unet, "--unet", family)
+    vae = None if request.vae is None else resolve_weights(request.vae, DTYPES[vae_dtype], what="vae")
+    loras = [(lora.read(resolve_file(spec, "lora", family)), strength) for spec, strength in request.loras]
+    unet_path = None if request.unet is None else resolve_file(request.unet, "unet", family)
     unet = None if unet_path is None else unet_file.load(unet_path, family.name, DTYPES[dtype], device)
     unet_config = (checkpoint.modules["unet"] if unet is None else unet).config
     if unet_config.time_cond_proj_dim is not None and len(set(plan.guidance)) > 1:
-        raise ValueError(
+        raise safeio.InputError(
             "an LCM U-Net takes one guidance scale as its input (time_cond_proj_dim), not one per step; "
-            "give one --guidance"
+            "give one {guidance}"
         )
     # every LoRA checked against the model's layers (on the meta device) before its tensors are read
     lora.check({**checkpoint.modules, **({} if unet is None else {"unet": unet})}, family.name, loras)

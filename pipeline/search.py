@@ -162,9 +162,10 @@ def check_cache_folder(folder: Path) -> None:
     try:
         safeio.check_writable(folder)
     except OSError as err:
-        reason = err.strerror or " ".join(str(err).split())
-        raise OSError(
-            f"cannot write the teacher cache folder {folder}: {reason}; pass --cache DIR, a writable folder"
+        raise safeio.NoRoom(
+            "cannot write the teacher cache folder {folder}: {reason}; give {cache} a writable folder",
+            folder=folder,
+            reason=safeio.reason(err),
         ) from None
 
 
@@ -175,10 +176,14 @@ def check_cache_space(cache: TeacherCache, rows: Sequence[Job]) -> None:
     need = missing * (4 * math.prod(cache.shape) + CACHE_FILE_OVERHEAD)
     free = shutil.disk_usage(cache.folder).free
     if free < need:
-        raise OSError(
-            f"{cache.folder}: No space left for the teacher cache ({free} bytes free, up to {need} needed "
-            f"for {missing} trajectories); free space, pass --cache DIR on another disk, or lower --samples, "
-            "--held-out or --grid"
+        raise safeio.NoRoom(
+            "{folder}: No space left for the teacher cache ({free} bytes free, up to {need} needed for "
+            "{missing} trajectories); free space, give {cache} a folder on another disk, or lower {samples}, "
+            "{held_out} or {grid}",
+            folder=cache.folder,
+            free=free,
+            need=need,
+            missing=missing,
         )
 
 

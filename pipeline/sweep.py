@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import safeio
-from pipeline.limits import LARGE_FLAG, MAX_SWEEP_IMAGES
+from pipeline.limits import MAX_SWEEP_IMAGES
 from pipeline.provenance import PARAMETERS_KEY, PLAN_KEY, SETTINGS_KEY, Settings, replay_from_text
 from pipeline.runs import Recipe, Request
 from solvers import Plan, PlanError
@@ -35,7 +35,6 @@ from solvers import Plan, PlanError
 SWEEP_KEY = "fewstep-sweep"
 SWEEP_FORMAT = 1
 MAX_KNOBS = 2  # columns and rows
-FLAG = "--sweep"
 PAD = 4  # pixels around each label
 BACKGROUND, INK = (255, 255, 255), (0, 0, 0)
 
@@ -74,14 +73,18 @@ def parse_axis(text: str, knobs: Mapping[str, Callable[[str], Any]]) -> Axis:
 def check_axes(axes: Sequence[Axis]) -> None:
     """At most two knobs, each once."""
     if len(axes) > MAX_KNOBS:
-        raise ValueError(
-            f"{FLAG} takes at most {MAX_KNOBS} knobs (columns and rows), got {len(axes)}: "
-            f"{', '.join(axis.knob for axis in axes)}"
+        raise safeio.InputError(
+            "{sweep} takes at most {most} knobs (columns and rows), got {count}: {knobs}",
+            most=MAX_KNOBS,
+            count=len(axes),
+            knobs=", ".join(axis.knob for axis in axes),
         )
     knobs = [axis.knob for axis in axes]
     for knob in knobs:
         if knobs.count(knob) > 1:
-            raise ValueError(f"{FLAG} {knob} is given twice; list all its values in one {FLAG} {knob}=V1,V2")
+            raise safeio.InputError(
+                "{sweep} {knob} is given twice; list all its values in one {sweep} {knob}=V1,V2", knob=knob
+            )
 
 
 def combinations(axes: Sequence[Axis]) -> list[dict[str, str]]:
@@ -97,9 +100,12 @@ def combinations(axes: Sequence[Axis]) -> list[dict[str, str]]:
 def check_count(images: int, what: str, allow_large: bool) -> None:
     """Refuse a sweep of more than MAX_SWEEP_IMAGES images (pipeline/limits.py) unless `allow_large`."""
     if images > MAX_SWEEP_IMAGES and not allow_large:
-        raise ValueError(
-            f"{FLAG} {what} makes {images} images, over the maximum of {MAX_SWEEP_IMAGES} per sweep; "
-            f"pass {LARGE_FLAG} to lift the limits (see the README)"
+        raise safeio.InputError(
+            "{sweep} {what} makes {images} images, over the maximum of {most} per sweep; pass {allow_large} "
+            "to lift the limits (see the README)",
+            what=what,
+            images=images,
+            most=MAX_SWEEP_IMAGES,
         )
 
 

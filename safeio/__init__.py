@@ -10,6 +10,8 @@ lowest layers (weights/, solvers/) and the parser (cli/) can all use it:
   (a FIFO, device or folder is refused before it is opened for reading);
 - `text`: text that is valid Unicode (bytes that are not UTF-8 arrive as lone surrogates), checked
   where a prompt enters, and in every string `decode` returns;
+- `InputError` (and `NoRoom`): a refusal that names inputs as `{name}` fields, read as the library's
+  names by str() and as flags by the commands (`cli.one_line`);
 - `check_target` and `write_atomically`: every file the project writes, refused up front when it
   exists (without --force) and created exclusively under a random name in its folder, then renamed
   or linked into place; `remove_stale` clears what a killed run left.
@@ -29,6 +31,7 @@ from safeio.files import (
     write_atomically,
 )
 from safeio.jsontext import MAX_DEPTH, JSONProblem, decode, parse_json, read_json
+from safeio.refusals import InputError, NoRoom, Worded
 from safeio.values import (
     SEED_LIMIT,
     did_you_mean,
@@ -45,7 +48,10 @@ __all__ = [
     "MAX_DEPTH",
     "SEED_LIMIT",
     "TEMPORARY_SUFFIX",
+    "InputError",
     "JSONProblem",
+    "NoRoom",
+    "Worded",
     "check_regular",
     "check_target",
     "check_writable",

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from safeio.refusals import InputError
+
 TEMPORARY_SUFFIX = ".tmp"
 STALE_AFTER_S = 60  # a temporary untouched this long, of a process gone from this machine, is stale
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
@@ -81,17 +83,20 @@ def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def check_target(path: str | os.PathLike, flag: str, force: bool = False) -> Path:
-    """Refuse, before any work, an output file `path` (given as `flag`) that is a folder, or that exists
-    when not `force`, or whose folder is missing; `write_atomically(path, ..., replace=force)` then
-    writes it."""
+def check_target(path: str | os.PathLike, what: str, force: bool = False) -> Path:
+    """Refuse, before any work, an output file `path` (given as the input `what`) that is a folder, or
+    that exists when not `force`, or whose folder is missing; `write_atomically(path, ...,
+    replace=force)` then writes it."""
     path = Path(path)
+    given = f"{{{what}}} {{path}}"
     if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; pass a file name")
+        raise InputError(given + " is a folder; give a file name", path=path)
     if not force and (path.exists() or path.is_symlink()):
-        raise ValueError(f"{flag} {path} exists; pass --force to replace it, or another file name")
+        raise InputError(given + " exists; pass {force} to replace it, or give another file name", path=path)
     if not path.parent.is_dir():
-        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
+        raise InputError(
+            given + ": the folder {folder} does not exist; create it first", path=path, folder=path.parent
+        )
     return path
 
 

@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def analyze(args: argparse.Namespace) -> None:
     if args.plot:
         _pyplot()  # refuse before the work, not after it
-        safeio.check_target(args.plot, "--plot", args.force)
+        safeio.check_target(args.plot, "plot", args.force)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tens of thousands of tiny calls: a thread pool only adds overhead
     try:

@@ -68,18 +68,20 @@ def _override(plan: Plan, given: Mapping[str, Any]) -> tuple[tuple | None, str]:
     freeu, version, steps, n = given["freeu"], given["freeu_version"], given["freeu_steps"], plan.steps
     if freeu is False:
         if version is not None or steps is not None:
-            raise ValueError("--no-freeu goes with neither --freeu-version nor --freeu-steps")
+            raise safeio.InputError("{no_freeu} goes with neither {freeu_version} nor {freeu_steps}")
         return (None,) * n, "no-freeu"
     if freeu is None and version is None and steps is None:
         return None, ""
     if freeu is None:
         own = [f for f in plan.freeu if f is not None]
         if not own:
-            raise ValueError(
-                "this plan has no FreeU setting to change; give its values with --freeu B1,B2,S1,S2"
+            raise safeio.InputError(
+                "this plan has no FreeU setting to change; give its values with {freeu} B1,B2,S1,S2"
             )
         if steps is not None and any(f != own[0] for f in own):
-            raise ValueError("this plan has several FreeU settings; give the one to window with --freeu")
+            raise safeio.InputError(
+                "this plan has several FreeU settings; give the one to window with {freeu}"
+            )
         changed = {} if version is None else {"version": version}
         per_step = tuple(None if f is None else {**f, **changed} for f in plan.freeu)
         if steps is not None:

@@ -83,7 +83,7 @@ def _guidance_override(plan: Plan, given: Mapping[str, Any]) -> tuple[Any, str]:
     """--guidance W on every step, or --guidance-schedule's per-step scales. A plan's name records
     neither: the paper's tables compare scales of one plan."""
     if given["guidance"] is not None and given["guidance_schedule"] is not None:
-        raise ValueError("give --guidance or --guidance-schedule, not both")
+        raise safeio.InputError("give {guidance} or {guidance_schedule}, not both")
     if given["guidance_schedule"] is not None:
         return weight_schedule(*given["guidance_schedule"], plan.steps), ""
     return given["guidance"], ""
@@ -151,14 +151,19 @@ def steps_interval(plan: Plan, start: float, stop: float) -> list[float]:
     that holds exactly those steps' sigmas (the plan's sigmas strictly decrease)."""
     a, b = int(start * plan.steps), int(stop * plan.steps)
     if a >= b:
-        raise ValueError(f"--guidance-steps {start:g},{stop:g} guides no step of this {plan.steps}-step plan")
+        raise safeio.InputError(
+            "{guidance_steps} {start:g},{stop:g} guides no step of this {steps_}-step plan",
+            start=start,
+            stop=stop,
+            steps_=plan.steps,
+        )
     return [plan.sigmas[b], plan.sigmas[a]]
 
 
 def _interval_override(plan: Plan, given: Mapping[str, Any]) -> tuple[Any, str]:
     interval, window = given["guidance_interval"], given["guidance_steps"]
     if interval is not None and window is not None:
-        raise ValueError("give --guidance-interval or --guidance-steps, not both")
+        raise safeio.InputError("give {guidance_interval} or {guidance_steps}, not both")
     # One [lo, hi] per step: a plan reads a bare list as one value per step.
     if window is not None:
         return (steps_interval(plan, *window),) * plan.steps, f"guidance-steps={window[0]:g},{window[1]:g}"

@@ -8,6 +8,7 @@ use the layers above them: the argument parser (cli) and, for real weights, pipe
 project imports a `__main__.py` (the tests, scripts themselves, run the commands' `main`)."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,34 @@ def test_printing_the_results_table_loads_no_network_code():
     code = f"import sys, evaluation.table; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+
+
+def flags_in_refusals(path: Path) -> list[str]:
+    """The lines of `path` whose `raise` words an error with a command-line flag."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            texts = [
+                n.value
+                for n in ast.walk(node.exc)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            ]
+            if any(FLAG.search(text) for text in texts):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(PROJECT - {"cli"}))
+def test_library_errors_name_inputs_as_fields_and_leave_the_flags_to_the_commands(package):
+    # A library refusal names an input as `{name}` (safeio.InputError): str() reads the library's name,
+    # a command's cli.one_line its flag, so a caller of the library never reads about flags it did not use.
+    found = [
+        line
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if not is_command(path)
+        for line in flags_in_refusals(path)
+    ]
+    assert not found, f"errors that name flags: {', '.join(found)}"

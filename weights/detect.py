@@ -64,7 +64,7 @@ def single_file_kind(shapes: Shapes, source: object) -> Family:
         ),
         (
             any(k.startswith("encoder.") for k in keys) and any(k.startswith("decoder.") for k in keys),
-            "a standalone VAE; pass a full checkpoint, and this file as the separate VAE (--vae)",
+            "a standalone VAE; give a full checkpoint as the weights, and this file as the separate VAE",
         ),
     ):
         if looks_like:

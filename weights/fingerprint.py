@@ -58,9 +58,7 @@ def file_sha256(path: str | os.PathLike, progress: bool = True) -> str:
     try:
         stat = real.stat()
     except OSError as err:
-        raise WeightsError(
-            f"cannot read {path}: {err.strerror}; pass --weights PATH to a readable file"
-        ) from None
+        raise WeightsError(f"cannot read {path}: {err.strerror}; give a readable file") from None
     key, stamp = str(real), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and {k: cached.get(k) for k in stamp} == stamp:
@@ -90,9 +88,7 @@ def hash_file(path: Path, progress: bool = True) -> str:
                 digest.update(chunk)
                 bar.update(len(chunk))
     except OSError as err:
-        raise WeightsError(
-            f"cannot read {path}: {err.strerror}; pass --weights PATH to a readable file"
-        ) from None
+        raise WeightsError(f"cannot read {path}: {err.strerror}; give a readable file") from None
     return digest.hexdigest()
 
 

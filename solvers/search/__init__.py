@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import Tensor
 
+import safeio
 from schedule import NoiseSchedule
 from solvers.search.compare import Row, baselines, best_fixed, compare, dmn_plan, gain, presets_at, whole_menu
 from solvers.search.dmn import dmn_sigmas
@@ -153,14 +154,22 @@ def check_budget(levels: int, solver: str, nfe: int) -> None:
     if not ways:
         spent = max(n for n in range(1, nfe) if n in fewest or n - 1 in fewest)
         each = " or ".join(map(str, calls))
-        raise ValueError(
-            f"no plan of {solver} ({each} calls a step, one for a last step into 0) spends exactly {nfe} "
-            f"NFE; pick another --steps, e.g. {spent}"
+        raise safeio.InputError(
+            "no plan of {solver} ({each} calls a step, one for a last step into 0) spends exactly {nfe} "
+            "NFE; pick another {steps}, e.g. {spent}",
+            solver=solver,
+            each=each,
+            nfe=nfe,
+            spent=spent,
         )
     if min(ways) + 1 > levels:
-        raise ValueError(
-            f"no plan on a grid of {levels} levels spends exactly {nfe} NFE with {solver}; pass --grid "
-            f"{min(ways) + 1} or more, or fewer --steps"
+        raise safeio.InputError(
+            "no plan on a grid of {levels} levels spends exactly {nfe} NFE with {solver}; pass {grid} "
+            "{least} or more, or fewer {steps}",
+            levels=levels,
+            nfe=nfe,
+            solver=solver,
+            least=min(ways) + 1,
         )
 
 

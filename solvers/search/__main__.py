@@ -96,7 +96,7 @@ def stage_list(text: str) -> tuple[str, ...]:
     try:
         return Searched.check_stages(tuple(part.strip() for part in text.split(",")))
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(cli.one_line(err)) from None
 
 
 def solver_spec(text: str) -> str:

@@ -12,12 +12,14 @@ import pytest
 import cli
 import pipeline
 import run_sample
+import safeio
+from evaluation import generate as evaluation_generate
 from evaluation.generate import build_parser as generate_parser
 from pipeline import read_replay
 from schedule.discretizations import knob_flags
-from solvers import preset
+from solvers import SOLVERS, preset
 from solvers.search.__main__ import build_parser as search_parser
-from weights.errors import WeightsError
+from tests.helpers import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {  # the command -> how it is started, and how it names itself
@@ -72,7 +74,7 @@ def test_debug_shows_the_traceback_instead(tmp_path):
     with pytest.raises(ValueError, match="bad"):
         cli.run("prog", broken, argparse.Namespace(debug=True))
     missing = str(tmp_path / "missing.safetensors")  # a command's --debug reaches cli.run
-    with pytest.raises(WeightsError):
+    with pytest.raises(safeio.InputError):
         run_sample.main(["--weights", missing, "--prompt", "a cat", "--out", str(tmp_path), "--debug"])
 
 
@@ -81,6 +83,73 @@ def test_an_os_error_reads_as_file_and_reason():
         "x.png: No such file or directory"
     )
     assert cli.one_line(ValueError("two\nlines")) == "two lines"
+
+
+# -- bad flag values: one exact line, before anything is read or written ------------------------------
+
+
+DIGITS = "1" * 5000  # int() refuses it: Exceeds the limit (4300 digits)
+RUN, GENERATE = "run_sample.py", "python -m evaluation.generate"
+BAD_FLAGS = [  # (command, flags, the whole line after "{prog}: error: ")
+    (RUN, ["--height", "100"], "argument --height: 100 is not a positive multiple of 8 (the VAE's "
+     "downsampling factor); use e.g. 96 or 104 (see --help)"),
+    (RUN, ["--width", "4"], "argument --width: 4 is not a positive multiple of 8 (the VAE's "
+     "downsampling factor); use e.g. 8 (see --help)"),
+    (RUN, ["--steps", "0"], "argument --steps: must be 1 or more, got 0 (see --help)"),
+    (RUN, ["--steps", DIGITS], f"argument --steps: '{'1' * 36}... is not an integer (see --help)"),
+    (RUN, ["--seed", DIGITS], f"argument --seed: '{'1' * 36}... is not an integer (see --help)"),
+    # every solver of the table (tests/solvers/test_solver_table.py pins its contents), in its order
+    (RUN, ["--solver", "dpmpp_9m"], "argument --solver: unknown solver 'dpmpp_9m'; did you mean "
+     "dpmpp_3m or dpmpp_2m or dpmpp_2s? choose from euler, heun, dpmpp_1s, dpmpp_2s, dpmpp_2m, dpmpp_3m, "
+     f"{', '.join(list(SOLVERS)[6:])} (see --help)"),
+    (RUN, ["--discretization", "cosine"], "argument --discretization: unknown discretization "
+     "'cosine'; choose from paper, karras, exponential, linspace, ays, gits, beta, simple, sgm_uniform, "
+     "kl_optimal, polyexponential, linear_quadratic, diffusers, lcm, timesteps (see --help)"),
+    (RUN, ["--spacing", "middle"], "argument --spacing: unknown spacing 'middle'; choose from "
+     "linspace, leading, trailing (see --help)"),
+    (RUN, ["--dtype", "float8"], "argument --dtype: unknown dtype 'float8'; did you mean float or "
+     "float32 or float16? choose from float32, float16, bfloat16 (see --help)"),
+    (RUN, ["--final", "blend"], "argument --final: unknown final policy 'blend'; choose from keep, "
+     "denoise (see --help)"),
+    (RUN, ["--guidance", "1e999"], "argument --guidance: must be a finite number, got inf "
+     "(see --help)"),
+    (RUN, ["--steps", "5", "--preset", "karras-2m-20"], "give only one of --steps, --preset and "
+     "--plan (or --preset paper --steps N)"),
+    (RUN, ["--steps", "1001"], "steps 1001 is over the maximum of 1000 steps, the noise levels of "
+     "SD's DDPM table; pass --allow-large to lift the limits (see the README)"),
+    (RUN, ["--batch-size", "65"], "--batch-size 65 is over the maximum of 64 images per U-Net batch; "
+     "pass --allow-large to lift the limits (see the README)"),
+    (RUN, ["--num-images", "1000000"], "images 1000000 is over the maximum of 100000 images per run "
+     "(prompts x --num-images); pass --allow-large to lift the limits (see the README)"),
+    (RUN, ["--device", "meta"], "--device meta cannot run the models; use cpu, cuda, mps"),
+    (RUN, ["--plan", "missing.json"], "cannot read plan file missing.json: No such file or "
+     "directory"),
+    (GENERATE, ["--limit", "0"], "argument --limit: must be 1 or more, got 0 (see --help)"),
+    (GENERATE, ["--height", "100"], "argument --height: 100 is not a positive multiple of 8 (the VAE's "
+     "downsampling factor); use e.g. 96 or 104 (see --help)"),
+    (GENERATE, ["--preset", "paper-5"], "give only one of --steps, --preset and --plan (or --preset paper "
+     "--steps N)"),
+    (GENERATE, ["--steps", "5000"], "steps 5000 is over the maximum of 1000 steps, the noise levels of SD's "
+     "DDPM table; pass --allow-large to lift the limits (see the README)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("prog", "flags", "message"), BAD_FLAGS)
+def test_a_bad_flag_value_is_one_exact_line_before_anything_is_written(
+    tmp_path, capsys, prog, flags, message
+):
+    out = tmp_path / "out"
+    if prog == GENERATE:
+        manifest = tmp_path / "m.jsonl"
+        manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}\n')
+        main, argv = (
+            evaluation_generate.main,
+            ["--manifest", str(manifest), "--out", str(out), "--steps", "5"],
+        )
+    else:
+        main, argv = run_sample.main, ["--prompt", "a cat", "--out", str(out)]
+    assert run_main(main, capsys, *argv, *flags) == (2, "", f"{prog}: error: {message}\n")
+    assert not out.exists() or not any(out.iterdir())
 
 
 # -- names, spellings and help as people read them -------------------------------------------------------

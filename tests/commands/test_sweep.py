@@ -257,7 +257,7 @@ def test_a_missing_weights_file_of_a_weights_sweep_is_refused_before_any_model_l
         f"weights={checkpoint},{missing}",
     ]
     code, _, err = run_main(main, capsys, *argv)
-    assert code == 2 and err.startswith(f"run_sample.py: error: weights {missing} not found"), err
+    assert code == 2 and err.startswith(f"run_sample.py: error: --weights {missing} not found"), err
     assert not calls and not (tmp_path / "out").exists()
 
 

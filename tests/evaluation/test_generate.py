@@ -360,22 +360,8 @@ def test_unwritable_output_folder(inputs, tmp_path):
     args = argv(inputs, blocker / "out", "--weights", str(tmp_path / "missing.safetensors"))
     assert one_line_error(*args) == (
         f"python -m evaluation.generate: error: cannot write to the output folder {blocker / 'out'}: "
-        "Not a directory; pass --out DIR with a writable folder"
+        "Not a directory; give --out a writable folder"
     )
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--limit", "0"], "argument --limit: must be 1 or more, got 0 (see --help)"),
-        (["--height", "100"], "argument --height: 100 is not a positive multiple of 8"),
-        (["--preset", "paper-5"], "give only one of --steps, --preset and --plan"),
-    ],
-)
-def test_bad_flags(inputs, tmp_path, flags, message):
-    error = one_line_error(*argv(inputs, tmp_path / "out", *flags))
-    assert error.startswith("python -m evaluation.generate: error: ") and message in error
-    assert not (tmp_path / "out").exists()
 
 
 def test_help_lists_every_flag():

@@ -159,7 +159,7 @@ def test_missing_weights_is_one_line_with_the_download_url_and_exit_status_2(fol
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert WEIGHTS_URL in lines[0] and "--inception PATH" in lines[0] and WEIGHTS_ENV in lines[0]
+    assert WEIGHTS_URL in lines[0] and "give its path as --inception," in lines[0] and WEIGHTS_ENV in lines[0]
 
 
 def test_bad_inputs_are_one_line_errors_with_exit_status_2(folders, weights, tmp_path, monkeypatch):

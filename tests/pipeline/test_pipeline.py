@@ -207,12 +207,12 @@ def test_rho_is_a_knob_of_karras_and_a_discretization_is_placed_anew_on_request(
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"steps": 8, "knobs": {"rho": 3.0}}, "--rho is not a knob of the paper discretization"),
-        ({"preset_name": "karras-2m-10", "knobs": {"stop": 2}}, "--stop is not a knob of the karras"),
-        ({"steps": 8, "knobs": {"p2": 0.0}}, "--p2: p2 must be a finite number > 0, got 0.0"),
+        ({"steps": 8, "knobs": {"rho": 3.0}}, "^rho is not a knob of the paper discretization"),
+        ({"preset_name": "karras-2m-10", "knobs": {"stop": 2}}, "^stop is not a knob of the karras"),
+        ({"steps": 8, "knobs": {"p2": 0.0}}, "^p2: p2 must be a finite number > 0, got 0.0"),
         (
             {"base": Plan([3.0, 1.0]), "knobs": {"p2": 5.0}},
-            "sigmas were given as a list; add --discretization",
+            "sigmas were given as a list; add discretization KIND",
         ),
     ],
 )
@@ -244,7 +244,10 @@ def test_freeu_values_version_and_window_are_knobs():
     [
         ({"steps": 8, "freeu_steps": "2-4"}, "this plan has no FreeU setting to change; give its values"),
         ({"preset_name": "paper-xl-6", "freeu_steps": "2"}, "several FreeU settings; give the one to window"),
-        ({"steps": 5, "freeu": False, "freeu_steps": "2"}, "--no-freeu goes with neither"),
+        (
+            {"steps": 5, "freeu": False, "freeu_steps": "2"},
+            "^no_freeu goes with neither freeu_version nor freeu_steps",
+        ),
         ({"steps": 5, "freeu": True, "freeu_steps": "4-9"}, "names steps outside 1-5"),
         (
             {"steps": 5, "freeu": True, "freeu_steps": "2-x"},

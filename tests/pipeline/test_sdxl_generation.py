@@ -221,13 +221,13 @@ def test_steps_pick_the_families_rows_and_sdxl_defaults_to_its_6_step_row():
     [
         (
             {"preset_name": "paper-xl-8", "family": SD1},
-            r"--preset paper-xl-8 is the paper's row for SDXL \(1024 px\) but the weights are SD 1\.x; "
-            r"its rows are paper-5 \(--steps 5\), paper-6 \(--steps 6\), paper-8 \(--steps 8\)",
+            r"^preset paper-xl-8 is the paper's row for SDXL \(1024 px\) but the weights are SD 1\.x; "
+            r"its rows are paper-5 \(5 steps\), paper-6 \(6 steps\), paper-8 \(8 steps\)",
         ),
         ({"preset_name": "paper-8", "family": SDXL}, r"paper-8 is the paper's row for SD 1\.x \(512 px\)"),
         (
             {"steps": 5, "family": SDXL},
-            r"--preset paper-5 is the paper's row for SD 1\.x .*paper-xl-6 \(--steps 6\)",
+            r"^preset paper-5 is the paper's row for SD 1\.x .*paper-xl-6 \(6 steps\)",
         ),
         (
             {"base": preset("paper-xl-6").replace(name="paper-xl-6+guidance"), "family": SD1},
@@ -526,6 +526,6 @@ def test_prepare_run_refuses_a_row_of_another_family_before_fetching_the_weights
     monkeypatch.setattr(pipeline.runs, "resolve_weights", fetch)
     request = pipeline.Request("sd15", recipe=pipeline.Recipe(preset="paper-xl-8"))
     with pytest.raises(
-        PlanError, match=r"--preset paper-xl-8 is the paper's row for SDXL .* the weights are SD 1\.x"
+        PlanError, match=r"^preset paper-xl-8 is the paper's row for SDXL .* the weights are SD 1\.x"
     ):
         pipeline.prepare_run(request)

@@ -231,7 +231,7 @@ def test_a_short_name_fetches_its_repo_and_file(capsys, files, tmp_path):
 
 def test_a_short_name_of_another_kind_is_refused_naming_its_flag(capsys, files, tmp_path):
     code, _, err = sample(capsys, files, tmp_path / "out", "--unet", "lcm-lora-sd15")
-    assert code == 2 and "--unet lcm-lora-sd15 is not a unet file; pass it as --lora" in err, err
+    assert code == 2 and "--unet lcm-lora-sd15 is not a unet file; give it as --lora" in err, err
 
 
 def documented_commands() -> list[list[str]]:
