@@ -24,9 +24,10 @@ from run_sample import main
 from tests.checkpoints import write_checkpoint
 from tests.helpers import run_main, text_chunks
 from tests.http_server import FakeHub, git_sha1, use_endpoint
-from weights import hub as hub_module
+from weights import catalog
+from weights.catalog import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO
 from weights.errors import WeightsError
-from weights.hub import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO, hub_file, is_local_path, parse_hub_spec
+from weights.hub import hub_file, is_local_path, parse_hub_spec
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
@@ -219,7 +220,7 @@ def test_corrupted_body_fails_the_hash_check_and_is_deleted(server):
 def test_a_file_the_project_names_must_have_its_pinned_sha256(server):
     server.add(SD15_REPO, SD15_FILE, DATA)  # bytes the Hub announces truly, but not the release
     message = download_error(SD15_REPO, SD15_FILE)
-    assert f"have sha256 {SHA256}, not the pinned {hub_module.PINNED_SHA256[SD15_REPO, SD15_FILE]}" in message
+    assert f"have sha256 {SHA256}, not the pinned {catalog.PINNED_SHA256[SD15_REPO, SD15_FILE]}" in message
     assert huggingface_hub.try_to_load_from_cache(SD15_REPO, SD15_FILE) is None
 
 
@@ -359,7 +360,7 @@ def test_default_weights_are_fetched_once_then_used_offline(
     tiny_single, server, tmp_path, monkeypatch, capsys
 ):
     sha256 = server.add(SD15_REPO, SD15_FILE, tiny_single.read_bytes())
-    monkeypatch.setitem(hub_module.PINNED_SHA256, (SD15_REPO, SD15_FILE), sha256)  # the tiny stand-in
+    monkeypatch.setitem(catalog.PINNED_SHA256, (SD15_REPO, SD15_FILE), sha256)  # the tiny stand-in
     server.requests.clear()
     argv = [
         "--prompt",
@@ -448,7 +449,7 @@ def test_existing_path_wins_over_a_hub_id(tmp_path, monkeypatch):
 
 def test_sdxl_by_short_name_or_repo_id_is_sd_xl_base_single_file(server, monkeypatch):
     sha256 = server.add(SDXL_REPO, SDXL_FILE, DATA)
-    monkeypatch.setitem(hub_module.PINNED_SHA256, (SDXL_REPO, SDXL_FILE), sha256)  # a stand-in file
+    monkeypatch.setitem(catalog.PINNED_SHA256, (SDXL_REPO, SDXL_FILE), sha256)  # a stand-in file
     snapshot = (
         Path(constants.HF_HUB_CACHE)
         / "models--stabilityai--stable-diffusion-xl-base-1.0"
