@@ -20,7 +20,8 @@ from weights.catalog import (
     distilled_names,
 )
 from weights.errors import WeightsError
-from weights.hub import hub_file, is_local_path, parse_hub_spec
+from weights.hub import hub_file
+from weights.hub_spec import is_local_path, parse_hub_spec
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -14,60 +14,27 @@ cache unless it was downloaded whole and checked; an interrupted download stays 
 import re
 import socket
 from pathlib import Path
-from urllib.parse import unquote
 
 import huggingface_hub
 from huggingface_hub import constants
-from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import FileMetadataError, HfHubHTTPError
 from requests import Response
 from requests.exceptions import ChunkedEncodingError
 
-from weights.catalog import PINNED_SHA256, SD15_FILE, SD15_REPO
+from weights.catalog import PINNED_SHA256
 from weights.errors import WeightsError
 from weights.fingerprint import hash_file
+from weights.hub_spec import check_names
 
 _WEIGHTS_HINT = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
-def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
-    """`org/name[@revision][/path/in/repo]` -> (repo_id, path in repo or None, revision).
-
-    A revision holding '/' (refs/pr/3) is written URL-encoded: `org/name@refs%2Fpr%2F3`.
-    """
-    org, _, rest = spec.partition("/")
-    name_rev, _, filename = rest.partition("/")
-    name, at, revision = name_rev.partition("@")
-    if at and not revision:
-        raise WeightsError(f"{spec!r} has an empty revision: write org/name@REVISION, or drop the '@'")
-    repo_id, revision = f"{org}/{name}", unquote(revision) or "main"
-    if not (_is_repo_id(repo_id) and _is_relative(revision)) or (filename and not _is_relative(filename)):
-        raise WeightsError(
-            f"{spec!r} is neither an existing path nor a Hub id: expected org/name, "
-            f"org/name/file.safetensors or org/name@revision, e.g. {SD15_REPO}/{SD15_FILE}"
-        )
-    return repo_id, filename or None, revision
-
-
-def is_local_path(spec: str) -> bool:
-    """Whether `spec` means a local file or folder rather than a Hub repo: an existing path always wins;
-    so do absolute, ./ and ~ paths, and `dir/file.safetensors`, which only a typo'd path looks like."""
-    if Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")):
-        return True
-    try:
-        repo_id, filename, _ = parse_hub_spec(spec)
-    except WeightsError:
-        return True
-    return filename is None and repo_id.endswith(_WEIGHT_SUFFIXES)
 
 
 def hub_file(repo_id: str, filename: str, revision: str = "main") -> Path:
     """The path of `filename` in `repo_id` at `revision` in the Hugging Face cache, downloaded unless
     it is there already (then no network access at all). Raises WeightsError in one line."""
     label = f"{repo_id}/{filename} (revision {revision})"
-    _check_names(repo_id, filename, revision)
+    check_names(repo_id, filename, revision)
     cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
     if isinstance(cached, str):
         return Path(cached)
@@ -115,28 +82,6 @@ def _fetched(repo_id: str, filename: str, revision: str) -> bool:
     except NotOnHub:
         return False
     return True
-
-
-def _is_repo_id(repo_id: str) -> bool:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return False
-    return repo_id.count("/") == 1
-
-
-def _is_relative(name: str) -> bool:
-    # a path inside the repo (or a revision like refs/pr/3) that cannot climb out of the cache
-    parts = name.split("/")
-    return "\\" not in name and "" not in parts and ".." not in parts
-
-
-def _check_names(repo_id: str, filename: str, revision: str) -> None:
-    if not _is_repo_id(repo_id):
-        raise WeightsError(f"{repo_id!r} is not a Hub repo id: expected org/name, e.g. {SD15_REPO}")
-    for what, value in (("file name", filename), ("revision", revision)):
-        if not _is_relative(value):
-            raise WeightsError(f"{value!r} is not a valid {what} in a Hub repo: use a path without '..'")
 
 
 def _verify(path: Path, pinned: str | None, failed: str) -> None:

@@ -49,7 +49,8 @@ from weights.checkpoint import (
 )
 from weights.errors import WeightsError
 from weights.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
-from weights.hub import NotOnHub, hub_file, hub_folder, is_local_path
+from weights.hub import NotOnHub, hub_file, hub_folder
+from weights.hub_spec import is_local_path
 
 MODULES = {"unet": UNet, "vae": AutoencoderKL}  # the text encoders: CLIPTextModel
 WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}  # else "model"

@@ -27,7 +27,7 @@ from tests.http_server import FakeHub, git_sha1, use_endpoint
 from weights import catalog
 from weights.catalog import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO
 from weights.errors import WeightsError
-from weights.hub import hub_file, is_local_path, parse_hub_spec
+from weights.hub import hub_file
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
@@ -389,59 +389,6 @@ def test_default_weights_are_fetched_once_then_used_offline(
         "v1-5-pruned-emaonly",
     )
     assert f"Model hash: {sha256[:10]}, Model: v1-5-pruned-emaonly" in text_chunks(made)[PARAMETERS_KEY]
-
-
-# -- command-line specs ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "parsed"),
-    [
-        ("org/name", ("org/name", None, "main")),
-        ("org/name/", ("org/name", None, "main")),
-        ("org/name/model.safetensors", ("org/name", "model.safetensors", "main")),
-        ("org/name@v1.0", ("org/name", None, "v1.0")),
-        ("org/name@abc123/unet/model.safetensors", ("org/name", "unet/model.safetensors", "abc123")),
-        ("org/name@refs%2Fpr%2F3", ("org/name", None, "refs/pr/3")),
-        (
-            "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            ("stable-diffusion-v1-5/stable-diffusion-v1-5", None, "main"),
-        ),
-    ],
-)
-def test_parse_hub_spec(spec, parsed):
-    assert parse_hub_spec(spec) == parsed
-
-
-@pytest.mark.parametrize(
-    "spec", ["name", "/abs/path", "org/na me", "org/name@", "-org/name", "org/a--b", "org/n/../x"]
-)
-def test_parse_hub_spec_refuses_what_is_not_a_hub_id(spec):
-    with pytest.raises(WeightsError, match="org/name"):
-        parse_hub_spec(spec)
-
-
-@pytest.mark.parametrize(
-    ("spec", "local"),
-    [
-        ("org/name", False),
-        ("org/name/model.safetensors", False),
-        ("org/name@main", False),
-        ("./org/name", True),
-        ("~/models/sd.safetensors", True),
-        ("/models/sd", True),
-        ("models/v1-5-pruned-emaonly.safetensors", True),  # a mistyped local file, not a repo
-        ("C:\\models\\sd.safetensors", True),
-    ],
-)
-def test_is_local_path(spec, local):
-    assert is_local_path(spec) == local
-
-
-def test_existing_path_wins_over_a_hub_id(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "org" / "name").mkdir(parents=True)
-    assert is_local_path("org/name")
 
 
 # -- SDXL: a short name for its single file, and diffusers-folder repos fetched file by file -----------------
