@@ -27,13 +27,14 @@ from tests.http_server import FakeHub, git_sha1, use_endpoint
 from weights import catalog
 from weights.catalog import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO
 from weights.errors import WeightsError
-from weights.hub import hub_file
+from weights.hub import hub_file, hub_folder
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
 DATA = random.Random(0).randbytes(200_000)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 CAT = "a photo of a cat"
+LOCAL_COPY = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
 
 
 @pytest.fixture
@@ -199,7 +200,7 @@ def test_interrupted_download_is_one_line_keeps_its_bytes_and_the_next_call_resu
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 10_000)
     server.cuts = [70_000]
     message = download_error(REPO, FILE)
-    assert "broke off" in message and "resume" in message and "--weights PATH" in message
+    assert "broke off" in message and "resume" in message and LOCAL_COPY in message
     assert (repo_dir() / "blobs" / f"{SHA256}.incomplete").read_bytes() == DATA[:70_000]
     assert list((repo_dir() / "snapshots").rglob(FILE)) == []  # nothing under the file's name
 
@@ -263,7 +264,7 @@ def test_offline_mode_returns_a_cached_file_without_network(server, monkeypatch)
 def test_offline_mode_refuses_a_missing_file_without_network(server, monkeypatch):
     offline(monkeypatch)
     message = download_error(REPO, FILE)
-    assert "not in the Hugging Face cache" in message and "--weights PATH" in message
+    assert "not in the Hugging Face cache" in message and LOCAL_COPY in message
     assert server.requests == []
 
 
@@ -276,13 +277,13 @@ def test_unreachable_endpoint_gives_a_one_line_error(server, monkeypatch):
     no_retry_waits(monkeypatch)
     message = download_error(REPO, FILE)
     assert message.startswith(f"could not download {REPO}/{FILE} (revision main) from {url}: ")
-    assert "refused" in message and "--weights PATH" in message
+    assert "refused" in message and LOCAL_COPY in message
 
 
 def test_missing_file_gives_404_error(server):
     message = download_error(REPO, "no-such-file.safetensors")
     assert f"from {server.url}: HTTP 404" in message and "Entry not found" in message
-    assert "--weights PATH" in message
+    assert LOCAL_COPY in message
 
 
 def test_missing_revision_gives_404_error(server):
@@ -293,7 +294,7 @@ def test_missing_revision_gives_404_error(server):
 def test_unauthorised_error_mentions_hf_token(server, status):
     server.status = status
     message = download_error(REPO, FILE)
-    assert f"HTTP {status}" in message and "HF_TOKEN" in message and "--weights PATH" in message
+    assert f"HTTP {status}" in message and "HF_TOKEN" in message and LOCAL_COPY in message
 
 
 def test_endpoint_that_is_not_a_hub_is_named_as_such(server):
@@ -439,22 +440,28 @@ def test_a_diffusers_folder_repo_fetches_exactly_the_files_load_reads(server, xl
     publish(server, xl_folder)
     folder = resolve_weights(XL_REPO)
     assert folder == Path(constants.HF_HUB_CACHE) / "models--test-org--tiny-xl" / "snapshots" / server.commit
-    assert asked(server) == [
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
+    assert asked(server)[0] == "unet/config.json"  # the kind first, at main
+    assert sorted(asked(server)) == [  # then the rest at once, in parallel
+        "scheduler/scheduler_config.json",
         "text_encoder/config.json",
         "text_encoder/model.safetensors",
         "text_encoder_2/config.json",
         "text_encoder_2/model.safetensors",
-        "tokenizer/vocab.json",
         "tokenizer/merges.txt",
-        "tokenizer_2/vocab.json",
+        "tokenizer/vocab.json",
         "tokenizer_2/merges.txt",
-        "scheduler/scheduler_config.json",
+        "tokenizer_2/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
     ]
     assert all(f"/{XL_REPO}/resolve/{server.commit}/" in p for p in server.paths("HEAD")[1:])  # one commit
+    listing = f"/api/models/{XL_REPO}/revision/{server.commit}"
+    assert [p for p in server.paths() if p.startswith("/api/")] == [
+        listing,
+        listing,
+    ]  # ours, snapshot_download's
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
         asked(server)
     )  # README.md and the pickle were never fetched; tokenizer_2's files share tokenizer's blobs
@@ -480,8 +487,23 @@ def test_half_precision_takes_the_fp16_variant_where_there_is_one(server, xl_fol
     got = [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")]
     assert unet in got and "unet/diffusion_pytorch_model.safetensors" not in got
     assert "vae/diffusion_pytorch_model.safetensors" in got  # no fp16 variant of it: the full file
-    assert "vae/diffusion_pytorch_model.fp16.safetensors" in asked(server)  # asked for first
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" not in asked(server)  # the listing lacks it
     assert weights.load(folder, dtype=torch.float16).unet.out[2].weight.dtype == torch.float16
+    server.requests.clear()
+    assert resolve_weights(XL_REPO, torch.float16) == folder and server.requests == []  # the lack is cached
+
+
+def test_a_repo_fetched_for_one_precision_fetches_the_other_preferred_file_for_the_other(
+    server, xl_folder, tmp_path
+):
+    publish(server, xl_folder)
+    fp16 = write_checkpoint(tmp_path, "diffusers", kind="sdxl", dtype=torch.float16)
+    unet = "unet/diffusion_pytorch_model.fp16.safetensors"
+    server.add(XL_REPO, unet, (fp16 / unet).read_bytes())
+    folder = resolve_weights(XL_REPO)
+    server.requests.clear()
+    assert resolve_weights(XL_REPO, torch.float16) == folder
+    assert asked(server) == [unet]  # not the full-precision file already cached
 
 
 def test_with_a_separate_vae_the_folders_vae_is_not_fetched(server, xl_folder):
@@ -496,7 +518,71 @@ def test_a_folder_repo_without_a_required_file_is_refused_in_one_line(server, xl
         resolve_weights(XL_REPO)
     message = str(caught.value)
     assert "\n" not in message and "has none of text_encoder_2/model.safetensors" in message
-    assert "not a complete diffusers folder" in message and "--weights PATH" in message
+    assert "not a complete diffusers folder" in message and LOCAL_COPY in message
+
+
+def test_offline_a_folder_repo_the_cache_lacks_a_file_of_is_refused_in_one_line(
+    server, xl_folder, monkeypatch
+):
+    publish(server, xl_folder)
+    resolve_weights(XL_REPO, bundled_vae=False)
+    server.requests.clear()
+    offline(monkeypatch)
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    assert str(caught.value) == (
+        f"{XL_REPO}/vae/config.json (revision {server.commit}) is not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
+        f"file. {LOCAL_COPY}"
+    )
+    assert server.requests == []
+
+
+def test_every_corrupted_file_of_a_folder_repo_is_deleted_and_refused_in_one_line(server, xl_folder):
+    publish(server, xl_folder)
+    config = hub_file(XL_REPO, "unet/config.json")
+    server.corrupt = True
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    message = str(caught.value)
+    assert "\n" not in message and "not the announced" in message and "(deleted them)" in message
+    assert message.endswith(LOCAL_COPY)
+    snapshot = config.parent.parent
+    assert [p for p in snapshot.rglob("*") if p.is_file()] == [config]  # nothing else under a name
+
+
+def test_an_interrupted_folder_download_is_one_line_and_the_next_call_completes_it(server, xl_folder):
+    publish(server, xl_folder)
+    hub_file(XL_REPO, "unet/config.json")
+    server.cuts = [10]
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    assert str(caught.value) == (
+        f"could not download {XL_REPO} (revision {server.commit}) from {server.url}: the connection broke "
+        f"off mid-file; run again to resume the download. {LOCAL_COPY}"
+    )
+    assert weights.load(resolve_weights(XL_REPO)).kind == "sdxl"
+
+
+def test_a_refused_folder_listing_is_one_line(server, xl_folder):
+    publish(server, xl_folder)
+    hub_file(XL_REPO, "unet/config.json")
+    server.status = 401
+    with pytest.raises(WeightsError) as caught:
+        hub_folder(XL_REPO, weights.folder_files("sdxl", torch.float32), server.commit)
+    assert str(caught.value) == (
+        f"could not download {XL_REPO} (revision {server.commit}) from {server.url}: HTTP 401 Unauthorized "
+        "(Invalid credentials in Authorization header); for a private or gated repo, accept its terms on "
+        f"the Hub and set HF_TOKEN. {LOCAL_COPY}"
+    )
+
+
+def test_the_folder_listing_carries_hf_token(server, xl_folder, monkeypatch):
+    publish(server, xl_folder)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    resolve_weights(XL_REPO)
+    listings = [seen for seen in server.requests if seen.path.startswith("/api/")]
+    assert [seen.headers.get("Authorization") for seen in listings] == ["Bearer hf_secret"] * 2
 
 
 def test_a_repo_named_alone_that_is_no_diffusers_folder_asks_for_its_file(server):
