@@ -27,7 +27,7 @@ from weights.errors import WeightsError
 from weights.fingerprint import hash_file
 from weights.hub_spec import check_names
 
-_HINT = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+_HINT = "To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -34,7 +34,7 @@ FILE = "tiny-pruned-emaonly.safetensors"
 DATA = random.Random(0).randbytes(200_000)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 CAT = "a photo of a cat"
-LOCAL_COPY = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+LOCAL_COPY = "To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
 
 
 @pytest.fixture
@@ -340,7 +340,7 @@ def test_default_weights_offline_with_an_empty_cache_is_one_line(tmp_path, capsy
     assert error == (
         f"run_sample.py: error: {SD15_REPO}/{SD15_FILE} (revision main) is not in the Hugging Face cache "
         f"{constants.HF_HUB_CACHE} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
-        "file. To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+        "file. To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
     )
 
 
@@ -352,7 +352,7 @@ def test_default_weights_without_network_is_one_line(tmp_path, monkeypatch, caps
     error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
     assert error == (
         f"run_sample.py: error: could not download {SD15_REPO}/{SD15_FILE} (revision main) from {endpoint}: "
-        "Connection refused. To use a local copy instead, pass --weights PATH (a .safetensors file or "
+        "Connection refused. To use a local copy instead, give its path (a .safetensors file or a "
         "diffusers folder)."
     )
 
