@@ -18,7 +18,7 @@ from schedule.discretizations import knob_flags
 from solvers import OPTIONS, SOLVERS, preset_names
 from solvers.plan import FINAL_POLICIES
 from solvers.table import display_names
-from weights.hub import SD15_FILE, SHORT_NAMES, distilled_names
+from weights.catalog import SD15_FILE, SHORT_NAMES, distilled_names
 
 
 def pair(text: str) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import torch
 import safeio
 import weights
 from weights import FAMILIES, Family
-from weights.hub import (
+from weights.catalog import (
     DISTILLED_FILES,
     DREAMSHAPER_XL_REPO,
     SD15_REPO,
@@ -18,10 +18,9 @@ from weights.hub import (
     SHORT_NAMES,
     SINGLE_FILES,
     distilled_names,
-    hub_file,
-    is_local_path,
-    parse_hub_spec,
 )
+from weights.hub import hub_file
+from weights.hub_spec import is_local_path, parse_hub_spec
 
 DEFAULT_WEIGHTS = SD15_REPO  # its file SD15_FILE: the pruned EMA-only fp32 release, 4.27 GB
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -98,7 +97,7 @@ def resolve_weights(
 
 
 def resolve_file(spec: str, kind: str, family: Family) -> Path:
-    """A single file (a LoRA, a U-Net) given as a local path, a short name (weights.hub.DISTILLED_FILES)
+    """A single file (a LoRA, a U-Net) given as a local path, a short name (weights.catalog.DISTILLED_FILES)
     or a Hub id org/name/file, the Hub's through the Hugging Face cache. A short name of another kind,
     or made for another family than the weights', is refused before it is fetched. `kind` is the
     input that gave it: lora or unet."""

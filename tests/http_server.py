@@ -8,13 +8,16 @@ the git blob sha1; as a plain web server (`mode="static"`) the bytes with none o
 A missing file is a 404 with X-Error-Code EntryNotFound and the commit (huggingface_hub then records
 the absence in the cache), a missing revision one with RevisionNotFound. Blob bodies carry the file
 name in Content-Disposition (the progress bar shows it) and honour `Range: bytes=N-` with a 206.
-Every request is recorded in `requests`.
+`GET /api/models/{org}/{name}/revision/{revision}` lists the repo as the Hub does (what
+`HfApi.model_info` and so `snapshot_download` read): its id, the commit and every file's name, and
+the same 404s for a missing repo or revision. Every request is recorded in `requests`.
 
 huggingface_hub reads HF_ENDPOINT once, at import: `use_endpoint` points the running process at a
 server (setting the variable then changes nothing).
 """
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass
 from email.message import Message
@@ -100,6 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
             name, data = hub.blobs[parts[2]]
             disposition = f"inline; filename*=UTF-8''{name}; filename=\"{name}\";"
             self._body(hub, data, {"Content-Disposition": disposition}, send_body)
+        elif len(parts) == 7 and parts[1:3] == ["api", "models"] and parts[5] == "revision":
+            self._listing(hub, f"{parts[3]}/{parts[4]}", parts[6], send_body)
         elif len(parts) >= 6 and parts[3] == "resolve":
             self._resolve(hub, f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), send_body)
         else:
@@ -130,6 +135,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._body(hub, data, {"X-Repo-Commit": hub.commit, "ETag": f'"{git_sha1(data)}"'}, send_body)
         else:
             self._body(hub, data, {}, send_body)
+
+    def _listing(self, hub: FakeHub, repo_id: str, revision: str, send_body: bool) -> None:
+        files = [name for repo, name in hub.files if repo == repo_id]
+        if hub.status is not None:
+            self._error(hub.status, {"X-Error-Message": "Invalid credentials in Authorization header"})
+        elif not files:
+            self._error(404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+        elif revision not in ("main", hub.commit):
+            self._error(
+                404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id: " + revision}
+            )
+        else:
+            info = {"id": repo_id, "sha": hub.commit, "siblings": [{"rfilename": name} for name in files]}
+            body = json.dumps(info).encode()  # whole, whatever `cuts` and `corrupt` do to files
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
 
     def _body(self, hub: FakeHub, data: bytes, headers: dict[str, str], send_body: bool) -> None:
         start = 0

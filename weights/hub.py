@@ -1,275 +1,164 @@
-"""Weights from the Hugging Face Hub, fetched by huggingface_hub into the cache it shares with
-diffusers and transformers. The library brings the cache (HF_HUB_CACHE, else $HF_HOME/hub), offline
-mode (HF_HUB_OFFLINE), the endpoint (HF_ENDPOINT), tokens (HF_TOKEN or `hf auth login`), proxies,
-resumed downloads and Xet transfers; it reads the HF_* variables but HF_TOKEN once, when it is imported.
+"""Weights from the Hugging Face Hub through huggingface_hub, into the cache it shares with diffusers
+and transformers: a file by `hf_hub_download`; a diffusers folder by one listing of the repo, to pick
+the files, and one `snapshot_download` of exactly those. The library brings the cache (HF_HUB_CACHE,
+else $HF_HOME/hub), offline mode (HF_HUB_OFFLINE), the endpoint (HF_ENDPOINT), tokens (HF_TOKEN or
+`hf auth login`), proxies, resumed downloads and Xet transfers; it reads the HF_* variables but
+HF_TOKEN once, when it is imported.
 
-On top, this module checks each file it downloads against its sha256 (pinned here for the files the
-project names, else the one the Hub announces for an LFS file; a file found in the cache is taken as
-it is, without network access), picks the files of a diffusers folder one by one, and words every
-failure as one line that says what to do. Nothing stays under a file's name in the cache unless it
-was downloaded whole and checked; an interrupted download stays as huggingface_hub's `.incomplete`
-blob, which the next call resumes.
+On top: what the cache holds is taken as it is, without network access; a fresh download is checked
+against its sha256 (pinned in weights/catalog.py, else the one the Hub announces for an LFS file) and
+deleted with its link if it fails, so nothing stays under a file's name unless it came whole and
+checked (an interrupted download stays as huggingface_hub's `.incomplete` blob, which the next call
+resumes); every failure is one line that says what to do.
 """
 
 import re
-import socket
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import unquote
 
 import huggingface_hub
 from huggingface_hub import constants
-from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
-from requests import Response
+from huggingface_hub.errors import FileMetadataError, HfHubHTTPError
 from requests.exceptions import ChunkedEncodingError
 
+from weights.catalog import PINNED_SHA256
 from weights.errors import WeightsError
 from weights.fingerprint import hash_file
+from weights.hub_spec import check_names
 
-SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SD15_FILE = "v1-5-pruned-emaonly.safetensors"
-SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
-SDXL_FILE = "sd_xl_base_1.0.safetensors"  # fp16, 6.94 GB
-DREAMSHAPER_XL_REPO = "Lykon/dreamshaper-xl-1-0"  # a diffusers folder only (the paper's SDXL model)
-SDXL_VAE_FIX_REPO = "madebyollin/sdxl-vae-fp16-fix"
-SDXL_VAE_FIX_FILE = "sdxl_vae.safetensors"  # the file the paper's SDXL code loads (docs/model-facts.md 10.1)
-# The weights of a repo named without a file: its single file; any other repo is a diffusers folder.
-SINGLE_FILES = {
-    SD15_REPO: SD15_FILE,
-    SDXL_REPO: SDXL_FILE,
-    SDXL_VAE_FIX_REPO: SDXL_VAE_FIX_FILE,
-    "stabilityai/sdxl-vae": "sdxl_vae.safetensors",
-}
-SHORT_NAMES = {  # --weights / --vae NAME
-    "sd15": SD15_REPO,
-    "sdxl": SDXL_REPO,
-    "dreamshaper-xl": DREAMSHAPER_XL_REPO,
-    "sdxl-vae-fp16-fix": SDXL_VAE_FIX_REPO,
-}
-
-
-@dataclass(frozen=True)
-class DistilledFile:
-    """A published file of a distilled model (../shared/reference/distilled-and-guidance.md section 2):
-    its repo, its file (None: the repo is a diffusers folder), the family it is made for and what it is."""
-
-    repo: str
-    file: str | None
-    family: str  # a name of weights.FAMILIES
-    kind: str  # "lora" (--lora), "unet" (--unet) or "weights" (--weights)
-
-    @property
-    def spec(self) -> str:
-        return self.repo if self.file is None else f"{self.repo}/{self.file}"
-
-
-LIGHTNING, DMD2, HYPER = "ByteDance/SDXL-Lightning", "tianweiy/DMD2", "ByteDance/Hyper-SD"
-PEFT_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name for a LoRA it saves
-# The names say what the presets' warning looks for (solvers.presets.DISTILLED's marks).
-DISTILLED_FILES = {
-    "lcm-lora-sd15": DistilledFile("latent-consistency/lcm-lora-sdv1-5", PEFT_FILE, "sd1", "lora"),
-    "lcm-lora-sdxl": DistilledFile("latent-consistency/lcm-lora-sdxl", PEFT_FILE, "sdxl", "lora"),
-    "lightning-4step-lora": DistilledFile(LIGHTNING, "sdxl_lightning_4step_lora.safetensors", "sdxl", "lora"),
-    "lightning-8step-lora": DistilledFile(LIGHTNING, "sdxl_lightning_8step_lora.safetensors", "sdxl", "lora"),
-    "lightning-4step-unet": DistilledFile(LIGHTNING, "sdxl_lightning_4step_unet.safetensors", "sdxl", "unet"),
-    "lightning-8step-unet": DistilledFile(LIGHTNING, "sdxl_lightning_8step_unet.safetensors", "sdxl", "unet"),
-    "dmd2-4step-lora": DistilledFile(DMD2, "dmd2_sdxl_4step_lora_fp16.safetensors", "sdxl", "lora"),
-    "dmd2-4step-unet": DistilledFile(DMD2, "dmd2_sdxl_4step_unet_fp16.bin", "sdxl", "unet"),
-    "hyper-sd15-8step-lora": DistilledFile(HYPER, "Hyper-SD15-8steps-lora.safetensors", "sd1", "lora"),
-    "hyper-sdxl-8step-lora": DistilledFile(HYPER, "Hyper-SDXL-8steps-lora.safetensors", "sdxl", "lora"),
-    "hyper-sd15-8step-cfg-lora": DistilledFile(
-        HYPER, "Hyper-SD15-8steps-CFG-lora.safetensors", "sd1", "lora"
-    ),
-    "hyper-sdxl-8step-cfg-lora": DistilledFile(
-        HYPER, "Hyper-SDXL-8steps-CFG-lora.safetensors", "sdxl", "lora"
-    ),
-    "tcd-lora-sd15": DistilledFile("h1t/TCD-SD15-LoRA", PEFT_FILE, "sd1", "lora"),
-    "tcd-lora-sdxl": DistilledFile("h1t/TCD-SDXL-LoRA", PEFT_FILE, "sdxl", "lora"),
-    "flash-lora-sd15": DistilledFile("jasperai/flash-sd", PEFT_FILE, "sd1", "lora"),
-    "flash-lora-sdxl": DistilledFile("jasperai/flash-sdxl", PEFT_FILE, "sdxl", "lora"),
-    "sdxl-turbo": DistilledFile(
-        "stabilityai/sdxl-turbo", "sd_xl_turbo_1.0_fp16.safetensors", "sdxl", "weights"
-    ),
-    "lcm-dreamshaper-v7": DistilledFile("SimianLuo/LCM_Dreamshaper_v7", None, "sd1", "weights"),
-}
-SHORT_NAMES |= {name: entry.spec for name, entry in DISTILLED_FILES.items() if entry.kind == "weights"}
-
-
-def distilled_names(kind: str) -> list[str]:
-    """The short names of the distilled files of one kind ("lora", "unet", "weights"), for --help."""
-    return [name for name, entry in DISTILLED_FILES.items() if entry.kind == kind]
-
-
-# The sha256 of the files named above that docs/model-facts.md section 7 lists: a Hub file that
-# changed is refused, not run under the old name.
-PINNED_SHA256 = {
-    (SD15_REPO, SD15_FILE): "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-    (SDXL_REPO, SDXL_FILE): "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
-}
-
-_WEIGHTS_HINT = "To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+_HINT = "To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
-def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
-    """`org/name[@revision][/path/in/repo]` -> (repo_id, path in repo or None, revision).
-
-    A revision holding '/' (refs/pr/3) is written URL-encoded: `org/name@refs%2Fpr%2F3`.
-    """
-    org, _, rest = spec.partition("/")
-    name_rev, _, filename = rest.partition("/")
-    name, at, revision = name_rev.partition("@")
-    if at and not revision:
-        raise WeightsError(f"{spec!r} has an empty revision: write org/name@REVISION, or drop the '@'")
-    repo_id, revision = f"{org}/{name}", unquote(revision) or "main"
-    if not (_is_repo_id(repo_id) and _is_relative(revision)) or (filename and not _is_relative(filename)):
-        raise WeightsError(
-            f"{spec!r} is neither an existing path nor a Hub id: expected org/name, "
-            f"org/name/file.safetensors or org/name@revision, e.g. {SD15_REPO}/{SD15_FILE}"
-        )
-    return repo_id, filename or None, revision
-
-
-def is_local_path(spec: str) -> bool:
-    """Whether `spec` means a local file or folder rather than a Hub repo: an existing path always wins;
-    so do absolute, ./ and ~ paths, and `dir/file.safetensors`, which only a typo'd path looks like."""
-    if Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")):
-        return True
-    try:
-        repo_id, filename, _ = parse_hub_spec(spec)
-    except WeightsError:
-        return True
-    return filename is None and repo_id.endswith(_WEIGHT_SUFFIXES)
-
-
-def hub_file(repo_id: str, filename: str, revision: str = "main") -> Path:
-    """The path of `filename` in `repo_id` at `revision` in the Hugging Face cache, downloaded unless
-    it is there already (then no network access at all). Raises WeightsError in one line."""
-    label = f"{repo_id}/{filename} (revision {revision})"
-    _check_names(repo_id, filename, revision)
-    cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
-    if isinstance(cached, str):
-        return Path(cached)
-    if constants.HF_HUB_OFFLINE:
-        raise WeightsError(
-            f"{label} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and offline mode "
-            f"(HF_HUB_OFFLINE) is on: turn it off to download the file. {_WEIGHTS_HINT}"
-        )
-    failed = f"could not download {label} from {constants.ENDPOINT}"
-    try:
-        path = Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
-    except OSError as err:  # requests' and huggingface_hub's errors are all OSErrors
-        status, reason = _reason(err)
-        raise (NotOnHub if status == 404 else WeightsError)(f"{failed}: {reason}. {_WEIGHTS_HINT}") from None
-    _verify(path, PINNED_SHA256.get((repo_id, filename)), failed)
-    return path
-
-
-def hub_folder(repo_id: str, files: list[tuple[tuple[str, ...], bool]], revision: str) -> Path:
-    """The snapshot folder of `repo_id` at `revision` (a commit, so every file is of the same one)
-    holding `files`: for each entry the first of its alternatives the Hub has (offline: the first one
-    the cache has), each fetched by `hub_file`; an entry marked required must be found, the others may
-    be missing."""
-    for alternatives, required in files:
-        if not any(_fetched(repo_id, name, revision) for name in alternatives) and required:
-            if constants.HF_HUB_OFFLINE:  # hub_file words the offline refusal
-                hub_file(repo_id, alternatives[0], revision)
-            raise NotOnHub(
-                f"{repo_id} (revision {revision}) has none of {', '.join(alternatives)}, so it is not a "
-                f"complete diffusers folder. {_WEIGHTS_HINT}"
-            )
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
 
 
 class NotOnHub(WeightsError):
     """The Hub answered 404: no such repo, revision or file."""
 
 
-def _fetched(repo_id: str, filename: str, revision: str) -> bool:
+def hub_file(repo_id: str, filename: str, revision: str = "main") -> Path:
+    """The path of `filename` in `repo_id` at `revision` in the Hugging Face cache, downloaded unless
+    it is there already (then no network access at all). Raises WeightsError in one line."""
+    check_names(repo_id, filename, revision)
     cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
-    if cached is huggingface_hub._CACHED_NO_EXIST or (constants.HF_HUB_OFFLINE and cached is None):
-        return False  # known to be missing at this commit, or not cached while offline: no request
+    if isinstance(cached, str):
+        return Path(cached)
+    label = f"{repo_id}/{filename} (revision {revision})"
+    _refuse_offline(label)
+    with _one_line(label):
+        path = Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+    if wrong := _verify(repo_id, filename, revision, path):
+        raise WeightsError(wrong)
+    return path
+
+
+def hub_folder(repo_id: str, files: list[tuple[tuple[str, ...], bool]], revision: str) -> Path:
+    """The snapshot folder of `repo_id` at `revision` (a commit, so every file is of the same one)
+    holding `files`: for each entry the first of its alternatives the repo has (offline: the first
+    the cache has); an entry marked required must be found, the others may be missing. Where the
+    cache cannot tell which, one listing of the repo picks them and one snapshot_download fetches them."""
+    repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    snapshot, label = repo_cache / "snapshots" / revision, f"{repo_id} (revision {revision})"
+    cached = {name: _cached(repo_id, name, revision) for alternatives, _ in files for name in alternatives}
+    if all(cached[name] for name in _pick(repo_id, files, revision, cached)):
+        return snapshot
+    with _one_line(label):
+        info = huggingface_hub.HfApi().model_info(repo_id, revision=revision)
+    listed = {entry.rfilename for entry in info.siblings}
+    for missing in (repo_cache / ".no_exist" / revision / name for name in cached.keys() - listed):
+        missing.parent.mkdir(parents=True, exist_ok=True)  # as huggingface_hub records a 404, so that
+        missing.touch()  # the next call settles from the cache
+    picked = _pick(repo_id, files, revision, {name: name in listed for name in cached})
     try:
-        hub_file(repo_id, filename, revision)
-    except NotOnHub:
-        return False
-    return True
+        with _one_line(label):
+            huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=picked)
+    finally:  # every fresh file is checked, those that came before a failure too
+        checks = [_verify(repo_id, name, revision, snapshot / name) for name in picked if not cached[name]]
+        if wrong := next(filter(None, checks), None):
+            raise WeightsError(wrong)
+    return snapshot
 
 
-def _is_repo_id(repo_id: str) -> bool:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return False
-    return repo_id.count("/") == 1
+def _cached(repo_id: str, filename: str, revision: str) -> bool | None:
+    """Whether the cache holds `filename` at `revision`; None where only the Hub can tell (online, a
+    file neither cached nor recorded as missing)."""
+    found = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(found, str):
+        return True
+    return False if found is huggingface_hub._CACHED_NO_EXIST or constants.HF_HUB_OFFLINE else None
 
 
-def _is_relative(name: str) -> bool:
-    # a path inside the repo (or a revision like refs/pr/3) that cannot climb out of the cache
-    parts = name.split("/")
-    return "\\" not in name and "" not in parts and ".." not in parts
+def _pick(
+    repo_id: str, files: list[tuple[tuple[str, ...], bool]], revision: str, there: dict[str, bool | None]
+) -> list[str]:
+    """For each entry of `files` its first alternative not known to be missing from `there`; an entry
+    marked required without one is refused."""
+    picked = []
+    for alternatives, required in files:
+        name = next((name for name in alternatives if there[name] is not False), None)
+        if name is not None:
+            picked.append(name)
+        elif required:
+            _refuse_offline(f"{repo_id}/{alternatives[0]} (revision {revision})")
+            raise NotOnHub(
+                f"{repo_id} (revision {revision}) has none of {', '.join(alternatives)}, so it is not a "
+                f"complete diffusers folder. {_HINT}"
+            )
+    return picked
 
 
-def _check_names(repo_id: str, filename: str, revision: str) -> None:
-    if not _is_repo_id(repo_id):
-        raise WeightsError(f"{repo_id!r} is not a Hub repo id: expected org/name, e.g. {SD15_REPO}")
-    for what, value in (("file name", filename), ("revision", revision)):
-        if not _is_relative(value):
-            raise WeightsError(f"{value!r} is not a valid {what} in a Hub repo: use a path without '..'")
-
-
-def _verify(path: Path, pinned: str | None, failed: str) -> None:
-    """Check a fresh download against its pinned sha256, else against its blob's name where that is an
-    LFS sha256 (a small git file is named by its git sha1), so that `weights.fingerprint` may trust
-    the name; bytes that fail are deleted with their link, so nothing stays under the file's name."""
-    blob = path.resolve()
-    expected = pinned or (blob.name if _SHA256.fullmatch(blob.name) else None)
-    if expected is None:
-        return
-    digest = hash_file(blob)
-    if digest != expected:
-        blob.unlink()
-        path.unlink()
-        why = "the pinned" if pinned else "the announced"
+def _refuse_offline(label: str) -> None:
+    if constants.HF_HUB_OFFLINE:
         raise WeightsError(
-            f"{failed}: the downloaded bytes have sha256 {digest}, not {why} {expected} (deleted them). "
-            f"{_WEIGHTS_HINT}"
+            f"{label} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and offline mode "
+            f"(HF_HUB_OFFLINE) is on: turn it off to download the file. {_HINT}"
         )
 
 
+def _verify(repo_id: str, filename: str, revision: str, path: Path) -> str | None:
+    """Check a fresh download against its pinned sha256, else against its blob's name where that is an
+    LFS sha256 (a small git file is named by its git sha1), so that `weights.fingerprint` may trust
+    the name; bytes that fail are deleted with their link, and the failure returned in words."""
+    blob, pinned = path.resolve(), PINNED_SHA256.get((repo_id, filename))
+    expected = pinned or (blob.name if _SHA256.fullmatch(blob.name) else None)
+    if not blob.is_file() or expected is None or (digest := hash_file(blob)) == expected:
+        return None  # not downloaded (or deleted as another file's blob), or as expected
+    blob.unlink()
+    path.unlink()
+    return (
+        f"could not download {repo_id}/{filename} (revision {revision}) from {constants.ENDPOINT}: the "
+        f"downloaded bytes have sha256 {digest}, not {'the pinned' if pinned else 'the announced'} "
+        f"{expected} (deleted them). {_HINT}"
+    )
+
+
+@contextmanager
+def _one_line(label: str) -> Iterator[None]:
+    """A failed request as one WeightsError (NotOnHub for a 404) naming `label`, the endpoint and why."""
+    try:
+        yield
+    except OSError as err:  # requests' and huggingface_hub's errors are all OSErrors
+        status, reason = _reason(err)
+        error = NotOnHub if status == 404 else WeightsError
+        raise error(f"could not download {label} from {constants.ENDPOINT}: {reason}. {_HINT}") from None
+
+
 def _reason(err: BaseException) -> tuple[int | None, str]:
-    """The HTTP status, if any, and the cause of a failed download in words: from the innermost error
-    that huggingface_hub, requests and urllib3 chained."""
+    """The HTTP status, if any, and the cause in words: the first one found walking in along the chain
+    of errors that huggingface_hub, requests and urllib3 built."""
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-            return cause.response.status_code, _http_reason(cause.response)
+            answer = cause.response
+            detail = " ".join(answer.headers.get("X-Error-Message", "").split())  # the Hub's own words
+            reason = f"HTTP {answer.status_code} {answer.reason}" + (f" ({detail})" if detail else "")
+            if answer.status_code in (401, 403):
+                reason += "; for a private or gated repo, accept its terms on the Hub and set HF_TOKEN"
+            return answer.status_code, reason
         if isinstance(cause, FileMetadataError):
             return None, "the answer lacks the X-Repo-Commit, ETag or size of a Hub; check HF_ENDPOINT"
         if isinstance(cause, ChunkedEncodingError):
             return None, "the connection broke off mid-file; run again to resume the download"
-        if isinstance(cause, socket.gaierror):
-            return None, f"host name lookup failed ({cause.strerror}): no network, or a wrong HF_ENDPOINT"
-        if isinstance(cause, TimeoutError):
-            return None, "no answer in time: a slow network? HF_HUB_ETAG_TIMEOUT raises the limit"
         if isinstance(cause, OSError) and cause.strerror:
             return None, cause.strerror  # e.g. Connection refused
         err, cause = cause, cause.__cause__ or cause.__context__
     return None, " ".join(str(err).split()) or type(err).__name__
-
-
-def _http_reason(response: Response) -> str:
-    detail = " ".join(response.headers.get("X-Error-Message", "").split())  # the Hub's own words, one line
-    reason = f"HTTP {response.status_code} {response.reason}" + (f" ({detail})" if detail else "")
-    if response.status_code in (401, 403):
-        return (
-            f"{reason}; the repo is private, gated or misspelled: for a gated one accept its terms on the "
-            "Hub and set HF_TOKEN to an access token"
-        )
-    if response.status_code == 404:
-        return reason + "; check the repo id, file name and revision"
-    if response.status_code >= 500:
-        return reason + "; the server is in trouble, try again later"
-    return reason

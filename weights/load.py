@@ -49,7 +49,8 @@ from weights.checkpoint import (
 )
 from weights.errors import WeightsError
 from weights.families import FAMILIES, UNET_PREFIX, VAE_PREFIX, Family
-from weights.hub import NotOnHub, hub_file, hub_folder, is_local_path
+from weights.hub import NotOnHub, hub_file, hub_folder
+from weights.hub_spec import is_local_path
 
 MODULES = {"unet": UNet, "vae": AutoencoderKL}  # the text encoders: CLIPTextModel
 WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}  # else "model"
@@ -378,7 +379,7 @@ def fetch_folder(
     repo_id: str, revision: str = "main", dtype: torch.dtype = torch.float32, *, bundled_vae: bool = True
 ) -> Path:
     """Download exactly the files `load(folder, dtype=dtype)` reads from a diffusers folder repo into
-    the Hugging Face cache (`hub.hub_file`: resumable, sha256-checked); returns the snapshot folder.
+    the Hugging Face cache (`hub.hub_folder`: resumable, sha256-checked); returns the snapshot folder.
     The kind is read off unet/config.json first, and every file comes from that file's commit."""
     try:
         config = hub_file(repo_id, "unet/config.json", revision)

@@ -32,7 +32,7 @@ from solvers.presets import PAPER_FREEU
 from solvers.search.record import Searched
 from tests.checkpoints import sd15_alphas_cumprod, write_checkpoint
 from tests.helpers import pixels, run_main, text_chunks
-from weights.hub import SD15_FILE, SD15_REPO
+from weights.catalog import SD15_FILE, SD15_REPO
 
 SIZE = ["--height", "64", "--width", "64"]
 CAT = "a photo of a cat"

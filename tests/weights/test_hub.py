@@ -24,15 +24,17 @@ from run_sample import main
 from tests.checkpoints import write_checkpoint
 from tests.helpers import run_main, text_chunks
 from tests.http_server import FakeHub, git_sha1, use_endpoint
-from weights import hub as hub_module
+from weights import catalog
+from weights.catalog import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO
 from weights.errors import WeightsError
-from weights.hub import SD15_FILE, SD15_REPO, SDXL_FILE, SDXL_REPO, hub_file, is_local_path, parse_hub_spec
+from weights.hub import hub_file, hub_folder
 
 REPO = "test-org/tiny-sd"
 FILE = "tiny-pruned-emaonly.safetensors"
 DATA = random.Random(0).randbytes(200_000)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 CAT = "a photo of a cat"
+LOCAL_COPY = "To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
 
 
 @pytest.fixture
@@ -198,7 +200,7 @@ def test_interrupted_download_is_one_line_keeps_its_bytes_and_the_next_call_resu
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 10_000)
     server.cuts = [70_000]
     message = download_error(REPO, FILE)
-    assert "broke off" in message and "resume" in message and "--weights PATH" in message
+    assert "broke off" in message and "resume" in message and LOCAL_COPY in message
     assert (repo_dir() / "blobs" / f"{SHA256}.incomplete").read_bytes() == DATA[:70_000]
     assert list((repo_dir() / "snapshots").rglob(FILE)) == []  # nothing under the file's name
 
@@ -219,7 +221,7 @@ def test_corrupted_body_fails_the_hash_check_and_is_deleted(server):
 def test_a_file_the_project_names_must_have_its_pinned_sha256(server):
     server.add(SD15_REPO, SD15_FILE, DATA)  # bytes the Hub announces truly, but not the release
     message = download_error(SD15_REPO, SD15_FILE)
-    assert f"have sha256 {SHA256}, not the pinned {hub_module.PINNED_SHA256[SD15_REPO, SD15_FILE]}" in message
+    assert f"have sha256 {SHA256}, not the pinned {catalog.PINNED_SHA256[SD15_REPO, SD15_FILE]}" in message
     assert huggingface_hub.try_to_load_from_cache(SD15_REPO, SD15_FILE) is None
 
 
@@ -262,7 +264,7 @@ def test_offline_mode_returns_a_cached_file_without_network(server, monkeypatch)
 def test_offline_mode_refuses_a_missing_file_without_network(server, monkeypatch):
     offline(monkeypatch)
     message = download_error(REPO, FILE)
-    assert "not in the Hugging Face cache" in message and "--weights PATH" in message
+    assert "not in the Hugging Face cache" in message and LOCAL_COPY in message
     assert server.requests == []
 
 
@@ -275,13 +277,13 @@ def test_unreachable_endpoint_gives_a_one_line_error(server, monkeypatch):
     no_retry_waits(monkeypatch)
     message = download_error(REPO, FILE)
     assert message.startswith(f"could not download {REPO}/{FILE} (revision main) from {url}: ")
-    assert "refused" in message and "--weights PATH" in message
+    assert "refused" in message and LOCAL_COPY in message
 
 
 def test_missing_file_gives_404_error(server):
     message = download_error(REPO, "no-such-file.safetensors")
     assert f"from {server.url}: HTTP 404" in message and "Entry not found" in message
-    assert "--weights PATH" in message
+    assert LOCAL_COPY in message
 
 
 def test_missing_revision_gives_404_error(server):
@@ -292,7 +294,7 @@ def test_missing_revision_gives_404_error(server):
 def test_unauthorised_error_mentions_hf_token(server, status):
     server.status = status
     message = download_error(REPO, FILE)
-    assert f"HTTP {status}" in message and "HF_TOKEN" in message and "--weights PATH" in message
+    assert f"HTTP {status}" in message and "HF_TOKEN" in message and LOCAL_COPY in message
 
 
 def test_endpoint_that_is_not_a_hub_is_named_as_such(server):
@@ -338,7 +340,7 @@ def test_default_weights_offline_with_an_empty_cache_is_one_line(tmp_path, capsy
     assert error == (
         f"run_sample.py: error: {SD15_REPO}/{SD15_FILE} (revision main) is not in the Hugging Face cache "
         f"{constants.HF_HUB_CACHE} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
-        "file. To use a local copy instead, pass --weights PATH (a .safetensors file or diffusers folder)."
+        "file. To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
     )
 
 
@@ -350,7 +352,7 @@ def test_default_weights_without_network_is_one_line(tmp_path, monkeypatch, caps
     error = one_line_error(capsys, "--prompt", CAT, "--out", str(tmp_path / "out"), "--device", "cpu")
     assert error == (
         f"run_sample.py: error: could not download {SD15_REPO}/{SD15_FILE} (revision main) from {endpoint}: "
-        "Connection refused. To use a local copy instead, pass --weights PATH (a .safetensors file or "
+        "Connection refused. To use a local copy instead, give its path (a .safetensors file or a "
         "diffusers folder)."
     )
 
@@ -359,7 +361,7 @@ def test_default_weights_are_fetched_once_then_used_offline(
     tiny_single, server, tmp_path, monkeypatch, capsys
 ):
     sha256 = server.add(SD15_REPO, SD15_FILE, tiny_single.read_bytes())
-    monkeypatch.setitem(hub_module.PINNED_SHA256, (SD15_REPO, SD15_FILE), sha256)  # the tiny stand-in
+    monkeypatch.setitem(catalog.PINNED_SHA256, (SD15_REPO, SD15_FILE), sha256)  # the tiny stand-in
     server.requests.clear()
     argv = [
         "--prompt",
@@ -390,65 +392,12 @@ def test_default_weights_are_fetched_once_then_used_offline(
     assert f"Model hash: {sha256[:10]}, Model: v1-5-pruned-emaonly" in text_chunks(made)[PARAMETERS_KEY]
 
 
-# -- command-line specs ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "parsed"),
-    [
-        ("org/name", ("org/name", None, "main")),
-        ("org/name/", ("org/name", None, "main")),
-        ("org/name/model.safetensors", ("org/name", "model.safetensors", "main")),
-        ("org/name@v1.0", ("org/name", None, "v1.0")),
-        ("org/name@abc123/unet/model.safetensors", ("org/name", "unet/model.safetensors", "abc123")),
-        ("org/name@refs%2Fpr%2F3", ("org/name", None, "refs/pr/3")),
-        (
-            "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            ("stable-diffusion-v1-5/stable-diffusion-v1-5", None, "main"),
-        ),
-    ],
-)
-def test_parse_hub_spec(spec, parsed):
-    assert parse_hub_spec(spec) == parsed
-
-
-@pytest.mark.parametrize(
-    "spec", ["name", "/abs/path", "org/na me", "org/name@", "-org/name", "org/a--b", "org/n/../x"]
-)
-def test_parse_hub_spec_refuses_what_is_not_a_hub_id(spec):
-    with pytest.raises(WeightsError, match="org/name"):
-        parse_hub_spec(spec)
-
-
-@pytest.mark.parametrize(
-    ("spec", "local"),
-    [
-        ("org/name", False),
-        ("org/name/model.safetensors", False),
-        ("org/name@main", False),
-        ("./org/name", True),
-        ("~/models/sd.safetensors", True),
-        ("/models/sd", True),
-        ("models/v1-5-pruned-emaonly.safetensors", True),  # a mistyped local file, not a repo
-        ("C:\\models\\sd.safetensors", True),
-    ],
-)
-def test_is_local_path(spec, local):
-    assert is_local_path(spec) == local
-
-
-def test_existing_path_wins_over_a_hub_id(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "org" / "name").mkdir(parents=True)
-    assert is_local_path("org/name")
-
-
 # -- SDXL: a short name for its single file, and diffusers-folder repos fetched file by file -----------------
 
 
 def test_sdxl_by_short_name_or_repo_id_is_sd_xl_base_single_file(server, monkeypatch):
     sha256 = server.add(SDXL_REPO, SDXL_FILE, DATA)
-    monkeypatch.setitem(hub_module.PINNED_SHA256, (SDXL_REPO, SDXL_FILE), sha256)  # a stand-in file
+    monkeypatch.setitem(catalog.PINNED_SHA256, (SDXL_REPO, SDXL_FILE), sha256)  # a stand-in file
     snapshot = (
         Path(constants.HF_HUB_CACHE)
         / "models--stabilityai--stable-diffusion-xl-base-1.0"
@@ -491,22 +440,28 @@ def test_a_diffusers_folder_repo_fetches_exactly_the_files_load_reads(server, xl
     publish(server, xl_folder)
     folder = resolve_weights(XL_REPO)
     assert folder == Path(constants.HF_HUB_CACHE) / "models--test-org--tiny-xl" / "snapshots" / server.commit
-    assert asked(server) == [
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
+    assert asked(server)[0] == "unet/config.json"  # the kind first, at main
+    assert sorted(asked(server)) == [  # then the rest at once, in parallel
+        "scheduler/scheduler_config.json",
         "text_encoder/config.json",
         "text_encoder/model.safetensors",
         "text_encoder_2/config.json",
         "text_encoder_2/model.safetensors",
-        "tokenizer/vocab.json",
         "tokenizer/merges.txt",
-        "tokenizer_2/vocab.json",
+        "tokenizer/vocab.json",
         "tokenizer_2/merges.txt",
-        "scheduler/scheduler_config.json",
+        "tokenizer_2/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
     ]
     assert all(f"/{XL_REPO}/resolve/{server.commit}/" in p for p in server.paths("HEAD")[1:])  # one commit
+    listing = f"/api/models/{XL_REPO}/revision/{server.commit}"
+    assert [p for p in server.paths() if p.startswith("/api/")] == [
+        listing,
+        listing,
+    ]  # ours, snapshot_download's
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
         asked(server)
     )  # README.md and the pickle were never fetched; tokenizer_2's files share tokenizer's blobs
@@ -532,8 +487,23 @@ def test_half_precision_takes_the_fp16_variant_where_there_is_one(server, xl_fol
     got = [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")]
     assert unet in got and "unet/diffusion_pytorch_model.safetensors" not in got
     assert "vae/diffusion_pytorch_model.safetensors" in got  # no fp16 variant of it: the full file
-    assert "vae/diffusion_pytorch_model.fp16.safetensors" in asked(server)  # asked for first
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" not in asked(server)  # the listing lacks it
     assert weights.load(folder, dtype=torch.float16).unet.out[2].weight.dtype == torch.float16
+    server.requests.clear()
+    assert resolve_weights(XL_REPO, torch.float16) == folder and server.requests == []  # the lack is cached
+
+
+def test_a_repo_fetched_for_one_precision_fetches_the_other_preferred_file_for_the_other(
+    server, xl_folder, tmp_path
+):
+    publish(server, xl_folder)
+    fp16 = write_checkpoint(tmp_path, "diffusers", kind="sdxl", dtype=torch.float16)
+    unet = "unet/diffusion_pytorch_model.fp16.safetensors"
+    server.add(XL_REPO, unet, (fp16 / unet).read_bytes())
+    folder = resolve_weights(XL_REPO)
+    server.requests.clear()
+    assert resolve_weights(XL_REPO, torch.float16) == folder
+    assert asked(server) == [unet]  # not the full-precision file already cached
 
 
 def test_with_a_separate_vae_the_folders_vae_is_not_fetched(server, xl_folder):
@@ -548,7 +518,71 @@ def test_a_folder_repo_without_a_required_file_is_refused_in_one_line(server, xl
         resolve_weights(XL_REPO)
     message = str(caught.value)
     assert "\n" not in message and "has none of text_encoder_2/model.safetensors" in message
-    assert "not a complete diffusers folder" in message and "--weights PATH" in message
+    assert "not a complete diffusers folder" in message and LOCAL_COPY in message
+
+
+def test_offline_a_folder_repo_the_cache_lacks_a_file_of_is_refused_in_one_line(
+    server, xl_folder, monkeypatch
+):
+    publish(server, xl_folder)
+    resolve_weights(XL_REPO, bundled_vae=False)
+    server.requests.clear()
+    offline(monkeypatch)
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    assert str(caught.value) == (
+        f"{XL_REPO}/vae/config.json (revision {server.commit}) is not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} and offline mode (HF_HUB_OFFLINE) is on: turn it off to download the "
+        f"file. {LOCAL_COPY}"
+    )
+    assert server.requests == []
+
+
+def test_every_corrupted_file_of_a_folder_repo_is_deleted_and_refused_in_one_line(server, xl_folder):
+    publish(server, xl_folder)
+    config = hub_file(XL_REPO, "unet/config.json")
+    server.corrupt = True
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    message = str(caught.value)
+    assert "\n" not in message and "not the announced" in message and "(deleted them)" in message
+    assert message.endswith(LOCAL_COPY)
+    snapshot = config.parent.parent
+    assert [p for p in snapshot.rglob("*") if p.is_file()] == [config]  # nothing else under a name
+
+
+def test_an_interrupted_folder_download_is_one_line_and_the_next_call_completes_it(server, xl_folder):
+    publish(server, xl_folder)
+    hub_file(XL_REPO, "unet/config.json")
+    server.cuts = [10]
+    with pytest.raises(WeightsError) as caught:
+        resolve_weights(XL_REPO)
+    assert str(caught.value) == (
+        f"could not download {XL_REPO} (revision {server.commit}) from {server.url}: the connection broke "
+        f"off mid-file; run again to resume the download. {LOCAL_COPY}"
+    )
+    assert weights.load(resolve_weights(XL_REPO)).kind == "sdxl"
+
+
+def test_a_refused_folder_listing_is_one_line(server, xl_folder):
+    publish(server, xl_folder)
+    hub_file(XL_REPO, "unet/config.json")
+    server.status = 401
+    with pytest.raises(WeightsError) as caught:
+        hub_folder(XL_REPO, weights.folder_files("sdxl", torch.float32), server.commit)
+    assert str(caught.value) == (
+        f"could not download {XL_REPO} (revision {server.commit}) from {server.url}: HTTP 401 Unauthorized "
+        "(Invalid credentials in Authorization header); for a private or gated repo, accept its terms on "
+        f"the Hub and set HF_TOKEN. {LOCAL_COPY}"
+    )
+
+
+def test_the_folder_listing_carries_hf_token(server, xl_folder, monkeypatch):
+    publish(server, xl_folder)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    resolve_weights(XL_REPO)
+    listings = [seen for seen in server.requests if seen.path.startswith("/api/")]
+    assert [seen.headers.get("Authorization") for seen in listings] == ["Bearer hf_secret"] * 2
 
 
 def test_a_repo_named_alone_that_is_no_diffusers_folder_asks_for_its_file(server):

@@ -26,7 +26,7 @@ from tests.checkpoints import reference_models, write_checkpoint
 from tests.helpers import one_thread, pixels, run_main, text_chunks
 from tests.reference.unet import ldm_state_dict
 from tests.weights.test_lora import UNET_LAYERS, kohya_file, layer, random_layers
-from weights.hub import DISTILLED_FILES
+from weights.catalog import DISTILLED_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = ["--height", "64", "--width", "64", "--device", "cpu"]
