@@ -13,14 +13,15 @@ resumes); every failure is one line that says what to do.
 """
 
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import constants
-from huggingface_hub.errors import FileMetadataError, HfHubHTTPError
-from requests.exceptions import ChunkedEncodingError
+from huggingface_hub.errors import FileMetadataError
+from requests.exceptions import ChunkedEncodingError, HTTPError
 
 from weights.catalog import PINNED_SHA256
 from weights.errors import WeightsError
@@ -29,6 +30,8 @@ from weights.hub_spec import check_names
 
 _HINT = "To use a local copy instead, give its path (a .safetensors file or a diffusers folder)."
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GATED = "; for a private or gated repo, accept its terms on the Hub and set HF_TOKEN"
+_HTTP_HINTS = {401: _GATED, 403: _GATED, 404: "; check the repo id, file name and revision"}
 
 
 class NotOnHub(WeightsError):
@@ -147,13 +150,14 @@ def _reason(err: BaseException) -> tuple[int | None, str]:
     of errors that huggingface_hub, requests and urllib3 built."""
     cause: BaseException | None = err
     while cause is not None:
-        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+        if isinstance(cause, HTTPError) and cause.response is not None:  # huggingface_hub's or requests' own
             answer = cause.response
             detail = " ".join(answer.headers.get("X-Error-Message", "").split())  # the Hub's own words
             reason = f"HTTP {answer.status_code} {answer.reason}" + (f" ({detail})" if detail else "")
-            if answer.status_code in (401, 403):
-                reason += "; for a private or gated repo, accept its terms on the Hub and set HF_TOKEN"
-            return answer.status_code, reason
+            later = "; the Hub is in trouble, try again later" if answer.status_code >= 500 else ""
+            return answer.status_code, reason + _HTTP_HINTS.get(answer.status_code, later)
+        if isinstance(cause, socket.gaierror):
+            return None, f"host name lookup failed ({cause.strerror}): no network, or a wrong HF_ENDPOINT"
         if isinstance(cause, FileMetadataError):
             return None, "the answer lacks the X-Repo-Commit, ETag or size of a Hub; check HF_ENDPOINT"
         if isinstance(cause, ChunkedEncodingError):

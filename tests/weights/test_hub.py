@@ -283,7 +283,7 @@ def test_unreachable_endpoint_gives_a_one_line_error(server, monkeypatch):
 def test_missing_file_gives_404_error(server):
     message = download_error(REPO, "no-such-file.safetensors")
     assert f"from {server.url}: HTTP 404" in message and "Entry not found" in message
-    assert LOCAL_COPY in message
+    assert "; check the repo id, file name and revision" in message and LOCAL_COPY in message
 
 
 def test_missing_revision_gives_404_error(server):
@@ -295,6 +295,20 @@ def test_unauthorised_error_mentions_hf_token(server, status):
     server.status = status
     message = download_error(REPO, FILE)
     assert f"HTTP {status}" in message and "HF_TOKEN" in message and LOCAL_COPY in message
+
+
+def test_a_server_error_says_to_try_again_later(server, monkeypatch):
+    server.status = 503
+    no_retry_waits(monkeypatch)
+    message = download_error(REPO, FILE)
+    assert "HTTP 503" in message and "; the Hub is in trouble, try again later. " + LOCAL_COPY in message
+
+
+def test_a_host_name_that_does_not_resolve_points_at_the_network_or_hf_endpoint(server, monkeypatch):
+    use_endpoint(monkeypatch, "http://no-such-hub.invalid")  # .invalid never resolves (RFC 2606)
+    no_retry_waits(monkeypatch)
+    message = download_error(REPO, FILE)
+    assert "host name lookup failed (" in message and "): no network, or a wrong HF_ENDPOINT" in message
 
 
 def test_endpoint_that_is_not_a_hub_is_named_as_such(server):
