@@ -14,6 +14,7 @@ import pipeline
 import run_sample
 import safeio
 from evaluation import generate as evaluation_generate
+from evaluation import metrics
 from evaluation.generate import build_parser as generate_parser
 from pipeline import read_replay
 from schedule.discretizations import knob_flags
@@ -90,6 +91,7 @@ def test_an_os_error_reads_as_file_and_reason():
 
 DIGITS = "1" * 5000  # int() refuses it: Exceeds the limit (4300 digits)
 RUN, GENERATE = "run_sample.py", "python -m evaluation.generate"
+PRD, FID = "python -m evaluation.metrics prd", "python -m evaluation.metrics fid"
 BAD_FLAGS = [  # (command, flags, the whole line after "{prog}: error: ")
     (RUN, ["--height", "100"], "argument --height: 100 is not a positive multiple of 8 (the VAE's "
      "downsampling factor); use e.g. 96 or 104 (see --help)"),
@@ -127,10 +129,17 @@ BAD_FLAGS = [  # (command, flags, the whole line after "{prog}: error: ")
     (GENERATE, ["--limit", "0"], "argument --limit: must be 1 or more, got 0 (see --help)"),
     (GENERATE, ["--height", "100"], "argument --height: 100 is not a positive multiple of 8 (the VAE's "
      "downsampling factor); use e.g. 96 or 104 (see --help)"),
-    (GENERATE, ["--preset", "paper-5"], "give only one of --steps, --preset and --plan (or --preset paper "
-     "--steps N)"),
+    (GENERATE, ["--steps", "5", "--preset", "paper-5"], "give only one of --steps, --preset and --plan "
+     "(or --preset paper --steps N)"),
     (GENERATE, ["--steps", "5000"], "steps 5000 is over the maximum of 1000 steps, the noise levels of SD's "
      "DDPM table; pass --allow-large to lift the limits (see the README)"),
+    (PRD, ["prd", "--clusters", "0"], "argument --clusters: must be 1 or more, got 0 (see --help)"),
+    (PRD, ["prd", "--runs", "0"], "argument --runs: must be 1 or more, got 0 (see --help)"),
+    (PRD, ["prd", "--angles", "2"], "argument --angles: the PRD curve needs at least 3 angles, got 2 "
+     "(see --help)"),
+    (FID, ["fid", "--batch-size", "0"], "argument --batch-size: must be 1 or more, got 0 (see --help)"),
+    (FID, ["fid", "--device", "meta"], "argument --device: cannot run the models; use cpu, cuda, mps "
+     "(see --help)"),
 ]  # fmt: skip
 
 
@@ -144,11 +153,13 @@ def test_a_bad_flag_value_is_one_exact_line_before_anything_is_written(
         manifest.write_text('{"index": 0, "prompt": "a cat", "seed": 0, "reference": null}\n')
         main, argv = (
             evaluation_generate.main,
-            ["--manifest", str(manifest), "--out", str(out), "--steps", "5"],
+            ["--manifest", str(manifest), "--out", str(out)],
         )
+    elif prog in (PRD, FID):
+        main, argv = metrics.main, ["--generated", str(tmp_path), "--reference", str(tmp_path)]
     else:
         main, argv = run_sample.main, ["--prompt", "a cat", "--out", str(out)]
-    assert run_main(main, capsys, *argv, *flags) == (2, "", f"{prog}: error: {message}\n")
+    assert run_main(main, capsys, *flags, *argv) == (2, "", f"{prog}: error: {message}\n")
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -166,25 +166,6 @@ def test_huge_sizes_are_refused_after_the_header_and_allow_large_lifts_the_limit
     assert files_in(tmp_path / "out") == []
 
 
-METRICS_FLAGS = [
-    (["prd", "--clusters", "0"], "argument --clusters: must be 1 or more, got 0"),
-    (["prd", "--runs", "0"], "argument --runs: must be 1 or more, got 0"),
-    (["prd", "--angles", "2"], "argument --angles: the PRD curve needs at least 3 angles, got 2"),
-    (["fid", "--batch-size", "0"], "argument --batch-size: must be 1 or more, got 0"),
-    (["fid", "--device", "meta"], "argument --device: cannot run the models; use cpu, cuda, mps"),
-]
-
-
-@pytest.mark.parametrize(("argv", "message"), METRICS_FLAGS)
-def test_metrics_flags_are_bounded(tmp_path, capsys, argv, message):
-    folders = ["--generated", str(tmp_path), "--reference", str(tmp_path)]
-    with pytest.raises(SystemExit) as exited:
-        metrics.main([*argv, *folders])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-
-
 @pytest.mark.parametrize("content", [b"not safetensors at all", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a"'])
 def test_clip_weights_that_are_not_safetensors_or_truncated_name_the_file(tmp_path, capsys, content):
     weights_file = tmp_path / "clip.safetensors"
