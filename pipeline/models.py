@@ -44,6 +44,12 @@ def family(sd: weights.StableDiffusion) -> Family:
     return FAMILIES[sd.kind]
 
 
+def _unabbreviated(spec: str) -> str:
+    """The Hub id a short name (sdxl, dreamshaper-xl, ...) stands for; a local path of that name wins,
+    and anything else is returned as it is."""
+    return SHORT_NAMES[spec] if spec in SHORT_NAMES and not Path(spec).expanduser().exists() else spec
+
+
 def known_family(spec: str) -> Family | None:
     """The family of weights known without fetching them: a local file's or folder's, from its headers
     (no tensor is read); a known repo's (a short name's) from REPO_FAMILIES; else None."""
@@ -52,15 +58,13 @@ def known_family(spec: str) -> Family | None:
         return FAMILIES[weights.kind(path)]
     if not on_hub(spec):
         return None  # resolve_weights says it is missing
-    repo_id = parse_hub_spec(SHORT_NAMES.get(spec, spec))[0]
+    repo_id = parse_hub_spec(_unabbreviated(spec))[0]
     return FAMILIES[REPO_FAMILIES[repo_id]] if repo_id in REPO_FAMILIES else None
 
 
 def on_hub(spec: str) -> bool:
     """Whether weights given as `spec` (a path, a Hub id or a short name) come from the Hub."""
-    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
-        spec = SHORT_NAMES[spec]
-    return not is_local_path(spec)
+    return not is_local_path(_unabbreviated(spec))
 
 
 def owner(preset_name: str) -> Family | None:
@@ -76,8 +80,7 @@ def resolve_weights(
     known single file (SD 1.5's v1-5-pruned-emaonly, SDXL base's sd_xl_base_1.0, ...), else the
     diffusers folder in it, of which only the files `weights.load` reads into `dtype` are fetched.
     `what` names the input that gave `spec` (weights, vae) in a refusal."""
-    if not Path(spec).expanduser().exists() and spec in SHORT_NAMES:
-        spec = SHORT_NAMES[spec]
+    spec = _unabbreviated(spec)
     if is_local_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
