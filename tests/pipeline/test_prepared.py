@@ -166,20 +166,25 @@ def test_the_vae_decoder_compiles_to_one_graph_with_no_break(sd):
 
 def test_a_freeu_switch_recompiles_once_and_new_values_sigmas_guidance_never(sd):
     """FreeU on for 2 steps with two different values, then off; sigmas and guidance vary per step."""
-    torch._dynamo.reset()
-    counter = CompileCounter()
-    compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     on, other = FreeU.common().to_dict(), FreeU(1.3, 1.4, 0.9, 0.2).to_dict()
     plan = Plan(
         [14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=[7.5, 7.5, 5.0, 3.0], freeu=[on, other, None, None]
     )
+    assert compiled_frames(sd, plan) == 2  # FreeU on, then off
+
+
+def compiled_frames(sd, plan: Plan) -> int:
+    """The graphs torch.compile makes of a tiny U-Net over one run of `plan` (its frame count)."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     with torch.inference_mode():
         cond, uncond = conditioning(sd, ["a cube"], "")
         x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
         prepared = prepare(plan, x)
         loop = step_loop(dataclasses.replace(sd, unet=compiled), prepared, x)
         loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
-    assert counter.frame_count == 2  # FreeU on, then off
+    return counter.frame_count
 
 
 GUIDANCE_VARIANTS = {
@@ -212,20 +217,11 @@ def test_a_prepared_run_with_a_guidance_variant_equals_the_plain_loop_bitwise(sd
 @pytest.mark.parametrize("variant", ["rescale", "all"])  # the U-Net sees only the batch of each call
 def test_a_compiled_unet_neither_breaks_nor_recompiles_under_a_guidance_variant(sd, variant):
     """Batch B outside the interval and 2B inside are two input shapes: one recompilation, no more."""
-    torch._dynamo.reset()
-    counter = CompileCounter()
-    compiled = torch.compile(tiny_unet(sd.unet.config.context_dim), backend=counter)
     plan = Plan([14.6, 5.0, 2.0, 0.6, 0.2], "dpmpp_2m", guidance=[7.5, 7.5, 5.0, 3.0]).replace(
         **GUIDANCE_VARIANTS[variant]
     )
-    with torch.inference_mode():
-        cond, uncond = conditioning(sd, ["a cube"], "")
-        x = torch.randn(1, 4, 8, 8) * plan.sigmas[0]
-        prepared = prepare(plan, x)
-        loop = step_loop(dataclasses.replace(sd, unet=compiled), prepared, x)
-        loop({"x": x, "noise": prepared.noise, "cond": cond, "uncond": uncond})
     shapes = 2 if "guidance_interval" in GUIDANCE_VARIANTS[variant] else 1
-    assert counter.frame_count == shapes
+    assert compiled_frames(sd, plan) == shapes
 
 
 def test_the_compiled_unet_equals_the_eager_one_with_and_without_freeu():
