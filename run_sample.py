@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import torch
 from tqdm import tqdm
 
 import cli
@@ -41,7 +40,7 @@ from cli.generation import (
 from pipeline import Settings
 from pipeline.models import on_hub
 from pipeline.sweep import Grid
-from solvers import Plan, StepInfo
+from solvers import Plan
 from solvers.export import listing
 from solvers.presets import preset_steps
 
@@ -277,12 +276,7 @@ def _order(
         request = replace(request, init=init)
     first_seed = pick(args.seed, "seed", secrets.randbelow(2**32))
     bounds(images=len(prompts) * args.num_images)  # before the list of jobs is built
-    each = [prompt for prompt in prompts for _ in range(args.num_images)]
-    jobs = [pipeline.Job(prompt, first_seed + k) for k, prompt in enumerate(each)]  # image k: seed + k
-    if jobs[-1].seed >= 2**63:
-        raise ValueError(
-            f"--seed {first_seed} + {len(jobs) - 1} images runs past 2^63 - 1; use a smaller seed"
-        )
+    jobs = pipeline.jobs_for(prompts, args.num_images, first_seed)
     batch_size, offset = min(args.batch_size or 1, len(jobs)), 0
     if replayed is not None and args.batch_size is None and len(jobs) == 1:
         # rebuild the batch the image was made in
@@ -406,42 +400,20 @@ def _generate_all(
     trajectory: bool,
     written: list[Path],
 ) -> int:
-    """Generate and save every batch's own images (and their trajectories), adding each image's path to
-    `written` as it lands. Returns the trajectories saved."""
+    """Generate and save every batch's own images (and their trajectories) under a progress bar per
+    batch, adding each image's path to `written` as it lands. Returns the trajectories saved."""
     saved_trajectories = 0
-    sd, plan, quantization = assembled.model, assembled.plan, assembled.settings.quantization
-    total = pipeline.img2img.cut(plan, assembled.init, sd.schedule).steps
+    total = pipeline.img2img.cut(assembled.plan, assembled.init, assembled.model.schedule).steps
+    # The bar moves per step, but per batch where the step loop replays as a CUDA graph (no host call per
+    # step there), unless --trajectory needs every step.
+    per_step = trajectory or not pipeline.replays_graph(assembled.settings)
     for b, batch in enumerate(batches):
-        steps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        bar = tqdm(total=total, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr)
-
-        def step(info: StepInfo, bar=bar, steps=steps) -> None:
-            if trajectory:
-                steps.append(
-                    (
-                        pipeline.decode(sd, info.x, quantization),
-                        pipeline.decode(sd, info.denoised, quantization),
-                    )
-                )
-            bar.update(1)
-
-        with bar:
-            # The bar moves per step, but per batch where the step loop replays as a CUDA graph (no host
-            # call per step there), unless --trajectory needs every step.
-            per_step = trajectory or not pipeline.replays_graph(assembled.settings)
-            images = pipeline.generate_batch(assembled, batch, callback=step if per_step else None)
-            bar.update(total - bar.n)
-        for settings, image in images:
-            metadata = pipeline.png_metadata(plan, settings)
-            saved = pipeline.save_png(
-                image, out, pipeline.image_stem(settings.prompt, settings.seed), metadata
+        with tqdm(total=total, desc=f"batch {b + 1}/{len(batches)}", disable=None, file=sys.stderr) as bar:
+            moved = (lambda info, bar=bar: bar.update(1)) if per_step else None
+            saved_trajectories += pipeline.write_batch(
+                assembled, batch, out, written, trajectory=trajectory, callback=moved
             )
-            written.append(saved)
-            if trajectory:
-                k = settings.batch_index
-                grid = pipeline.trajectory_grid([x[k] for x, _ in steps], [d[k] for _, d in steps])
-                pipeline.save_png(grid, out, f"{saved.stem}-trajectory", metadata)
-                saved_trajectories += 1
+            bar.update(total - bar.n)
     return saved_trajectories
 
 

@@ -26,6 +26,7 @@ from pipeline.generate import (
     initial_noise,
     replays_graph,
     trajectory_grid,
+    write_batch,
 )
 from pipeline.img2img import STRENGTH_CUTS, InitImage, check_strength
 from pipeline.limits import (
@@ -69,6 +70,7 @@ from pipeline.runs import (
     Request,
     Run,
     SizeConditioningRefused,
+    jobs_for,
     prepare_run,
     preview_plan,
     run_in_memory,
@@ -127,6 +129,7 @@ __all__ = [
     "generate_batch",
     "image_stem",
     "initial_noise",
+    "jobs_for",
     "known_family",
     "model_name",
     "parse_device",
@@ -147,4 +150,5 @@ __all__ = [
     "searched_on_another_model",
     "size_problem",
     "trajectory_grid",
+    "write_batch",
 ]

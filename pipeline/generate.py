@@ -13,6 +13,7 @@ import hashlib
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,11 +24,12 @@ from model import Denoiser, SizeConditioning
 from model.unet import guidance_embedding
 from pipeline import img2img
 from pipeline.batching import Batch
+from pipeline.files import image_stem, save_png
 from pipeline.graphs import StaticLoop
 from pipeline.limits import LATENT_FACTOR
 from pipeline.models import family
 from pipeline.pixels import quantize
-from pipeline.provenance import Settings
+from pipeline.provenance import Settings, png_metadata
 from pipeline.runs import Job, Run
 from solvers import NoiseSource, NonFinite, Plan, Prepared, StepInfo, guided, prepare
 from solvers.guidance import Cond
@@ -250,3 +252,37 @@ def generate_batch(
 def trajectory_grid(xs: Sequence[torch.Tensor], denoised: Sequence[torch.Tensor]) -> torch.Tensor:
     """Step i in column i: the decoded x_i on top, the decoded D(x_i; sigma_i) below. uint8 [3, 2H, N W]."""
     return torch.cat([torch.cat(list(xs), dim=2), torch.cat(list(denoised), dim=2)], dim=1)
+
+
+def write_batch(
+    run: Run,
+    batch: Batch[Job],
+    out: Path,
+    written: list[Path],
+    *,
+    trajectory: bool = False,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> int:
+    """Generate a batch's own images and write each into `out` as {seed}-{prompt}.png with its
+    provenance (`png_metadata`), adding its path to `written` as it lands; with `trajectory`, beside
+    each its `trajectory_grid` of every step. `callback` sees every step. Returns the trajectories
+    written."""
+    sd, quantization = run.model, run.settings.quantization
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def step(info: StepInfo) -> None:
+        if trajectory:
+            steps.append((decode(sd, info.x, quantization), decode(sd, info.denoised, quantization)))
+        if callback is not None:
+            callback(info)
+
+    images = generate_batch(run, batch, callback=step if trajectory or callback else None)
+    for settings, image in images:
+        metadata = png_metadata(run.plan, settings)
+        saved = save_png(image, out, image_stem(settings.prompt, settings.seed), metadata)
+        written.append(saved)
+        if trajectory:
+            k = settings.batch_index
+            grid = trajectory_grid([x[k] for x, _ in steps], [d[k] for _, d in steps])
+            save_png(grid, out, f"{saved.stem}-trajectory", metadata)
+    return len(images) if trajectory else 0

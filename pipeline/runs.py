@@ -12,7 +12,7 @@ read (but a replaced U-Net's) and the LoRAs merged into them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,20 @@ class Job:
 
     prompt: str
     seed: int
+
+
+def jobs_for(prompts: Sequence[str], count: int, first_seed: int) -> list[Job]:
+    """`count` images of each prompt in turn, image k with seed first_seed + k; refused where a seed
+    would run past the largest one (2^63 - 1)."""
+    total = len(prompts) * count
+    if first_seed + total - 1 >= safeio.SEED_LIMIT:
+        raise safeio.InputError(
+            "{seed} {first} + {more} images runs past 2^63 - 1; use a smaller seed",
+            first=first_seed,
+            more=total - 1,
+        )
+    each = [prompt for prompt in prompts for _ in range(count)]
+    return [Job(prompt, first_seed + k) for k, prompt in enumerate(each)]
 
 
 @dataclass(frozen=True)

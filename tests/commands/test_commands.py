@@ -123,6 +123,8 @@ BAD_FLAGS = [  # (command, flags, the whole line after "{prog}: error: ")
      "pass --allow-large to lift the limits (see the README)"),
     (RUN, ["--num-images", "1000000"], "images 1000000 is over the maximum of 100000 images per run "
      "(prompts x --num-images); pass --allow-large to lift the limits (see the README)"),
+    (RUN, ["--seed", str(2**63 - 1), "--num-images", "2"], f"--seed {2**63 - 1} + 1 images runs past "
+     "2^63 - 1; use a smaller seed"),
     (RUN, ["--device", "meta"], "--device meta cannot run the models; use cpu, cuda, mps"),
     (RUN, ["--plan", "missing.json"], "cannot read plan file missing.json: No such file or "
      "directory"),

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -490,7 +491,8 @@ def test_sigterm_ends_a_command_like_ctrl_c_with_one_line_and_status_130(capsys)
 
 
 def interrupting(monkeypatch, after: int, failure: BaseException) -> None:
-    """pipeline.save_png writes `after` images, then raises `failure`."""
+    """pipeline.save_png writes `after` images, then raises `failure` (as pipeline.write_batch and a sweep's
+    grid call it)."""
     real, calls = pipeline.save_png, []
 
     def save(*args, **kwargs):
@@ -500,6 +502,7 @@ def interrupting(monkeypatch, after: int, failure: BaseException) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "save_png", save)
+    monkeypatch.setattr(sys.modules["pipeline.generate"], "save_png", save)
 
 
 @pytest.mark.parametrize(

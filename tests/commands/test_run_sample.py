@@ -213,7 +213,7 @@ def test_progress_moves_per_step_where_no_cuda_graph_replays(checkpoints, tmp_pa
         seen.append(steps)
         return generate_batch(*args, callback=None if callback is None else step, **kwargs)
 
-    monkeypatch.setattr(pipeline, "generate_batch", watched)
+    monkeypatch.setattr(sys.modules["pipeline.generate"], "generate_batch", watched)  # pipeline.write_batch's
     argv = sample_args(checkpoints["single"], tmp_path, "--steps", "3", "--prompt", CAT, "--seed", "1")
     assert run(capsys, *argv, "--num-images", "2")[0] == 0
     assert seen == [[0, 1, 2], [0, 1, 2]]

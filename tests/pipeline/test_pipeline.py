@@ -10,11 +10,13 @@ import torch
 
 from pipeline import (
     PARAMETERS_KEY,
+    Job,
     Settings,
     batches,
     build_plan,
     check_plan,
     initial_noise,
+    jobs_for,
     png_metadata,
     read_plan_file,
     save_png,
@@ -270,3 +272,10 @@ def test_batches_pad_the_short_one_with_copies_and_a_replay_row_comes_back_at_it
     assert replay.rows == ("job",) * 3 and replay.jobs == [(2, "job")]
     with pytest.raises(ValueError, match="batch row 3 does not exist in a batch of 3"):
         batches(["job"], 3, offset=3)
+
+
+def test_jobs_take_consecutive_seeds_prompt_by_prompt_and_stop_short_of_2_63():
+    assert jobs_for(["a", "b"], 2, 5) == [Job("a", 5), Job("a", 6), Job("b", 7), Job("b", 8)]
+    assert jobs_for(["a"], 2, 2**63 - 2)[-1].seed == 2**63 - 1
+    with pytest.raises(ValueError, match=r"^seed 9223372036854775806 \+ 2 images runs past 2\^63 - 1; use a"):
+        jobs_for(["a"], 3, 2**63 - 2)

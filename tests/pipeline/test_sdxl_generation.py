@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -342,8 +343,10 @@ def test_sdxl_default_size_is_1024_and_its_default_preset_paper_xl_6(
     checkpoints, tmp_path, capsys, monkeypatch
 ):
     seen = []
-    monkeypatch.setattr(
-        pipeline, "generate_batch", lambda run, batch, **kw: seen.append((run.plan, run.settings)) or []
+    monkeypatch.setattr(  # where pipeline.write_batch finds it
+        sys.modules["pipeline.generate"],
+        "generate_batch",
+        lambda run, batch, **kw: seen.append((run.plan, run.settings)) or [],
     )
     argv = [
         "--weights",
